@@ -1,0 +1,177 @@
+//! The foundation slice, in the simulation: HTTP through an SE to two
+//! origins, DNS answering the VIP, an SE crash and restart, and a headless
+//! Controller. Replay any failure with the seed it prints:
+//! `MADSIM_TEST_SEED=<seed> RUSTFLAGS="--cfg madsim" cargo test -p chaos --target-dir target/sim --test slice`
+#![cfg(madsim)]
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use sim::world::World;
+
+const SETTLE: Duration = Duration::from_secs(10);
+
+async fn serving(world: &World) -> bool {
+    matches!(world.http_get("/").await, Ok(r) if r.status == 200)
+}
+
+#[madsim::test]
+async fn http_round_robins_over_both_origins_through_the_se() {
+    let world = World::builder().build().await.unwrap();
+    world
+        .wait_until("the VIP serves", SETTLE, || serving(&world))
+        .await
+        .unwrap();
+
+    let mut origins = BTreeSet::new();
+    for _ in 0..6 {
+        let r = world.http_get("/").await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.se.as_deref(), Some("se-1"));
+        assert_eq!(
+            r.body,
+            format!("hello from {}\n", r.origin.clone().unwrap())
+        );
+        origins.insert(r.origin.unwrap());
+    }
+    assert_eq!(
+        origins.into_iter().collect::<Vec<_>>(),
+        ["origin-1", "origin-2"]
+    );
+
+    let controller = world.controller().unwrap();
+    let se = &controller.ses()[0];
+    assert!(
+        se.connected && se.applied_version == controller.desired().version,
+        "{se:?}"
+    );
+}
+
+#[madsim::test]
+async fn malformed_http_gets_400_and_the_se_keeps_serving() {
+    let world = World::builder().build().await.unwrap();
+    world
+        .wait_until("the VIP serves", SETTLE, || serving(&world))
+        .await
+        .unwrap();
+    let reply = world
+        .tcp_exchange(b"GARBAGE \x00\x01 nonsense\r\n\r\n".to_vec())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(serving(&world).await);
+}
+
+#[madsim::test]
+async fn dns_answers_the_vip_authoritatively() {
+    let world = World::builder().build().await.unwrap();
+    let vip: IpAddr = "10.0.100.1".parse().unwrap();
+    let a = world.dns("app.fabric.test.", RecordType::A).await.unwrap();
+    assert_eq!(
+        (a.rcode, a.authoritative, a.addrs.clone()),
+        (ResponseCode::NoError, true, vec![vip]),
+        "{a:?}"
+    );
+    let mixed = world.dns("App.Fabric.TEST.", RecordType::A).await.unwrap();
+    assert_eq!(mixed.addrs, vec![vip]);
+
+    let nx = world.dns("nope.fabric.test.", RecordType::A).await.unwrap();
+    assert_eq!(
+        (nx.rcode, nx.authorities),
+        (ResponseCode::NXDomain, 1),
+        "SOA in authority: {nx:?}"
+    );
+    let nodata = world
+        .dns("app.fabric.test.", RecordType::AAAA)
+        .await
+        .unwrap();
+    assert_eq!(
+        (nodata.rcode, nodata.addrs.len(), nodata.authorities),
+        (ResponseCode::NoError, 0, 1)
+    );
+    let refused = world.dns("example.com.", RecordType::A).await.unwrap();
+    assert_eq!(refused.rcode, ResponseCode::Refused);
+
+    // A malformed query (header claims a question that is not there) gets FORMERR with its ID.
+    let reply = world
+        .dns_exchange(vec![
+            0xab, 0xcd, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0x07,
+        ])
+        .await
+        .unwrap();
+    assert_eq!(&reply[..2], &[0xab, 0xcd]);
+    assert_eq!(reply[3] & 0x0f, 1, "FORMERR");
+}
+
+#[madsim::test]
+async fn service_resumes_after_the_se_crashes_and_restarts() {
+    let world = World::builder().build().await.unwrap();
+    world
+        .wait_until("the VIP serves", SETTLE, || serving(&world))
+        .await
+        .unwrap();
+
+    world.cloud.kill("se-1").unwrap();
+    world
+        .wait_until("the VIP stops serving", SETTLE, || async {
+            !serving(&world).await
+        })
+        .await
+        .unwrap();
+
+    world.cloud.restart("se-1").unwrap();
+    let took = world
+        .wait_until("the VIP serves again", SETTLE, || serving(&world))
+        .await
+        .unwrap();
+    println!("service resumed {took:?} after the SE restarted");
+
+    let controller = world.controller().unwrap();
+    let ups = controller
+        .events()
+        .iter()
+        .filter(|e| e.kind == "se_up" && e.object == "se-1")
+        .count();
+    assert_eq!(
+        ups,
+        2,
+        "the SE registered again after its restart: {:#?}",
+        controller.events()
+    );
+}
+
+#[madsim::test]
+async fn the_se_keeps_serving_while_the_controller_is_down() {
+    let world = World::builder().build().await.unwrap();
+    world
+        .wait_until("the VIP serves", SETTLE, || serving(&world))
+        .await
+        .unwrap();
+
+    world.kill_controller();
+    for _ in 0..20 {
+        assert!(
+            serving(&world).await,
+            "headless: the SE must keep its last config"
+        );
+        madsim::time::sleep(Duration::from_millis(500)).await;
+    }
+    world.restart_controller();
+    world
+        .wait_until(
+            "the SE resyncs with the restarted controller",
+            SETTLE,
+            || async {
+                world
+                    .controller()
+                    .is_some_and(|c| c.ses().iter().any(|s| s.connected))
+            },
+        )
+        .await
+        .unwrap();
+    assert!(serving(&world).await);
+}

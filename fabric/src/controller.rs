@@ -1,0 +1,318 @@
+//! The Controller: holds the desired state and pushes each SE its share.
+//!
+//! This is the single-node Controller of the foundation: the desired state
+//! lives in memory, versioned; replication through Raft replaces
+//! [`Controller::apply`]'s body later without changing the SE side.
+//!
+//! Each SE session runs on its own task: a reader task turns frames into a
+//! bounded channel (so the session loop never cancels a half-read frame),
+//! and the session loop reacts to what arrives (`on_*`) and to new desired
+//! state (push the new [`SeConfig`]).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::model::{Config, ConfigErrors};
+use crate::proto::{self, ControllerMessage, SeConfig, SeMessage, PROTO_VERSION};
+use crate::rt;
+
+/// Most events kept; older ones are dropped first.
+pub const MAX_EVENTS: usize = 4096;
+/// Most SE sessions served at once.
+pub const MAX_SE_SESSIONS: usize = 1024;
+/// How long a new connection may take to say hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Heartbeats an SE may miss before its session is dropped.
+pub const MISSED_HEARTBEATS: u32 = 3;
+
+/// The desired state at one version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// Monotonic version, bumped on every applied change.
+    pub version: u64,
+    /// The config.
+    pub config: Config,
+}
+
+/// What the Controller knows of one SE.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SeStatus {
+    /// SE name.
+    pub name: String,
+    /// Its group.
+    pub group: String,
+    /// Whether a session is up now.
+    pub connected: bool,
+    /// Last config version it acknowledged.
+    pub applied_version: u64,
+    /// Address its session came from.
+    pub addr: SocketAddr,
+}
+
+/// A state change worth telling an operator about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// Wall-clock time, ms since the Unix epoch.
+    pub unix_ms: u64,
+    /// What kind of change (`se_up`, `se_down`, `config_applied`, ...).
+    pub kind: &'static str,
+    /// The object it concerns.
+    pub object: String,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// A Controller node.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    desired: watch::Sender<Arc<Desired>>,
+    ses: Mutex<BTreeMap<String, (u64, SeStatus)>>,
+    events: Mutex<VecDeque<Event>>,
+    next_session: Mutex<u64>,
+}
+
+impl Controller {
+    /// A Controller whose desired state starts as `config` at version 1.
+    pub fn new(config: Config) -> Result<Controller, ConfigErrors> {
+        config.validate()?;
+        let (desired, _) = watch::channel(Arc::new(Desired { version: 1, config }));
+        let inner = Inner {
+            desired,
+            ses: Mutex::new(BTreeMap::new()),
+            events: Mutex::new(VecDeque::new()),
+            next_session: Mutex::new(0),
+        };
+        Ok(Controller {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The desired state now.
+    pub fn desired(&self) -> Arc<Desired> {
+        self.inner.desired.borrow().clone()
+    }
+
+    /// Replace the desired state; returns the new version. An invalid config
+    /// changes nothing.
+    pub fn apply(&self, config: Config) -> Result<u64, ConfigErrors> {
+        config.validate()?;
+        let mut version = 0;
+        self.inner.desired.send_modify(|d| {
+            version = d.version + 1;
+            *d = Arc::new(Desired { version, config });
+        });
+        self.event(
+            "desired_state_changed",
+            "controller",
+            format!("version {version}"),
+        );
+        Ok(version)
+    }
+
+    /// Every SE the Controller has heard from, by name.
+    pub fn ses(&self) -> Vec<SeStatus> {
+        lock(&self.inner.ses)
+            .values()
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    /// Recent events, oldest first.
+    pub fn events(&self) -> Vec<Event> {
+        lock(&self.inner.events).iter().cloned().collect()
+    }
+
+    /// Serve SE sessions on `listener` until it fails.
+    pub async fn serve(&self, listener: rt::TcpListener) -> std::io::Result<()> {
+        let this = self.clone();
+        rt::accept_loop(listener, MAX_SE_SESSIONS, move |stream, peer| {
+            let this = this.clone();
+            async move { this.on_connection(stream, peer).await }
+        })
+        .await
+    }
+
+    fn event(&self, kind: &'static str, object: impl Into<String>, reason: impl Into<String>) {
+        let e = Event {
+            unix_ms: rt::unix_ms(),
+            kind,
+            object: object.into(),
+            reason: reason.into(),
+        };
+        tracing::info!(kind = e.kind, object = %e.object, reason = %e.reason, "event");
+        let mut events = lock(&self.inner.events);
+        if events.len() == MAX_EVENTS {
+            events.pop_front();
+        }
+        events.push_back(e);
+    }
+
+    async fn on_connection(&self, stream: rt::TcpStream, peer: SocketAddr) {
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let hello =
+            match rt::timeout(HELLO_TIMEOUT, proto::read_frame::<_, SeMessage>(&mut rd)).await {
+                Ok(Ok(Some(m))) => m,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "bad hello");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "no hello in time");
+                    return;
+                }
+            };
+        let SeMessage::Hello {
+            proto_version,
+            se_name,
+            se_group,
+            applied_version,
+        } = hello
+        else {
+            let reason = "the first message must be a hello".to_string();
+            let _ = proto::write_frame(&mut wr, &ControllerMessage::Refused { reason }).await;
+            return;
+        };
+        if proto_version != PROTO_VERSION || se_name.is_empty() || se_name.len() > 64 {
+            let reason = format!("need protocol {PROTO_VERSION} and a name of 1-64 bytes");
+            let _ = proto::write_frame(&mut wr, &ControllerMessage::Refused { reason }).await;
+            return;
+        }
+        let session = self.on_hello(&se_name, &se_group, applied_version, peer);
+        let result = self
+            .run_session(session, &se_name, &se_group, rd, &mut wr)
+            .await;
+        self.on_session_end(session, &se_name, result);
+    }
+
+    fn on_hello(&self, name: &str, group: &str, applied_version: u64, addr: SocketAddr) -> u64 {
+        let session = {
+            let mut next = lock(&self.inner.next_session);
+            *next += 1;
+            *next
+        };
+        let status = SeStatus {
+            name: name.into(),
+            group: group.into(),
+            connected: true,
+            applied_version,
+            addr,
+        };
+        lock(&self.inner.ses).insert(name.to_string(), (session, status));
+        self.event(
+            "se_up",
+            name,
+            format!("session from {addr}, serving version {applied_version}"),
+        );
+        session
+    }
+
+    fn on_session_end(&self, session: u64, name: &str, result: Result<(), String>) {
+        {
+            let mut ses = lock(&self.inner.ses);
+            match ses.get_mut(name) {
+                // A newer session of the same SE owns the entry now.
+                Some((s, _)) if *s != session => return,
+                Some((_, status)) => status.connected = false,
+                None => return,
+            }
+        }
+        let reason = result.err().unwrap_or_else(|| "session closed".into());
+        self.event("se_down", name, reason);
+    }
+
+    fn on_ack(&self, session: u64, name: &str, version: u64) {
+        {
+            let mut ses = lock(&self.inner.ses);
+            let Some((s, status)) = ses.get_mut(name) else {
+                return;
+            };
+            if *s != session {
+                return;
+            }
+            // An SE's applied version never goes backwards (BENCHMARKS invariant 2).
+            assert!(
+                version >= status.applied_version || version == 0,
+                "SE {name} acked {version} after {}",
+                status.applied_version
+            );
+            status.applied_version = version;
+        }
+        self.event("config_applied", name, format!("version {version}"));
+    }
+
+    async fn run_session<W>(
+        &self,
+        session: u64,
+        name: &str,
+        group: &str,
+        rd: tokio::io::ReadHalf<rt::TcpStream>,
+        wr: &mut W,
+    ) -> Result<(), String>
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        let mut desired_rx = self.inner.desired.subscribe();
+        let heartbeat_ms = desired_rx.borrow().config.controller.heartbeat_ms;
+        let welcome = ControllerMessage::Welcome {
+            proto_version: PROTO_VERSION,
+            heartbeat_ms,
+        };
+        proto::write_frame(wr, &welcome)
+            .await
+            .map_err(|e| e.to_string())?;
+
+        let (mut incoming, reader) = proto::spawn_reader::<_, SeMessage>(rd, 16);
+        let liveness = Duration::from_millis(heartbeat_ms * u64::from(MISSED_HEARTBEATS));
+        let mut pushed = 0;
+        let result = loop {
+            let desired = desired_rx.borrow_and_update().clone();
+            if desired.version != pushed {
+                let cfg = SeConfig::for_group(&desired.config, group, desired.version);
+                if let Err(e) = proto::write_frame(wr, &ControllerMessage::Config(cfg)).await {
+                    break Err(e.to_string());
+                }
+                pushed = desired.version;
+            }
+            tokio::select! {
+                changed = desired_rx.changed() => {
+                    if changed.is_err() { break Ok(()) }
+                }
+                msg = rt::timeout(liveness, incoming.recv()) => match msg {
+                    Err(_) => break Err(format!("missed {MISSED_HEARTBEATS} heartbeats")),
+                    Ok(None) => break Ok(()),
+                    Ok(Some(Err(e))) => break Err(e.to_string()),
+                    Ok(Some(Ok(m))) => match m {
+                        SeMessage::Ack { version } => self.on_ack(session, name, version),
+                        SeMessage::Nack { version, reason } => {
+                            self.event("config_refused", name, format!("version {version}: {reason}"))
+                        }
+                        SeMessage::Heartbeat { .. } => {
+                            let ack = ControllerMessage::HeartbeatAck { desired_version: pushed };
+                            if let Err(e) = proto::write_frame(wr, &ack).await {
+                                break Err(e.to_string());
+                            }
+                        }
+                        SeMessage::Hello { .. } => break Err("second hello on one session".into()),
+                    },
+                },
+            }
+        };
+        reader.abort();
+        result
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

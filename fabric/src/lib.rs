@@ -1,0 +1,15 @@
+//! Shared vocabulary, platform edges and the Controller of the fabric.
+//!
+//! - [`rt`]: the only module that knows whether it runs on a real host or in
+//!   the madsim simulation.
+//! - [`platform`]: `Clock`, `Storage`, `L2Fabric`, `CloudConnector`.
+//! - [`model`]: the desired state an operator writes, with validation.
+//! - [`proto`]: Controller <-> SE messages over TCP.
+//! - [`controller`]: holds the desired state and pushes it to SEs.
+#![deny(missing_docs)]
+
+pub mod controller;
+pub mod model;
+pub mod platform;
+pub mod proto;
+pub mod rt;

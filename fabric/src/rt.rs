@@ -1,0 +1,239 @@
+//! The runtime edge: the only module that knows which world it runs in.
+//!
+//! Everything async in the workspace takes spawn, time, sockets, the hyper
+//! executor and timer, and randomness from here. On a real host these are
+//! tokio's; built with `RUSTFLAGS="--cfg madsim"` they are madsim's virtual
+//! ones (madsim-tokio is imported *as* `tokio`, so most of this module is the
+//! same source in both worlds). Where the two APIs differ (UDP `send_to`,
+//! the hyper `Timer`), the difference is absorbed here, once.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use tokio::net::{TcpListener, TcpStream};
+pub use tokio::task::JoinHandle;
+
+/// Spawn a task on the current runtime (the current simulated node in madsim).
+pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(future)
+}
+
+/// Monotonic now. madsim overrides `clock_gettime`, so inside the simulation
+/// this is virtual time; on a real host it is the OS monotonic clock.
+pub fn now() -> Instant {
+    Instant::now()
+}
+
+/// Wall-clock milliseconds since the Unix epoch (virtual in the simulation).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Sleep for `duration` on the runtime's clock.
+pub async fn sleep(duration: Duration) {
+    tokio::time::sleep(duration).await
+}
+
+/// Run `future` with a deadline; `Err(Elapsed)` when it does not finish in time.
+pub async fn timeout<F: Future>(duration: Duration, future: F) -> Result<F::Output, Elapsed> {
+    tokio::time::timeout(duration, future)
+        .await
+        .map_err(|_| Elapsed(duration))
+}
+
+/// A deadline passed before the future finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed(pub Duration);
+
+impl std::fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "timed out after {:?}", self.0)
+    }
+}
+impl std::error::Error for Elapsed {}
+
+/// A random `u64` from the world's generator: seeded by madsim in the
+/// simulation (so a seed replays exactly), the OS-seeded thread RNG otherwise.
+pub fn random_u64() -> u64 {
+    use rand::RngCore;
+    madsim::rand::thread_rng().next_u64()
+}
+
+/// A small RNG seeded from the world's generator, for code that wants to own one.
+pub fn seeded_rng() -> rand::rngs::SmallRng {
+    use rand::SeedableRng;
+    rand::rngs::SmallRng::seed_from_u64(random_u64())
+}
+
+/// Connect a TCP stream with `TCP_NODELAY` set (latency-sensitive links:
+/// simulated TCP ignores it, real TCP needs it).
+pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// A UDP socket with one API in both worlds.
+#[derive(Debug)]
+pub struct UdpSocket(tokio::net::UdpSocket);
+
+impl UdpSocket {
+    /// Bind to `addr`.
+    pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
+        Ok(Self(tokio::net::UdpSocket::bind(addr).await?))
+    }
+
+    /// Send one datagram; returns the number of bytes sent.
+    pub async fn send_to(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
+        #[cfg(madsim)]
+        {
+            self.0.send_to(target, buf).await?;
+            Ok(buf.len())
+        }
+        #[cfg(not(madsim))]
+        {
+            self.0.send_to(buf, target).await
+        }
+    }
+
+    /// Receive one datagram.
+    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.0.recv_from(buf).await
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+/// Accept connections until the listener fails, handing each to `handler` on
+/// its own task. At most `max_connections` run at once: further connections
+/// wait in the kernel's (or the simulator's) backlog, never in our memory.
+pub async fn accept_loop<H, F>(
+    listener: TcpListener,
+    max_connections: usize,
+    handler: H,
+) -> io::Result<()>
+where
+    H: Fn(TcpStream, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    assert!(
+        max_connections > 0,
+        "accept_loop needs room for one connection"
+    );
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    loop {
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| io::Error::other("accept loop semaphore closed"))?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // A peer that resets before we accept is its problem, not the listener's.
+            Err(e) if is_transient_accept_error(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        let _ = stream.set_nodelay(true);
+        let fut = handler(stream, peer);
+        spawn(async move {
+            fut.await;
+            drop(permit);
+        });
+    }
+}
+
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// hyper's executor: spawns connection tasks on this world's runtime.
+/// (hyper-util's `TokioExecutor` links the real tokio and panics in madsim.)
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Exec;
+
+impl<F> hyper::rt::Executor<F> for Exec
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        spawn(future);
+    }
+}
+
+/// hyper's timer on this world's clock (header-read and keep-alive timeouts).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timer;
+
+impl hyper::rt::Timer for Timer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(RtSleep(Box::pin(tokio::time::sleep(duration))))
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep(deadline.saturating_duration_since(now()))
+    }
+
+    fn now(&self) -> Instant {
+        now()
+    }
+}
+
+struct RtSleep(Pin<Box<tokio::time::Sleep>>);
+
+impl Future for RtSleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+// SAFETY: `RtSleep` exposes its inner future only through `Pin<&mut Self>`
+// (no `&self` method reaches it), so sharing `&RtSleep` across threads can
+// never touch the inner value; this is the `SyncWrapper` argument.
+unsafe impl Sync for RtSleep {}
+
+impl hyper::rt::Sleep for RtSleep {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn udp_round_trip_and_timeout() {
+        let a = UdpSocket::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let n = a.send_to(b"ping", b.local_addr().unwrap()).await.unwrap();
+        assert_eq!(n, 4);
+        let mut buf = [0u8; 16];
+        let (len, from) = b.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..len], b"ping");
+        assert_eq!(from, a.local_addr().unwrap());
+        let waited = timeout(Duration::from_millis(20), b.recv_from(&mut buf)).await;
+        assert!(waited.is_err());
+    }
+}

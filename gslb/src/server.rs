@@ -1,0 +1,197 @@
+//! The UDP and TCP loops around the [`Engine`]: bytes in, bytes out.
+//!
+//! Everything here comes from [`fabric::rt`], so it runs unchanged in the
+//! simulation. Queries are answered inline on the receiving task: answering is
+//! a lookup and a memcpy, far cheaper than a task spawn.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use fabric::rt::{self, TcpListener, TcpStream, UdpSocket};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::engine::{Engine, Transport};
+
+/// Largest UDP datagram we read; larger ones cannot exist on IPv4 or IPv6.
+const UDP_RECV_BYTES: usize = 65535;
+/// A TCP connection with no complete query for this long is closed; the same
+/// bound applies to reading one query and to writing one response.
+const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open TCP connections at once; further ones wait in the listen backlog.
+const TCP_MAX_CONNECTIONS: usize = 256;
+/// Tries to find a port free for both UDP and TCP when asked for port 0.
+const BIND_ATTEMPTS: usize = 16;
+
+/// Shared, swappable engine: config changes swap the `Arc` atomically;
+/// queries in flight keep the old one.
+#[derive(Clone, Debug)]
+pub struct EngineHandle(Arc<RwLock<Arc<Engine>>>);
+
+impl EngineHandle {
+    /// A handle serving `engine` until the next [`swap`](Self::swap).
+    pub fn new(engine: Engine) -> Self {
+        EngineHandle(Arc::new(RwLock::new(Arc::new(engine))))
+    }
+
+    /// Serve `engine` from now on.
+    pub fn swap(&self, engine: Engine) {
+        let engine = Arc::new(engine);
+        // The lock guards a single pointer store; a panic elsewhere cannot
+        // leave it half-written, so a poisoned lock is still consistent.
+        *self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = engine;
+    }
+
+    /// The engine to answer the next query with.
+    pub fn current(&self) -> Arc<Engine> {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+/// Serve UDP until the socket fails. One datagram in, at most one out.
+///
+/// Errors that concern a single peer (an ICMP-reported refusal, a failed
+/// send) are logged and skipped: one client must not stop the server.
+pub async fn serve_udp(socket: UdpSocket, engine: EngineHandle) -> io::Result<()> {
+    let mut buf = vec![0u8; UDP_RECV_BYTES];
+    loop {
+        let (len, peer) = match socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            Err(e) if is_peer_error(&e) => {
+                tracing::debug!(error = %e, "DNS over UDP: receive error from a peer, ignored");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(response) = engine.current().answer(&buf[..len], Transport::Udp) else {
+            continue;
+        };
+        if let Err(e) = socket.send_to(&response, peer).await {
+            tracing::debug!(%peer, error = %e, "DNS over UDP: send failed");
+        }
+    }
+}
+
+fn is_peer_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Serve DNS over TCP (RFC 7766: 2-byte length prefix, several queries per
+/// connection, idle timeout 10 s, at most 256 connections, queries up to the
+/// 65535 bytes the prefix can frame) until the listener fails.
+pub async fn serve_tcp(listener: TcpListener, engine: EngineHandle) -> io::Result<()> {
+    rt::accept_loop(listener, TCP_MAX_CONNECTIONS, move |stream, peer| {
+        let engine = engine.clone();
+        async move {
+            if let Err(e) = on_connection(stream, &engine).await {
+                tracing::debug!(%peer, error = %e, "DNS over TCP: connection ended");
+            }
+        }
+    })
+    .await
+}
+
+/// Answer queries on one connection, in order, until the peer closes, goes
+/// idle, or sends something that gets no response (which only a broken or
+/// hostile peer does).
+async fn on_connection(mut stream: TcpStream, engine: &EngineHandle) -> io::Result<()> {
+    let mut query = Vec::new();
+    let mut framed = Vec::new();
+    loop {
+        let mut prefix = [0u8; 2];
+        match rt::timeout(TCP_IDLE_TIMEOUT, stream.read_exact(&mut prefix)).await {
+            Err(_idle) => return Ok(()),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(_)) => {}
+        }
+        query.resize(u16::from_be_bytes(prefix) as usize, 0);
+        rt::timeout(TCP_IDLE_TIMEOUT, stream.read_exact(&mut query))
+            .await
+            .map_err(timed_out)??;
+        let Some(response) = engine.current().answer(&query, Transport::Tcp) else {
+            return Ok(());
+        };
+        let Ok(len) = u16::try_from(response.len()) else {
+            // The engine truncates TCP answers to 65535 bytes; not framing a
+            // longer one is the safe reaction to a bug there.
+            return Err(io::Error::other(format!(
+                "DNS response of {} bytes cannot be framed",
+                response.len()
+            )));
+        };
+        framed.clear();
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(&response);
+        // One write per response, then flush: simulated TCP sends only on flush.
+        let write = async {
+            stream.write_all(&framed).await?;
+            stream.flush().await
+        };
+        rt::timeout(TCP_IDLE_TIMEOUT, write)
+            .await
+            .map_err(timed_out)??;
+    }
+}
+
+fn timed_out(elapsed: rt::Elapsed) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, elapsed)
+}
+
+/// Bind UDP and TCP on `addr` and serve both: spawns the two loops with
+/// [`rt::spawn`] and returns once bound, with the bound address, so a caller
+/// passing port 0 learns the port (the same one for UDP and TCP).
+///
+/// A loop that fails logs its error and ends; the other keeps serving.
+pub async fn run(addr: SocketAddr, engine: EngineHandle) -> io::Result<SocketAddr> {
+    let (udp, tcp, local) = bind_pair(addr).await?;
+    let udp_engine = engine.clone();
+    rt::spawn(async move {
+        if let Err(e) = serve_udp(udp, udp_engine).await {
+            tracing::error!(%local, error = %e, "DNS over UDP stopped");
+        }
+    });
+    rt::spawn(async move {
+        if let Err(e) = serve_tcp(tcp, engine).await {
+            tracing::error!(%local, error = %e, "DNS over TCP stopped");
+        }
+    });
+    Ok(local)
+}
+
+/// A UDP socket and a TCP listener on the same address. For port 0 the UDP
+/// socket picks the port; if TCP finds it taken, try again with a new one.
+async fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener, SocketAddr)> {
+    if addr.port() != 0 {
+        let udp = UdpSocket::bind(addr).await?;
+        let tcp = TcpListener::bind(addr).await?;
+        let local = udp.local_addr()?;
+        return Ok((udp, tcp, local));
+    }
+    let mut last_error = None;
+    for _ in 0..BIND_ATTEMPTS {
+        let udp = UdpSocket::bind(addr).await?;
+        let local = udp.local_addr()?;
+        match TcpListener::bind(local).await {
+            Ok(tcp) => return Ok((udp, tcp, local)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => last_error = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        io::Error::new(io::ErrorKind::AddrInUse, "no port free for UDP and TCP")
+    }))
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The project's one test command (CI runs exactly this, via .ci/run).
+#   1. formatting and clippy, both worlds
+#   2. the normal tests (unit, property and end-to-end on loopback)
+#   3. the simulation tests, built with --cfg madsim in their own target dir
+#   4. the determinism check: a few seeds run twice, traces must match
+# Needs only the Rust toolchain (cargo, rustfmt, clippy); installs nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SIM_TARGET=target/sim
+SIM_PACKAGES=(-p sim -p chaos)
+DETERMINISM_SEEDS=${DETERMINISM_SEEDS:-"1 2 3"}
+
+step() { printf '\n==> %s\n' "$*"; }
+started=$SECONDS
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy (real world)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests (real world)"
+cargo test --workspace --locked
+
+step "clippy (simulation world)"
+RUSTFLAGS="--cfg madsim" cargo clippy "${SIM_PACKAGES[@]}" --all-targets --locked --target-dir "$SIM_TARGET" -- -D warnings
+
+step "tests (simulation world)"
+RUSTFLAGS="--cfg madsim" cargo test "${SIM_PACKAGES[@]}" --locked --target-dir "$SIM_TARGET"
+
+step "determinism check (seeds: $DETERMINISM_SEEDS)"
+for seed in $DETERMINISM_SEEDS; do
+  echo "seed $seed"
+  MADSIM_TEST_SEED=$seed MADSIM_TEST_CHECK_DETERMINISM=1 RUSTFLAGS="--cfg madsim" \
+    cargo test -p chaos --locked --target-dir "$SIM_TARGET" --test slice -q
+done
+
+step "all green in $((SECONDS - started)) s"

@@ -1,0 +1,135 @@
+//! The SE agent: its session with the Controller.
+//!
+//! The agent connects, says hello with the version it serves, and then
+//! applies every config the Controller pushes, acknowledging each. When the
+//! Controller is unreachable (headless cluster, partition) the data plane
+//! keeps serving its last applied config; the agent reconnects with capped,
+//! jittered backoff and resyncs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fabric::platform::L2Fabric;
+use fabric::proto::{self, ControllerMessage, SeMessage, PROTO_VERSION};
+use fabric::rt;
+use tokio::sync::watch;
+
+use crate::dataplane::DataPlane;
+
+/// Time allowed to connect to the Controller and get its welcome.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Heartbeats the Controller may miss before the session is dropped.
+pub const MISSED_HEARTBEATS: u32 = 3;
+/// Longest wait between reconnection attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Who this SE is and where its Controller is.
+#[derive(Debug, Clone)]
+pub struct SeOptions {
+    /// Unique SE name.
+    pub name: String,
+    /// SE group.
+    pub group: String,
+    /// Controller address.
+    pub controller: SocketAddr,
+}
+
+/// Run the SE forever: sessions with the Controller, and the data plane.
+/// `applied` (if given) is told every version the data plane starts serving.
+pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::Sender<u64>>) {
+    let mut plane = DataPlane::new(&opts.name, l2);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match session(&opts, &mut plane, applied.as_ref()).await {
+            Ok(()) => tracing::info!(se = %opts.name, "controller session closed"),
+            Err(e) => tracing::warn!(se = %opts.name, error = %e, "controller session failed"),
+        }
+        let jitter = Duration::from_millis(rt::random_u64() % (backoff.as_millis() as u64 / 2 + 1));
+        rt::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        if plane.applied_version() > 0 {
+            // Serving already: retry at a steady pace rather than backing off further.
+            backoff = backoff.min(Duration::from_secs(1));
+        }
+    }
+}
+
+async fn session(
+    opts: &SeOptions,
+    plane: &mut DataPlane,
+    applied: Option<&watch::Sender<u64>>,
+) -> Result<(), String> {
+    let stream = rt::timeout(CONNECT_TIMEOUT, rt::connect(opts.controller))
+        .await
+        .map_err(|e| format!("connecting to {}: {e}", opts.controller))?
+        .map_err(|e| format!("connecting to {}: {e}", opts.controller))?;
+    let (rd, mut wr) = tokio::io::split(stream);
+    let hello = SeMessage::Hello {
+        proto_version: PROTO_VERSION,
+        se_name: opts.name.clone(),
+        se_group: opts.group.clone(),
+        applied_version: plane.applied_version(),
+    };
+    proto::write_frame(&mut wr, &hello)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut incoming, reader) = proto::spawn_reader::<_, ControllerMessage>(rd, 16);
+    let result = async {
+        let heartbeat = match rt::timeout(CONNECT_TIMEOUT, incoming.recv()).await {
+            Ok(Some(Ok(ControllerMessage::Welcome { proto_version, heartbeat_ms }))) if proto_version == PROTO_VERSION => {
+                Duration::from_millis(heartbeat_ms.clamp(10, 60_000))
+            }
+            Ok(Some(Ok(ControllerMessage::Refused { reason }))) => return Err(format!("refused: {reason}")),
+            Ok(Some(Ok(other))) => return Err(format!("expected a welcome, got {other:?}")),
+            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Ok(None) => return Err("controller closed the session".into()),
+            Err(_) => return Err("no welcome in time".into()),
+        };
+        tracing::info!(se = %opts.name, controller = %opts.controller, "controller session up");
+        let liveness = heartbeat * MISSED_HEARTBEATS;
+        let mut last_heard = rt::now();
+        let mut next_beat = rt::now() + heartbeat;
+        loop {
+            let until_beat = next_beat.saturating_duration_since(rt::now());
+            tokio::select! {
+                msg = incoming.recv() => {
+                    last_heard = rt::now();
+                    match msg {
+                        None => return Ok(()),
+                        Some(Err(e)) => return Err(e.to_string()),
+                        Some(Ok(ControllerMessage::Config(cfg))) => {
+                            let reply = match plane.apply(&cfg).await {
+                                Ok(()) => {
+                                    if let Some(tx) = applied {
+                                        tx.send_replace(cfg.version);
+                                    }
+                                    SeMessage::Ack { version: cfg.version }
+                                }
+                                Err(e) => {
+                                    tracing::warn!(se = %opts.name, version = cfg.version, error = %e, "config refused");
+                                    SeMessage::Nack { version: cfg.version, reason: e.to_string() }
+                                }
+                            };
+                            proto::write_frame(&mut wr, &reply).await.map_err(|e| e.to_string())?;
+                        }
+                        Some(Ok(ControllerMessage::HeartbeatAck { .. })) => {}
+                        Some(Ok(ControllerMessage::Refused { reason })) => return Err(format!("refused: {reason}")),
+                        Some(Ok(ControllerMessage::Welcome { .. })) => return Err("second welcome".into()),
+                    }
+                }
+                _ = rt::sleep(until_beat) => {
+                    if rt::now().duration_since(last_heard) > liveness {
+                        return Err("controller silent for too long".into());
+                    }
+                    let beat = SeMessage::Heartbeat { applied_version: plane.applied_version() };
+                    proto::write_frame(&mut wr, &beat).await.map_err(|e| e.to_string())?;
+                    next_beat += heartbeat;
+                }
+            }
+        }
+    }
+    .await;
+    reader.abort();
+    result
+}

@@ -1,0 +1,19 @@
+//! The Service Engine: carries virtual services' traffic.
+//!
+//! - [`agent`]: the session with the Controller; applies each pushed config
+//!   and keeps serving the last one while the Controller is unreachable.
+//! - [`dataplane`]: listeners per virtual service, swapped atomically.
+//! - [`proxy`]: the HTTP/1.1 reverse proxy of one virtual service.
+//! - [`lb`]: load-balancing selection over a server set.
+//! - [`origin`]: a small built-in HTTP server for examples and drills.
+#![deny(missing_docs)]
+
+pub mod agent;
+pub mod dataplane;
+pub mod lb;
+pub mod origin;
+pub mod proxy;
+
+/// Response header naming the SE that served a request, so clients and the
+/// chaos suite can tell which SE answered for a VIP.
+pub const SE_HEADER: &str = "x-fabric-se";

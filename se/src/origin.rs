@@ -1,0 +1,49 @@
+//! A small HTTP origin server built into the binary, so examples and drills
+//! need nothing else. It answers every path with its name.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fabric::rt;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+/// Header naming the origin that produced a response.
+pub const ORIGIN_HEADER: &str = "x-fabric-origin";
+
+/// Serve `hello from NAME` on every request until the listener fails.
+pub async fn serve(name: String, listener: rt::TcpListener) -> std::io::Result<()> {
+    let name: std::sync::Arc<str> = name.into();
+    rt::accept_loop(listener, 4096, move |stream, _peer| {
+        let name = name.clone();
+        async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let name = name.clone();
+                async move { Ok::<_, Infallible>(respond(&name, &req)) }
+            });
+            let _ = http1::Builder::new()
+                .timer(rt::Timer)
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+    })
+    .await
+}
+
+fn respond<B>(name: &str, req: &Request<B>) -> Response<Full<Bytes>> {
+    let body = if req.uri().path() == "/health" {
+        "ok\n".to_string()
+    } else {
+        format!("hello from {name}\n")
+    };
+    Response::builder()
+        .header(ORIGIN_HEADER, name)
+        .header(http::header::CONTENT_TYPE, "text/plain")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}

@@ -1,0 +1,215 @@
+//! The HTTP/1.1 reverse proxy of one virtual service.
+//!
+//! Each request picks a server from the virtual service's current
+//! [`ServerSet`]; a server that refuses the connection is skipped (the
+//! request has not been sent, so trying the next one is safe). Responses
+//! carry [`SE_HEADER`](crate::SE_HEADER) naming this SE.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fabric::rt;
+use http::{HeaderValue, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1 as client_http1;
+use hyper::server::conn::http1 as server_http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+use crate::lb::ServerSet;
+
+/// Time allowed to open a connection to a server.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time allowed for a server to start its response.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a client has to send a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Body of a proxied response: the server's, or one we made.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// A virtual service as the data plane serves it.
+#[derive(Debug)]
+pub struct VirtualService {
+    /// Name of the virtual service.
+    pub name: String,
+    se_name: Arc<str>,
+    servers: RwLock<Arc<ServerSet>>,
+}
+
+impl VirtualService {
+    /// A virtual service served by SE `se_name` over `servers`.
+    pub fn new(name: String, se_name: Arc<str>, servers: ServerSet) -> Self {
+        Self {
+            name,
+            se_name,
+            servers: RwLock::new(Arc::new(servers)),
+        }
+    }
+
+    /// The server set requests use now.
+    pub fn servers(&self) -> Arc<ServerSet> {
+        self.servers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Swap in a new server set; requests already past their pick keep the old one.
+    pub fn set_servers(&self, servers: ServerSet) {
+        *self.servers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(servers);
+    }
+}
+
+/// Serve one client connection of `vs`. Malformed requests get hyper's 4xx
+/// answer (400, 431 for oversized headers) and the connection closes.
+pub async fn serve_connection(vs: Arc<VirtualService>, stream: rt::TcpStream, peer: SocketAddr) {
+    let service = service_fn(move |req| {
+        let vs = vs.clone();
+        async move { Ok::<_, Infallible>(handle(&vs, req, peer).await) }
+    });
+    let _ = server_http1::Builder::new()
+        .timer(rt::Timer)
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+async fn handle(
+    vs: &VirtualService,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    add_forwarded_for(&mut req, peer);
+    let servers = vs.servers();
+    let mut failures = Vec::new();
+    for _ in 0..servers.len() {
+        let server = servers.pick();
+        let mut sender = match open(server).await {
+            Ok(sender) => sender,
+            Err(e) => {
+                failures.push(format!("{server}: {e}"));
+                continue;
+            }
+        };
+        let mut resp = match rt::timeout(RESPONSE_TIMEOUT, sender.send_request(req)).await {
+            Ok(Ok(resp)) => resp.map(BodyExt::boxed),
+            Ok(Err(e)) => error_response(
+                StatusCode::BAD_GATEWAY,
+                &format!("server {server} failed: {e}"),
+            ),
+            Err(_) => error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("server {server} did not answer in time"),
+            ),
+        };
+        tag(&mut resp, &vs.se_name);
+        return resp;
+    }
+    tracing::warn!(vs = %vs.name, ?failures, "no server reachable");
+    let mut resp = error_response(
+        StatusCode::BAD_GATEWAY,
+        "no server of the pool is reachable",
+    );
+    tag(&mut resp, &vs.se_name);
+    resp
+}
+
+fn add_forwarded_for(req: &mut Request<Incoming>, peer: SocketAddr) {
+    let headers = req.headers_mut();
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", v);
+    }
+}
+
+fn tag(resp: &mut Response<ProxyBody>, se_name: &str) {
+    if let Ok(v) = HeaderValue::from_str(se_name) {
+        resp.headers_mut().insert(crate::SE_HEADER, v);
+    }
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let body = Full::new(Bytes::from(format!("{message}\n")))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Why a request to a server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection in time.
+    #[error("connect timed out")]
+    ConnectTimeout,
+    /// The connection failed.
+    #[error("connect failed: {0}")]
+    Connect(#[from] std::io::Error),
+    /// HTTP failed on the connection.
+    #[error("http: {0}")]
+    Http(#[from] hyper::Error),
+    /// No response in time.
+    #[error("response timed out")]
+    ResponseTimeout,
+}
+
+async fn open<B>(server: SocketAddr) -> Result<client_http1::SendRequest<B>, UpstreamError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = rt::timeout(CONNECT_TIMEOUT, rt::connect(server))
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout)??;
+    let (sender, conn) = client_http1::handshake(TokioIo::new(stream)).await?;
+    rt::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// Send one request to `server` on a new connection and read the whole
+/// response: for clients in tests, drills and the simulation.
+pub async fn fetch<B>(server: SocketAddr, req: Request<B>) -> Result<Response<Bytes>, UpstreamError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut sender = open(server).await?;
+    let resp = rt::timeout(RESPONSE_TIMEOUT, sender.send_request(req))
+        .await
+        .map_err(|_| UpstreamError::ResponseTimeout)??;
+    let (parts, body) = resp.into_parts();
+    let body = rt::timeout(RESPONSE_TIMEOUT, body.collect())
+        .await
+        .map_err(|_| UpstreamError::ResponseTimeout)??
+        .to_bytes();
+    Ok(Response::from_parts(parts, body))
+}
+
+/// `GET path` on `server` with `Host: host`; the whole response.
+pub async fn get(
+    server: SocketAddr,
+    host: &str,
+    path: &str,
+) -> Result<Response<Bytes>, UpstreamError> {
+    let req = Request::get(path)
+        .header(http::header::HOST, host)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| {
+            UpstreamError::Connect(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        })?;
+    fetch(server, req).await
+}

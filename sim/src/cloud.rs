@@ -1,0 +1,128 @@
+//! A cloud connector whose SE hosts are simulated nodes.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use fabric::platform::{CloudConnector, CloudError, L2Fabric, SeHost, SeSpec};
+use madsim::runtime::Handle;
+use madsim::task::NodeId;
+
+use crate::l2::Segment;
+
+/// SE hosts as madsim nodes on the world's L2 segment, addressed
+/// `10.0.1.N` in creation order.
+#[derive(Debug, Clone)]
+pub struct SimCloud {
+    segment: Segment,
+    hosts: Arc<Mutex<BTreeMap<String, (NodeId, IpAddr, bool)>>>,
+    created: Arc<Mutex<u8>>,
+}
+
+impl SimCloud {
+    /// A connector creating SEs attached to `segment`.
+    pub fn new(segment: Segment) -> Self {
+        Self {
+            segment,
+            hosts: Arc::default(),
+            created: Arc::default(),
+        }
+    }
+
+    /// Crash an SE host (its memory is lost; its node can restart).
+    pub fn kill(&self, name: &str) -> Result<(), CloudError> {
+        let id = self.mark(name, false)?;
+        Handle::current().kill(id);
+        Ok(())
+    }
+
+    /// Restart a killed SE host: it boots and registers again.
+    pub fn restart(&self, name: &str) -> Result<(), CloudError> {
+        let id = self.mark(name, true)?;
+        Handle::current().restart(id);
+        Ok(())
+    }
+
+    /// The simulator's node id of an SE host.
+    pub fn node_id(&self, name: &str) -> Option<NodeId> {
+        lock(&self.hosts).get(name).map(|(id, _, _)| *id)
+    }
+
+    fn mark(&self, name: &str, running: bool) -> Result<NodeId, CloudError> {
+        let mut hosts = lock(&self.hosts);
+        let entry = hosts
+            .get_mut(name)
+            .ok_or_else(|| CloudError::NotFound(name.to_string()))?;
+        entry.2 = running;
+        Ok(entry.0)
+    }
+}
+
+#[async_trait]
+impl CloudConnector for SimCloud {
+    async fn create_se(&self, spec: SeSpec) -> Result<SeHost, CloudError> {
+        if lock(&self.hosts).contains_key(&spec.name) {
+            return Err(CloudError::Exists(spec.name));
+        }
+        let n = {
+            let mut created = lock(&self.created);
+            *created = created
+                .checked_add(1)
+                .ok_or_else(|| CloudError::Failed("out of SE addresses".into()))?;
+            *created
+        };
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 1, n));
+        let segment = self.segment.clone();
+        let opts = se::agent::SeOptions {
+            name: spec.name.clone(),
+            group: spec.group,
+            controller: spec.controller,
+        };
+        let node = Handle::current()
+            .create_node()
+            .name(spec.name.clone())
+            .ip(ip)
+            .init(move || {
+                let segment = segment.clone();
+                let opts = opts.clone();
+                async move {
+                    let port = segment
+                        .attach(ip)
+                        .await
+                        .expect("the ARP port is free on a new node");
+                    se::agent::run(opts, port as Arc<dyn L2Fabric>, None).await;
+                }
+            })
+            .build();
+        lock(&self.hosts).insert(spec.name.clone(), (node.id(), ip, true));
+        Ok(SeHost {
+            name: spec.name,
+            addr: Some(ip),
+            running: true,
+        })
+    }
+
+    async fn delete_se(&self, name: &str) -> Result<(), CloudError> {
+        let (id, _, _) = lock(&self.hosts)
+            .remove(name)
+            .ok_or_else(|| CloudError::NotFound(name.to_string()))?;
+        Handle::current().kill(id);
+        Ok(())
+    }
+
+    async fn list_ses(&self) -> Vec<SeHost> {
+        lock(&self.hosts)
+            .iter()
+            .map(|(name, (_, ip, running))| SeHost {
+                name: name.clone(),
+                addr: Some(*ip),
+                running: *running,
+            })
+            .collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,21 @@
+//! The simulated world the chaos suite runs.
+//!
+//! - [`l2`]: a layer-2 segment whose hosts keep ARP caches (with a TTL) and
+//!   learn VIP owners from gratuitous ARP frames sent as datagrams, so the
+//!   simulator can lose, delay or partition them. It implements
+//!   [`fabric::platform::L2Fabric`] for SEs and resolves VIPs for clients.
+//!   It uses only `fabric::rt`, so it also runs (and is unit-tested) on a
+//!   real host over loopback.
+//! - `world` (simulation builds only): builds a fabric of simulated nodes
+//!   (Controller, SEs through the simulated cloud connector, origins, DNS,
+//!   a client) and acts on it as a drill would.
+//! - `cloud` (simulation builds only): [`fabric::platform::CloudConnector`]
+//!   over simulated nodes.
+#![deny(missing_docs)]
+
+pub mod l2;
+
+#[cfg(madsim)]
+pub mod cloud;
+#[cfg(madsim)]
+pub mod world;

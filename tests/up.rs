@@ -1,0 +1,189 @@
+//! End to end on this host: `fabric up` as a user runs it (the real binary,
+//! the SE as a child process fed by the Controller over the network), then
+//! HTTP and DNS against it, then a clean stop. Also `fabric check` on bad
+//! config. Ports are derived from the test's PID to avoid collisions.
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+
+const FABRIC: &str = env!("CARGO_BIN_EXE_fabric");
+
+fn config(base: u16) -> String {
+    fabric::model::EXAMPLE_CONFIG
+        .replace("127.0.0.1:7470", &format!("127.0.0.1:{}", base))
+        .replace("127.0.0.1:8481", &format!("127.0.0.1:{}", base + 1))
+        .replace("127.0.0.1:8482", &format!("127.0.0.1:{}", base + 2))
+        .replace("port = 8080", &format!("port = {}", base + 3))
+        .replace("127.0.0.1:8053", &format!("127.0.0.1:{}", base + 4))
+}
+
+fn dns_query(server: SocketAddr, name: &str) -> Message {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut q = Message::query();
+    q.metadata.id = 4242;
+    q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    socket.send_to(&q.to_vec().unwrap(), server).unwrap();
+    let mut buf = [0u8; 2048];
+    let (len, _) = socket.recv_from(&mut buf).unwrap();
+    Message::from_vec(&buf[..len]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_http_and_dns_then_stops() {
+    let base = 20_000 + (std::process::id() % 8000) as u16 * 5;
+    let dir = std::env::temp_dir().join(format!("fabric-up-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("fabric.toml");
+    std::fs::write(&path, config(base)).unwrap();
+
+    let mut child = Command::new(FABRIC)
+        .args(["up", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !printed.iter().any(|l: &String| l.starts_with("Ctrl-C")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => printed.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("fabric up did not report ready in 30 s; printed {printed:?}");
+            }
+        }
+    }
+    let vip = SocketAddr::new("127.0.0.10".parse().unwrap(), base + 3);
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains(&format!("curl -i http://{vip}/"))),
+        "{printed:?}"
+    );
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains(&format!("dig @127.0.0.1 -p {} app.fabric.test", base + 4))),
+        "{printed:?}"
+    );
+
+    let mut origins = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let resp = se::proxy::get(vip, "app", "/").await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()[se::SE_HEADER], "se-1");
+        origins.insert(
+            resp.headers()[se::origin::ORIGIN_HEADER]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(
+        origins.len(),
+        2,
+        "round robin over both origins: {origins:?}"
+    );
+
+    let dns = SocketAddr::new("127.0.0.1".parse().unwrap(), base + 4);
+    let answer = dns_query(dns, "app.fabric.test.");
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    let addrs: Vec<IpAddr> = answer
+        .answers
+        .iter()
+        .filter_map(|r| {
+            if let RData::A(a) = &r.data {
+                Some(IpAddr::V4(a.0))
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(addrs, vec![vip.ip()]);
+    assert_eq!(
+        dns_query(dns, "nope.fabric.test.").metadata.response_code,
+        ResponseCode::NXDomain
+    );
+
+    // A clean stop takes the child SE down too: the VIP stops answering.
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let stopped = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect_timeout(&vip, Duration::from_millis(200)).is_ok() {
+        assert!(
+            Instant::now() < stopped,
+            "the SE child still serves after `fabric up` stopped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn check_names_the_field_and_applies_nothing() {
+    let dir = std::env::temp_dir().join(format!("fabric-check-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (
+            "port = 8080",
+            "port = 0",
+            "virtual_services[0].port: port 0 is not a usable port",
+        ),
+        (
+            "pool = \"web\"",
+            "pool = \"web\"\ncolour = 1",
+            "unknown field `colour`",
+        ),
+        ("port = 8080", "port = \"http\"", "virtual_services[0].port"),
+    ];
+    for (i, (from, to, expect)) in cases.iter().enumerate() {
+        let path = dir.join(format!("bad-{i}.toml"));
+        std::fs::write(&path, fabric::model::EXAMPLE_CONFIG.replacen(from, to, 1)).unwrap();
+        for cmd in ["check", "up"] {
+            let mut args = vec![cmd.to_string()];
+            if cmd == "up" {
+                args.push("--config".into());
+            }
+            args.push(path.display().to_string());
+            let out = Command::new(FABRIC).args(&args).output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{cmd} {expect}: {stderr}");
+            assert!(
+                stderr.contains(expect),
+                "{cmd}: expected {expect:?} in {stderr}"
+            );
+            assert!(stderr.contains("nothing applied"), "{stderr}");
+        }
+    }
+    let good = dir.join("good.toml");
+    std::fs::write(&good, fabric::model::EXAMPLE_CONFIG).unwrap();
+    let out = Command::new(FABRIC)
+        .arg("check")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
