@@ -122,6 +122,19 @@ async fn up_serves_http_and_dns_then_stops() {
         ResponseCode::NXDomain
     );
 
+    // Malformed HTTP gets a 400 and the connection closes; the SE keeps serving.
+    {
+        use std::io::{Read, Write};
+        let mut raw = std::net::TcpStream::connect(vip).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        raw.write_all(b"GARBAGE \x00\x01 nonsense\r\n\r\n").unwrap();
+        let mut reply = Vec::new();
+        let _ = raw.read_to_end(&mut reply);
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+        assert_eq!(se::proxy::get(vip, "app", "/").await.unwrap().status(), 200);
+    }
+
     // A clean stop takes the child SE down too: the VIP stops answering.
     assert!(Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -14,12 +14,21 @@ use sim::world::World;
 
 const SETTLE: Duration = Duration::from_secs(10);
 
+/// Print how much simulated time a scenario covered (for the sim/wall ratio).
+fn report(name: &str, started: std::time::Instant) {
+    println!(
+        "scenario {name}: simulated {:.3} s",
+        (fabric::rt::now() - started).as_secs_f64()
+    );
+}
+
 async fn serving(world: &World) -> bool {
     matches!(world.http_get("/").await, Ok(r) if r.status == 200)
 }
 
 #[madsim::test]
 async fn http_round_robins_over_both_origins_through_the_se() {
+    let started = fabric::rt::now();
     let world = World::builder().build().await.unwrap();
     world
         .wait_until("the VIP serves", SETTLE, || serving(&world))
@@ -48,10 +57,15 @@ async fn http_round_robins_over_both_origins_through_the_se() {
         se.connected && se.applied_version == controller.desired().version,
         "{se:?}"
     );
+    report(
+        "http_round_robins_over_both_origins_through_the_se",
+        started,
+    );
 }
 
 #[madsim::test]
 async fn malformed_http_gets_400_and_the_se_keeps_serving() {
+    let started = fabric::rt::now();
     let world = World::builder().build().await.unwrap();
     world
         .wait_until("the VIP serves", SETTLE, || serving(&world))
@@ -64,10 +78,12 @@ async fn malformed_http_gets_400_and_the_se_keeps_serving() {
     let text = String::from_utf8_lossy(&reply);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert!(serving(&world).await);
+    report("malformed_http_gets_400_and_the_se_keeps_serving", started);
 }
 
 #[madsim::test]
 async fn dns_answers_the_vip_authoritatively() {
+    let started = fabric::rt::now();
     let world = World::builder().build().await.unwrap();
     let vip: IpAddr = "10.0.100.1".parse().unwrap();
     let a = world.dns("app.fabric.test.", RecordType::A).await.unwrap();
@@ -105,10 +121,12 @@ async fn dns_answers_the_vip_authoritatively() {
         .unwrap();
     assert_eq!(&reply[..2], &[0xab, 0xcd]);
     assert_eq!(reply[3] & 0x0f, 1, "FORMERR");
+    report("dns_answers_the_vip_authoritatively", started);
 }
 
 #[madsim::test]
 async fn service_resumes_after_the_se_crashes_and_restarts() {
+    let started = fabric::rt::now();
     let world = World::builder().build().await.unwrap();
     world
         .wait_until("the VIP serves", SETTLE, || serving(&world))
@@ -142,10 +160,12 @@ async fn service_resumes_after_the_se_crashes_and_restarts() {
         "the SE registered again after its restart: {:#?}",
         controller.events()
     );
+    report("service_resumes_after_the_se_crashes_and_restarts", started);
 }
 
 #[madsim::test]
 async fn the_se_keeps_serving_while_the_controller_is_down() {
+    let started = fabric::rt::now();
     let world = World::builder().build().await.unwrap();
     world
         .wait_until("the VIP serves", SETTLE, || serving(&world))
@@ -174,4 +194,5 @@ async fn the_se_keeps_serving_while_the_controller_is_down() {
         .await
         .unwrap();
     assert!(serving(&world).await);
+    report("the_se_keeps_serving_while_the_controller_is_down", started);
 }

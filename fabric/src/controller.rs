@@ -231,24 +231,27 @@ impl Controller {
         self.event("se_down", name, reason);
     }
 
-    fn on_ack(&self, session: u64, name: &str, version: u64) {
+    /// Record an acknowledgement; an SE whose applied version goes backwards
+    /// breaks the protocol and loses its session.
+    fn on_ack(&self, session: u64, name: &str, version: u64) -> Result<(), String> {
         {
             let mut ses = lock(&self.inner.ses);
             let Some((s, status)) = ses.get_mut(name) else {
-                return;
+                return Ok(());
             };
             if *s != session {
-                return;
+                return Ok(());
             }
-            // An SE's applied version never goes backwards (BENCHMARKS invariant 2).
-            assert!(
-                version >= status.applied_version || version == 0,
-                "SE {name} acked {version} after {}",
-                status.applied_version
-            );
+            if version < status.applied_version {
+                return Err(format!(
+                    "acked version {version} after {}",
+                    status.applied_version
+                ));
+            }
             status.applied_version = version;
         }
         self.event("config_applied", name, format!("version {version}"));
+        Ok(())
     }
 
     async fn run_session<W>(
@@ -293,7 +296,11 @@ impl Controller {
                     Ok(None) => break Ok(()),
                     Ok(Some(Err(e))) => break Err(e.to_string()),
                     Ok(Some(Ok(m))) => match m {
-                        SeMessage::Ack { version } => self.on_ack(session, name, version),
+                        SeMessage::Ack { version } => {
+                            if let Err(e) = self.on_ack(session, name, version) {
+                                break Err(e);
+                            }
+                        }
                         SeMessage::Nack { version, reason } => {
                             self.event("config_refused", name, format!("version {version}: {reason}"))
                         }

@@ -13,8 +13,9 @@
 //! per query and the client's letter case is kept.
 //!
 //! Behaviour, modelled on knot and NSD as authoritative-only servers:
-//! - FORMERR (header only) for anything that does not parse or has QDCOUNT != 1;
-//!   NOTIMP for opcodes other than QUERY; no response at all to a response.
+//! - FORMERR (header only) for anything that does not parse, has QDCOUNT != 1,
+//!   trailing bytes, several OPT records or a question of type OPT; NOTIMP
+//!   (header only) for opcodes other than QUERY; nothing at all for a response.
 //! - REFUSED, without AA, outside every zone, for classes other than IN, and
 //!   for zone transfers (AXFR/IXFR are not offered).
 //! - ANY is answered with every RRset at the name (not RFC 8482's minimal
@@ -242,56 +243,37 @@ impl Engine {
             response.rcode = RCODE_BADVERS;
             return;
         }
-        let Some((zone_label, zone)) = (request.qclass == CLASS_IN)
-            .then(|| self.zone_of(&request.name))
-            .flatten()
-        else {
+        let qtype = request.qtype;
+        let zone = match request.qclass {
+            CLASS_IN if !matches!(qtype, TYPE_AXFR | TYPE_IXFR) => self.zone_of(&request.name),
+            _ => None,
+        };
+        let Some((zone_label, zone)) = zone else {
             response.rcode = RCODE_REFUSED;
             return;
         };
-        if matches!(request.qtype, TYPE_AXFR | TYPE_IXFR) {
-            response.rcode = RCODE_REFUSED;
-            return;
-        }
         response.authoritative = true;
         let apex = Pointer::to_label(&request.name, zone_label);
         let Some(node) = zone.nodes.get(request.name.bytes()) else {
             response.rcode = RCODE_NXDOMAIN;
-            response.soa(
-                Section::Authority,
-                apex,
-                zone,
-                self.serial,
-                zone.negative_ttl_secs(),
-            );
+            response.soa(Section::Authority, apex, zone, self.serial);
             return;
         };
-        let qtype = request.qtype;
         let any = qtype == TYPE_ANY;
         let at_apex = zone_label == 0;
-        let owner = Pointer::QNAME;
         if at_apex && (any || qtype == TYPE_SOA) {
-            response.soa(Section::Answer, apex, zone, self.serial, zone.ttl_secs);
+            response.soa(Section::Answer, apex, zone, self.serial);
         }
         let with_ns = at_apex && (any || qtype == TYPE_NS);
         if with_ns {
             response.ns(apex, zone.ttl_secs);
         }
-        if any || qtype == TYPE_A {
-            response.addresses(Section::Answer, owner, node, Family::V4);
-        }
-        if any || qtype == TYPE_AAAA {
-            response.addresses(Section::Answer, owner, node, Family::V6);
+        if any || qtype == TYPE_A || qtype == TYPE_AAAA {
+            response.addresses(node, any || qtype == TYPE_A, any || qtype == TYPE_AAAA);
         }
         if response.count(Section::Answer) == 0 {
             // NODATA: an existing name (or empty non-terminal) without this type.
-            response.soa(
-                Section::Authority,
-                apex,
-                zone,
-                self.serial,
-                zone.negative_ttl_secs(),
-            );
+            response.soa(Section::Authority, apex, zone, self.serial);
         }
         if with_ns {
             response.glue(apex, &zone.glue);
@@ -554,12 +536,6 @@ enum Section {
     Additional,
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Family {
-    V4,
-    V6,
-}
-
 /// A compression pointer to a name inside the echoed question.
 #[derive(Clone, Copy, Debug)]
 struct Pointer(u16);
@@ -573,6 +549,14 @@ impl Pointer {
         // The question starts at offset 12 and is at most 255 bytes long, far
         // below the 14-bit pointer limit.
         Pointer((HEADER_LEN + name.starts[label] as usize) as u16)
+    }
+
+    /// A pointer to `offset` in the response, if a pointer can reach it.
+    fn to_offset(offset: usize) -> Option<Pointer> {
+        u16::try_from(offset)
+            .ok()
+            .filter(|&o| o < 0x4000)
+            .map(Pointer)
     }
 
     fn bytes(self) -> [u8; 2] {
@@ -613,10 +597,11 @@ impl Response {
         *count = count.saturating_add(1);
     }
 
-    /// Write a record's owner, type, class and TTL; returns where RDLENGTH goes.
-    fn record(&mut self, section: Section, owner: Pointer, rtype: u16, ttl_secs: u32) -> usize {
+    /// Write a record's owner (encoded), type, class and TTL; returns where
+    /// RDLENGTH goes, for [`end_rdata`](Self::end_rdata).
+    fn record(&mut self, section: Section, owner: &[u8], rtype: u16, ttl_secs: u32) -> usize {
         self.bump(section);
-        self.buf.extend_from_slice(&owner.bytes());
+        self.buf.extend_from_slice(owner);
         self.buf.extend_from_slice(&rtype.to_be_bytes());
         self.buf.extend_from_slice(&CLASS_IN.to_be_bytes());
         self.buf.extend_from_slice(&ttl_secs.to_be_bytes());
@@ -628,12 +613,18 @@ impl Response {
     fn end_rdata(&mut self, rdlength_at: usize) {
         let rdlength = self.buf.len() - rdlength_at - 2;
         // Every record we write is far smaller; a bigger one would be a bug here.
-        assert!(rdlength <= u16::MAX as usize, "rdata of {rdlength} bytes");
+        debug_assert!(rdlength <= u16::MAX as usize, "rdata of {rdlength} bytes");
         self.buf[rdlength_at..rdlength_at + 2].copy_from_slice(&(rdlength as u16).to_be_bytes());
     }
 
-    fn soa(&mut self, section: Section, apex: Pointer, zone: &Zone, serial: u32, ttl_secs: u32) {
-        let at = self.record(section, apex, TYPE_SOA, ttl_secs);
+    /// The zone's SOA: TTL the zone's in the answer section, the negative TTL
+    /// in the authority section.
+    fn soa(&mut self, section: Section, apex: Pointer, zone: &Zone, serial: u32) {
+        let ttl_secs = match section {
+            Section::Authority => zone.negative_ttl_secs(),
+            _ => zone.ttl_secs,
+        };
+        let at = self.record(section, &apex.bytes(), TYPE_SOA, ttl_secs);
         self.buf.extend_from_slice(LABEL_NS1);
         self.buf.extend_from_slice(&apex.bytes());
         self.buf.extend_from_slice(LABEL_HOSTMASTER);
@@ -651,66 +642,48 @@ impl Response {
     }
 
     fn ns(&mut self, apex: Pointer, ttl_secs: u32) {
-        let at = self.record(Section::Answer, apex, TYPE_NS, ttl_secs);
+        let at = self.record(Section::Answer, &apex.bytes(), TYPE_NS, ttl_secs);
         self.buf.extend_from_slice(LABEL_NS1);
         self.buf.extend_from_slice(&apex.bytes());
         self.end_rdata(at);
     }
 
-    fn addresses(&mut self, section: Section, owner: Pointer, node: &Node, family: Family) {
-        match family {
-            Family::V4 => {
-                for v4 in &node.v4 {
-                    let at = self.record(section, owner, TYPE_A, node.ttl_secs);
-                    self.buf.extend_from_slice(v4);
-                    self.end_rdata(at);
-                }
-            }
-            Family::V6 => {
-                for v6 in &node.v6 {
-                    let at = self.record(section, owner, TYPE_AAAA, node.ttl_secs);
-                    self.buf.extend_from_slice(v6);
-                    self.end_rdata(at);
-                }
-            }
+    /// A and/or AAAA records of `node`, owned by the question name.
+    fn addresses(&mut self, node: &Node, v4: bool, v6: bool) {
+        let owner = Pointer::QNAME.bytes();
+        let v4s = node.v4.iter().filter(|_| v4).map(|a| (TYPE_A, &a[..]));
+        let v6s = node.v6.iter().filter(|_| v6).map(|a| (TYPE_AAAA, &a[..]));
+        for (rtype, rdata) in v4s.chain(v6s) {
+            let at = self.record(Section::Answer, &owner, rtype, node.ttl_secs);
+            self.buf.extend_from_slice(rdata);
+            self.end_rdata(at);
         }
     }
 
     /// `ns1.<zone>` addresses in the additional section, so a resolver needs
     /// no second query to reach the name server it was just told about.
     fn glue(&mut self, apex: Pointer, glue: &Node) {
-        if glue.v4.is_empty() && glue.v6.is_empty() {
-            return;
-        }
-        // The owner `ns1.<zone>` is written as a label plus a pointer to the
-        // apex; its first occurrence is then the target of the other pointers.
-        let ns1 = self.buf.len();
-        let mut first = true;
-        for family in [Family::V4, Family::V6] {
-            let records = match family {
-                Family::V4 => glue.v4.len(),
-                Family::V6 => glue.v6.len(),
-            };
-            for i in 0..records {
-                self.bump(Section::Additional);
-                if first || ns1 >= 0x4000 {
-                    self.buf.extend_from_slice(LABEL_NS1);
-                    self.buf.extend_from_slice(&apex.bytes());
-                    first = false;
-                } else {
-                    self.buf.extend_from_slice(&Pointer(ns1 as u16).bytes());
+        // The first owner is written as the label `ns1` plus a pointer to the
+        // apex; later ones point at that first one.
+        let mut spelled = [0u8; 6];
+        spelled[..4].copy_from_slice(LABEL_NS1);
+        spelled[4..].copy_from_slice(&apex.bytes());
+        let mut first: Option<Pointer> = None;
+        let v4s = glue.v4.iter().map(|a| (TYPE_A, &a[..]));
+        let v6s = glue.v6.iter().map(|a| (TYPE_AAAA, &a[..]));
+        for (rtype, rdata) in v4s.chain(v6s) {
+            let owner_at = self.buf.len();
+            let at = match first {
+                Some(pointer) => {
+                    self.record(Section::Additional, &pointer.bytes(), rtype, glue.ttl_secs)
                 }
-                let (rtype, rdata): (u16, &[u8]) = match family {
-                    Family::V4 => (TYPE_A, &glue.v4[i]),
-                    Family::V6 => (TYPE_AAAA, &glue.v6[i]),
-                };
-                self.buf.extend_from_slice(&rtype.to_be_bytes());
-                self.buf.extend_from_slice(&CLASS_IN.to_be_bytes());
-                self.buf.extend_from_slice(&glue.ttl_secs.to_be_bytes());
-                self.buf
-                    .extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-                self.buf.extend_from_slice(rdata);
-            }
+                None => {
+                    first = Pointer::to_offset(owner_at);
+                    self.record(Section::Additional, &spelled, rtype, glue.ttl_secs)
+                }
+            };
+            self.buf.extend_from_slice(rdata);
+            self.end_rdata(at);
         }
     }
 
@@ -755,11 +728,12 @@ impl Response {
             flags |= FLAG_TC;
         }
         self.buf[2] = flags;
-        self.buf[3] = (if request.checking_disabled {
+        let cd = if request.checking_disabled {
             FLAG_CD
         } else {
             0
-        }) | (self.rcode & 0x0F) as u8;
+        };
+        self.buf[3] = cd | (self.rcode & 0x0F) as u8;
         let counts = [1, self.counts[0], self.counts[1], self.counts[2]];
         for (i, count) in counts.iter().enumerate() {
             self.buf[4 + 2 * i..6 + 2 * i].copy_from_slice(&count.to_be_bytes());

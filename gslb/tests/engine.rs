@@ -333,6 +333,37 @@ fn ipv6_listen_address_is_aaaa_glue() {
 }
 
 #[test]
+fn a_gslb_service_named_ns1_is_the_glue() {
+    let mut config = config();
+    common::add_service(&mut config, "ns1.fabric.test", &["app"], 45);
+    config
+        .gslb_services
+        .last_mut()
+        .unwrap()
+        .members
+        .push("app6".into());
+    config.validate().unwrap();
+    let engine = Engine::from_config(&config, SERIAL);
+    let response = ask(
+        &engine,
+        &query("fabric.test.", RecordType::NS),
+        Transport::Udp,
+    );
+    assert_eq!(
+        v4s(&response.additionals),
+        vec![Ipv4Addr::new(127, 0, 0, 10)]
+    );
+    assert_eq!(
+        v6s(&response.additionals),
+        vec!["fd00::10".parse::<Ipv6Addr>().unwrap()]
+    );
+    for glue in &response.additionals {
+        assert_eq!(glue.name, name("ns1.fabric.test."));
+        assert_eq!(glue.ttl, 45);
+    }
+}
+
+#[test]
 fn any_answers_every_rrset_at_the_name() {
     let response = ask_udp(&query("fabric.test.", RecordType::ANY));
     assert_eq!(response.metadata.response_code, ResponseCode::NoError);

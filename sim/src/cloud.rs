@@ -16,7 +16,7 @@ use crate::l2::Segment;
 #[derive(Debug, Clone)]
 pub struct SimCloud {
     segment: Segment,
-    hosts: Arc<Mutex<BTreeMap<String, (NodeId, IpAddr, bool)>>>,
+    hosts: Arc<Mutex<BTreeMap<String, SimHost>>>,
     created: Arc<Mutex<u8>>,
 }
 
@@ -46,7 +46,7 @@ impl SimCloud {
 
     /// The simulator's node id of an SE host.
     pub fn node_id(&self, name: &str) -> Option<NodeId> {
-        lock(&self.hosts).get(name).map(|(id, _, _)| *id)
+        lock(&self.hosts).get(name).map(|h| h.node)
     }
 
     fn mark(&self, name: &str, running: bool) -> Result<NodeId, CloudError> {
@@ -54,9 +54,16 @@ impl SimCloud {
         let entry = hosts
             .get_mut(name)
             .ok_or_else(|| CloudError::NotFound(name.to_string()))?;
-        entry.2 = running;
-        Ok(entry.0)
+        entry.running = running;
+        Ok(entry.node)
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SimHost {
+    node: NodeId,
+    ip: IpAddr,
+    running: bool,
 }
 
 #[async_trait]
@@ -95,7 +102,14 @@ impl CloudConnector for SimCloud {
                 }
             })
             .build();
-        lock(&self.hosts).insert(spec.name.clone(), (node.id(), ip, true));
+        lock(&self.hosts).insert(
+            spec.name.clone(),
+            SimHost {
+                node: node.id(),
+                ip,
+                running: true,
+            },
+        );
         Ok(SeHost {
             name: spec.name,
             addr: Some(ip),
@@ -104,20 +118,20 @@ impl CloudConnector for SimCloud {
     }
 
     async fn delete_se(&self, name: &str) -> Result<(), CloudError> {
-        let (id, _, _) = lock(&self.hosts)
+        let host = lock(&self.hosts)
             .remove(name)
             .ok_or_else(|| CloudError::NotFound(name.to_string()))?;
-        Handle::current().kill(id);
+        Handle::current().kill(host.node);
         Ok(())
     }
 
     async fn list_ses(&self) -> Vec<SeHost> {
         lock(&self.hosts)
             .iter()
-            .map(|(name, (_, ip, running))| SeHost {
+            .map(|(name, h)| SeHost {
                 name: name.clone(),
-                addr: Some(*ip),
-                running: *running,
+                addr: Some(h.ip),
+                running: h.running,
             })
             .collect()
     }

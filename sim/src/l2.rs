@@ -343,7 +343,7 @@ mod tests {
 
     #[test]
     fn cache_entries_expire_and_are_bounded() {
-        let t0 = Instant::now();
+        let t0 = rt::now();
         let vip: IpAddr = "10.0.100.1".parse().unwrap();
         let a: IpAddr = "10.0.1.1".parse().unwrap();
         let mut cache = ArpCache::default();
