@@ -132,6 +132,17 @@ async fn up_serves_http_and_dns_then_stops() {
         let _ = raw.read_to_end(&mut reply);
         let reply = String::from_utf8_lossy(&reply);
         assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+        let mut huge = std::net::TcpStream::connect(vip).unwrap();
+        huge.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: app\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(100 * 1024)
+        );
+        let _ = huge.write_all(head.as_bytes());
+        let mut reply = Vec::new();
+        let _ = huge.read_to_end(&mut reply);
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
         assert_eq!(se::proxy::get(vip, "app", "/").await.unwrap().status(), 200);
     }
 

@@ -77,6 +77,12 @@ async fn malformed_http_gets_400_and_the_se_keeps_serving() {
         .unwrap();
     let text = String::from_utf8_lossy(&reply);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    let mut huge = b"GET / HTTP/1.1\r\nHost: app\r\nX-Big: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 100 * 1024));
+    huge.extend_from_slice(b"\r\n\r\n");
+    let reply = world.tcp_exchange(huge).await.unwrap();
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
     assert!(serving(&world).await);
     report("malformed_http_gets_400_and_the_se_keeps_serving", started);
 }

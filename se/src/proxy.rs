@@ -29,6 +29,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a client has to send a request's headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line and headers) accepted; larger gets 431.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Body of a proxied response: the server's, or one we made.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -76,6 +78,7 @@ pub async fn serve_connection(vs: Arc<VirtualService>, stream: rt::TcpStream, pe
     let _ = server_http1::Builder::new()
         .timer(rt::Timer)
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
         .serve_connection(TokioIo::new(stream), service)
         .await;
 }
@@ -85,6 +88,16 @@ async fn handle(
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
+    if head_bytes(&req) > MAX_HEADER_BYTES {
+        let mut resp = error_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request headers too large",
+        );
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        tag(&mut resp, &vs.se_name);
+        return resp;
+    }
     add_forwarded_for(&mut req, peer);
     let servers = vs.servers();
     let mut failures = Vec::new();
@@ -118,6 +131,15 @@ async fn handle(
     );
     tag(&mut resp, &vs.se_name);
     resp
+}
+
+/// Size of the request line and headers as received (hyper bounds its read
+/// buffer, but a head that arrives in one read is not checked against it).
+fn head_bytes<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    req.headers()
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
 fn add_forwarded_for(req: &mut Request<Incoming>, peer: SocketAddr) {
