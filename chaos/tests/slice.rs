@@ -22,6 +22,16 @@ fn report(name: &str, started: std::time::Instant) {
     );
 }
 
+/// The slice world, once its VIP serves.
+async fn serving_world() -> World {
+    let world = World::builder().build().await.unwrap();
+    world
+        .wait_until("the VIP serves", SETTLE, || serving(&world))
+        .await
+        .unwrap();
+    world
+}
+
 async fn serving(world: &World) -> bool {
     matches!(world.http_get("/").await, Ok(r) if r.status == 200)
 }
@@ -29,11 +39,7 @@ async fn serving(world: &World) -> bool {
 #[madsim::test]
 async fn http_round_robins_over_both_origins_through_the_se() {
     let started = fabric::rt::now();
-    let world = World::builder().build().await.unwrap();
-    world
-        .wait_until("the VIP serves", SETTLE, || serving(&world))
-        .await
-        .unwrap();
+    let world = serving_world().await;
 
     let mut origins = BTreeSet::new();
     for _ in 0..6 {
@@ -64,13 +70,42 @@ async fn http_round_robins_over_both_origins_through_the_se() {
 }
 
 #[madsim::test]
-async fn malformed_http_gets_400_and_the_se_keeps_serving() {
+async fn a_config_change_reaches_the_se_and_traffic_follows_it() {
     let started = fabric::rt::now();
-    let world = World::builder().build().await.unwrap();
+    let world = serving_world().await;
+    let controller = world.controller().unwrap();
+    let mut config = world.config.clone();
+    config.pools[0].servers.truncate(1);
+    let version = controller.apply(config).unwrap();
     world
-        .wait_until("the VIP serves", SETTLE, || serving(&world))
+        .wait_until("the SE acks the new version", SETTLE, || async {
+            controller
+                .ses()
+                .iter()
+                .all(|s| s.applied_version == version)
+        })
         .await
         .unwrap();
+    for _ in 0..4 {
+        let r = world.http_get("/").await.unwrap();
+        assert_eq!(r.origin.as_deref(), Some("origin-1"), "{r:?}");
+    }
+
+    // An invalid change is refused whole: nothing moves.
+    let mut bad = world.config.clone();
+    bad.pools[0].servers.clear();
+    assert!(controller.apply(bad).is_err());
+    assert_eq!(controller.desired().version, version);
+    report(
+        "a_config_change_reaches_the_se_and_traffic_follows_it",
+        started,
+    );
+}
+
+#[madsim::test]
+async fn malformed_http_gets_400_and_the_se_keeps_serving() {
+    let started = fabric::rt::now();
+    let world = serving_world().await;
     let reply = world
         .tcp_exchange(b"GARBAGE \x00\x01 nonsense\r\n\r\n".to_vec())
         .await
@@ -133,11 +168,7 @@ async fn dns_answers_the_vip_authoritatively() {
 #[madsim::test]
 async fn service_resumes_after_the_se_crashes_and_restarts() {
     let started = fabric::rt::now();
-    let world = World::builder().build().await.unwrap();
-    world
-        .wait_until("the VIP serves", SETTLE, || serving(&world))
-        .await
-        .unwrap();
+    let world = serving_world().await;
 
     world.cloud.kill("se-1").unwrap();
     world
@@ -172,11 +203,7 @@ async fn service_resumes_after_the_se_crashes_and_restarts() {
 #[madsim::test]
 async fn the_se_keeps_serving_while_the_controller_is_down() {
     let started = fabric::rt::now();
-    let world = World::builder().build().await.unwrap();
-    world
-        .wait_until("the VIP serves", SETTLE, || serving(&world))
-        .await
-        .unwrap();
+    let world = serving_world().await;
 
     world.kill_controller();
     for _ in 0..20 {

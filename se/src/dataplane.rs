@@ -228,3 +228,97 @@ impl Drop for DataPlane {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fabric::model::Algorithm;
+    use fabric::platform::LoopbackL2;
+
+    fn vs(name: &str, port: u16) -> SeVirtualService {
+        SeVirtualService {
+            name: name.into(),
+            vip: "127.0.0.1".parse().unwrap(),
+            port,
+            algorithm: Algorithm::RoundRobin,
+            servers: vec!["127.0.0.1:9".parse().unwrap()],
+        }
+    }
+
+    #[tokio::test]
+    async fn apply_is_all_or_nothing_and_never_goes_backwards() {
+        let taken = rt::TcpListener::bind("127.0.0.1:0".parse::<SocketAddr>().unwrap())
+            .await
+            .unwrap();
+        let taken_port = taken.local_addr().unwrap().port();
+        let free = rt::TcpListener::bind("127.0.0.1:0".parse::<SocketAddr>().unwrap())
+            .await
+            .unwrap();
+        let free_port = free.local_addr().unwrap().port();
+        drop(free);
+
+        let mut plane = DataPlane::new("se-test", Arc::new(LoopbackL2));
+        let v1 = SeConfig {
+            version: 1,
+            virtual_services: vec![vs("a", free_port)],
+        };
+        plane.apply(&v1).await.unwrap();
+        assert_eq!(
+            plane.serving(),
+            vec![("a".to_string(), v1.virtual_services[0].vip, free_port)]
+        );
+
+        // v2 adds a VS whose port is taken: refused, v1 keeps serving untouched.
+        let v2 = SeConfig {
+            version: 2,
+            virtual_services: vec![vs("a", free_port), vs("b", taken_port)],
+        };
+        let err = plane.apply(&v2).await.unwrap_err();
+        assert!(
+            matches!(err, ApplyError::Bind { ref vs, .. } if vs == "b"),
+            "{err}"
+        );
+        assert_eq!(plane.applied_version(), 1);
+        assert_eq!(plane.serving().len(), 1);
+        assert!(
+            rt::connect(SocketAddr::new(v1.virtual_services[0].vip, free_port))
+                .await
+                .is_ok()
+        );
+
+        let stale = SeConfig {
+            version: 0,
+            virtual_services: vec![],
+        };
+        assert!(matches!(
+            plane.apply(&stale).await,
+            Err(ApplyError::Stale { .. })
+        ));
+
+        let dup = SeConfig {
+            version: 3,
+            virtual_services: vec![vs("a", free_port), vs("c", free_port)],
+        };
+        assert!(matches!(
+            plane.apply(&dup).await,
+            Err(ApplyError::Duplicate(_))
+        ));
+
+        // v4 removes everything: the listener closes.
+        plane
+            .apply(&SeConfig {
+                version: 4,
+                virtual_services: vec![],
+            })
+            .await
+            .unwrap();
+        assert!(plane.serving().is_empty());
+        rt::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            rt::connect(SocketAddr::new(v1.virtual_services[0].vip, free_port))
+                .await
+                .is_err()
+        );
+        drop(taken);
+    }
+}
