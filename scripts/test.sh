@@ -4,6 +4,7 @@
 #   2. the normal tests (unit, property and end-to-end on loopback)
 #   3. the simulation tests, built with --cfg madsim in their own target dir
 #   4. the determinism check: a few seeds run twice, traces must match
+#   5. a chaos smoke: a few dozen seeds of the fault scenario, each run twice
 # Needs only the Rust toolchain (cargo, rustfmt, clippy); installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,7 @@ cd "$(dirname "$0")/.."
 SIM_TARGET=target/sim
 SIM_PACKAGES=(-p sim -p chaos)
 DETERMINISM_SEEDS=${DETERMINISM_SEEDS:-"1 2 3"}
+CHAOS_SMOKE_SEEDS=${CHAOS_SMOKE_SEEDS:-32}
 
 step() { printf '\n==> %s\n' "$*"; }
 started=$SECONDS
@@ -36,5 +38,8 @@ for seed in $DETERMINISM_SEEDS; do
   MADSIM_TEST_SEED=$seed MADSIM_TEST_CHECK_DETERMINISM=1 RUSTFLAGS="--cfg madsim" \
     cargo test -p chaos --locked --target-dir "$SIM_TARGET" --test slice -q
 done
+
+step "chaos smoke ($CHAOS_SMOKE_SEEDS seeds, each run twice)"
+CHAOS_PROFILE=debug ./scripts/chaos.sh run --seeds "$CHAOS_SMOKE_SEEDS" --check-determinism --report target/chaos-smoke
 
 step "all green in $((SECONDS - started)) s"

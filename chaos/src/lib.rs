@@ -1,12 +1,13 @@
 //! The chaos suite of the fabric.
 //!
-//! The scenarios are the `#![cfg(madsim)]` integration tests under
-//! `chaos/tests/`; run them with `./scripts/test.sh` or directly:
+//! - The scenarios the seed runner drives ([`scenario`], simulation builds
+//!   only), each returning what it observed so a report can be written.
+//! - The `#![cfg(madsim)]` integration tests under `chaos/tests/`.
 //!
-//! ```text
-//! RUSTFLAGS="--cfg madsim" cargo test -p chaos --target-dir target/sim
-//! ```
-//!
-//! Every failure prints its seed; `MADSIM_TEST_SEED=<seed>` replays it
-//! exactly. The seed runner with swarm faults and reports is issue 8's.
+//! Run the seed runner with `./scripts/chaos.sh run --seeds 500`; every
+//! failure prints `./scripts/chaos.sh replay SEED`, which runs that seed
+//! again with a full trace. Run the tests with `./scripts/test.sh`.
 #![deny(missing_docs)]
+
+#[cfg(madsim)]
+pub mod scenario;

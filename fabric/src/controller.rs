@@ -46,6 +46,8 @@ pub struct SeStatus {
     pub name: String,
     /// Its group.
     pub group: String,
+    /// Which boot of the SE this is (see `proto::SeMessage::Hello`).
+    pub incarnation: u64,
     /// Whether a session is up now.
     pub connected: bool,
     /// Last config version it acknowledged.
@@ -176,6 +178,7 @@ impl Controller {
             proto_version,
             se_name,
             se_group,
+            incarnation,
             applied_version,
         } = hello
         else {
@@ -188,14 +191,21 @@ impl Controller {
             let _ = proto::write_frame(&mut wr, &ControllerMessage::Refused { reason }).await;
             return;
         }
-        let session = self.on_hello(&se_name, &se_group, applied_version, peer);
+        let session = self.on_hello(&se_name, &se_group, incarnation, applied_version, peer);
         let result = self
             .run_session(session, &se_name, &se_group, rd, &mut wr)
             .await;
         self.on_session_end(session, &se_name, result);
     }
 
-    fn on_hello(&self, name: &str, group: &str, applied_version: u64, addr: SocketAddr) -> u64 {
+    fn on_hello(
+        &self,
+        name: &str,
+        group: &str,
+        incarnation: u64,
+        applied_version: u64,
+        addr: SocketAddr,
+    ) -> u64 {
         let session = {
             let mut next = lock(&self.inner.next_session);
             *next += 1;
@@ -204,6 +214,7 @@ impl Controller {
         let status = SeStatus {
             name: name.into(),
             group: group.into(),
+            incarnation,
             connected: true,
             applied_version,
             addr,

@@ -39,6 +39,9 @@ pub enum SeMessage {
         se_name: String,
         /// SE group it belongs to.
         se_group: String,
+        /// Random id chosen at each SE boot: a new one means the SE restarted
+        /// (and lost its config), not that its version went backwards.
+        incarnation: u64,
         /// Config version it serves now (0: none).
         applied_version: u64,
     },
@@ -228,6 +231,7 @@ mod tests {
             proto_version: PROTO_VERSION,
             se_name: "se-1".into(),
             se_group: "default".into(),
+            incarnation: 7,
             applied_version: 0,
         };
         write_frame(&mut a, &hello).await.unwrap();

@@ -39,9 +39,10 @@ pub struct SeOptions {
 /// `applied` (if given) is told every version the data plane starts serving.
 pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::Sender<u64>>) {
     let mut plane = DataPlane::new(&opts.name, l2);
+    let incarnation = rt::random_u64();
     let mut backoff = Duration::from_millis(100);
     loop {
-        match session(&opts, &mut plane, applied.as_ref()).await {
+        match session(&opts, incarnation, &mut plane, applied.as_ref()).await {
             Ok(()) => tracing::info!(se = %opts.name, "controller session closed"),
             Err(e) => tracing::warn!(se = %opts.name, error = %e, "controller session failed"),
         }
@@ -57,6 +58,7 @@ pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::
 
 async fn session(
     opts: &SeOptions,
+    incarnation: u64,
     plane: &mut DataPlane,
     applied: Option<&watch::Sender<u64>>,
 ) -> Result<(), String> {
@@ -69,6 +71,7 @@ async fn session(
         proto_version: PROTO_VERSION,
         se_name: opts.name.clone(),
         se_group: opts.group.clone(),
+        incarnation,
         applied_version: plane.applied_version(),
     };
     proto::write_frame(&mut wr, &hello)

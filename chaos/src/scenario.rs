@@ -1,0 +1,212 @@
+//! Seeded fault scenarios over the simulated fabric.
+//!
+//! A scenario runs a safety phase (faults on, invariants checked as it
+//! goes) and then a liveness phase (faults healed, the fabric must converge
+//! by a deadline). It returns what it observed, or the first invariant that
+//! failed.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use fabric::rt;
+use serde::Serialize;
+use sim::world::World;
+
+/// How long the fabric may take to serve after boot or after a fault heals.
+pub const CONVERGE_DEADLINE: Duration = Duration::from_secs(10);
+/// Length of the safety phase.
+pub const FAULT_PHASE: Duration = Duration::from_secs(30);
+/// Gap between client requests during the safety phase.
+pub const REQUEST_GAP: Duration = Duration::from_millis(100);
+/// Requests in the liveness phase; at least 99.9% must succeed.
+pub const LIVENESS_REQUESTS: u32 = 1000;
+
+/// A fault the scenario injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// The SE crashed and restarted after a while.
+    SeCrash,
+    /// The Controller crashed and restarted after a while.
+    ControllerCrash,
+}
+
+/// What one seed observed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Outcome {
+    /// Faults injected, in order.
+    pub faults: Vec<Fault>,
+    /// Simulated seconds the seed covered.
+    pub sim_secs: f64,
+    /// Client requests that succeeded / failed in the safety phase.
+    pub requests_ok: u32,
+    /// See `requests_ok`.
+    pub requests_failed: u32,
+    /// Client-visible outage of each SE crash, first failure to first success (ms).
+    pub outages_ms: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    fault: Fault,
+    start: Duration,
+    down_for: Duration,
+}
+
+fn plan() -> Vec<Window> {
+    let mut windows = Vec::new();
+    let pick = |lo: u64, hi: u64| Duration::from_millis(lo + rt::random_u64() % (hi - lo));
+    for fault in [Fault::SeCrash, Fault::ControllerCrash] {
+        // Each fault type in three seeds of four.
+        if !rt::random_u64().is_multiple_of(4) {
+            windows.push(Window {
+                fault,
+                start: pick(1_000, 20_000),
+                down_for: pick(100, 8_000),
+            });
+        }
+    }
+    windows.sort_by_key(|w| w.start);
+    windows
+}
+
+/// The slice world under SE and Controller crashes. Safety: while the SE is
+/// up (and has had [`CONVERGE_DEADLINE`] since its restart) every request
+/// succeeds and is answered by `se-1`, including while the Controller is
+/// down; each SE's applied version never goes backwards. Liveness: once
+/// faults heal the SE is on the newest config and 99.9% of requests succeed.
+pub async fn slice_under_crashes() -> Result<Outcome> {
+    let started = rt::now();
+    let world = World::builder().build().await?;
+    world
+        .wait_until("the VIP serves after boot", CONVERGE_DEADLINE, || async {
+            matches!(world.http_get("/").await, Ok(r) if r.status == 200)
+        })
+        .await?;
+
+    let windows = plan();
+    let mut outcome = Outcome {
+        faults: windows.iter().map(|w| w.fault).collect(),
+        ..Outcome::default()
+    };
+    let phase_start = rt::now();
+    let mut pending: Vec<(Window, bool)> = windows.iter().map(|w| (*w, false)).collect();
+    // When a restarted SE must serve again: its deadline starts once it can
+    // reach a Controller (a fresh SE has no config until then).
+    let mut se_ready_by = Duration::ZERO;
+    let mut se_down = false;
+    let mut controller_down = false;
+    let mut outage_started: Option<Duration> = None;
+    // Applied version per SE incarnation: it never goes backwards.
+    let mut last_applied: std::collections::BTreeMap<u64, u64> = Default::default();
+
+    while rt::now() - phase_start < FAULT_PHASE {
+        let t = rt::now() - phase_start;
+        for (w, started_fault) in pending.iter_mut() {
+            if !*started_fault && t >= w.start {
+                *started_fault = true;
+                match w.fault {
+                    Fault::SeCrash => {
+                        world.cloud.kill("se-1")?;
+                        se_down = true;
+                    }
+                    Fault::ControllerCrash => {
+                        world.kill_controller();
+                        controller_down = true;
+                    }
+                }
+            } else if *started_fault && w.down_for != Duration::ZERO && t >= w.start + w.down_for {
+                w.down_for = Duration::ZERO;
+                match w.fault {
+                    Fault::SeCrash => {
+                        world.cloud.restart("se-1")?;
+                        se_down = false;
+                        se_ready_by = if controller_down {
+                            Duration::MAX
+                        } else {
+                            t + CONVERGE_DEADLINE
+                        };
+                    }
+                    Fault::ControllerCrash => {
+                        world.restart_controller();
+                        controller_down = false;
+                        if se_ready_by == Duration::MAX {
+                            se_ready_by = t + CONVERGE_DEADLINE;
+                        }
+                    }
+                }
+            }
+        }
+
+        let settled = !se_down && t >= se_ready_by;
+        match world.http_get("/").await {
+            Ok(r) if r.status == 200 => {
+                if r.se.as_deref() != Some("se-1") {
+                    bail!("safety: a response not tagged by se-1 at {t:?}: {r:?}");
+                }
+                outcome.requests_ok += 1;
+                if let Some(from) = outage_started.take() {
+                    outcome.outages_ms.push((t - from).as_millis() as u64);
+                }
+            }
+            other => {
+                if settled {
+                    bail!("safety: request failed at {t:?} while the SE was up and settled: {other:?}");
+                }
+                outcome.requests_failed += 1;
+                outage_started.get_or_insert(t);
+            }
+        }
+        if let Some(c) = world.controller() {
+            for se in c.ses() {
+                let last = last_applied.entry(se.incarnation).or_insert(0);
+                if se.applied_version < *last {
+                    bail!(
+                        "safety: {} (incarnation {:x}) applied version went from {last} to {}",
+                        se.name,
+                        se.incarnation,
+                        se.applied_version
+                    );
+                }
+                *last = se.applied_version;
+            }
+        }
+        rt::sleep(REQUEST_GAP).await;
+    }
+
+    // Liveness: heal everything, then converge.
+    for (w, started_fault) in &pending {
+        if *started_fault && w.down_for != Duration::ZERO {
+            match w.fault {
+                Fault::SeCrash => world.cloud.restart("se-1")?,
+                Fault::ControllerCrash => world.restart_controller(),
+            }
+        }
+    }
+    world
+        .wait_until(
+            "liveness: SE connected on the newest config",
+            CONVERGE_DEADLINE * 2,
+            || async {
+                world.controller().is_some_and(|c| {
+                    let newest = c.desired().version;
+                    c.ses()
+                        .iter()
+                        .all(|s| s.connected && s.applied_version == newest)
+                        && !c.ses().is_empty()
+                })
+            },
+        )
+        .await?;
+    let mut ok = 0;
+    for _ in 0..LIVENESS_REQUESTS {
+        if matches!(world.http_get("/").await, Ok(r) if r.status == 200) {
+            ok += 1;
+        }
+    }
+    if ok * 1000 < LIVENESS_REQUESTS * 999 {
+        bail!("liveness: only {ok} of {LIVENESS_REQUESTS} requests succeeded after faults healed");
+    }
+    outcome.sim_secs = (rt::now() - started).as_secs_f64();
+    Ok(outcome)
+}
