@@ -26,7 +26,7 @@ mod runner {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{mpsc, Arc};
     use std::thread;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use chaos::scenario::{self, Fault, Outcome};
     use clap::{Parser, Subcommand};
@@ -130,9 +130,10 @@ mod runner {
         format!("./scripts/chaos.sh replay {seed}")
     }
 
-    /// Run one seed on this thread; a panic or a time-out is a failure.
+    /// Run one seed on this thread; a panic or a time-out is a failure. Wall time
+    /// comes from `rt::now()` called outside the simulation, i.e. the real clock.
     fn run_seed(seed: u64, limit: Duration) -> SeedResult {
-        let wall = Instant::now();
+        let wall = fabric::rt::now();
         let result = std::panic::catch_unwind(|| {
             let mut rt =
                 madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
@@ -186,7 +187,7 @@ mod runner {
     ) -> ExitCode {
         // Panics are reported per seed; the default hook would print each one.
         std::panic::set_hook(Box::new(|_| {}));
-        let started = Instant::now();
+        let started = fabric::rt::now();
         let next = Arc::new(AtomicU64::new(first));
         let end = first + seeds;
         let (tx, rx) = mpsc::channel();
