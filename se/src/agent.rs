@@ -21,8 +21,10 @@ use crate::dataplane::DataPlane;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Heartbeats the Controller may miss before the session is dropped.
 pub const MISSED_HEARTBEATS: u32 = 3;
-/// Longest wait between reconnection attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest wait between reconnection attempts (plus up to half again of
+/// jitter). Short, because an SE that restarted while the Controller was away
+/// has no config until it reconnects: its outage lasts until then.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Who this SE is and where its Controller is.
 #[derive(Debug, Clone)]
@@ -49,10 +51,6 @@ pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::
         let jitter = Duration::from_millis(rt::random_u64() % (backoff.as_millis() as u64 / 2 + 1));
         rt::sleep(backoff + jitter).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
-        if plane.applied_version() > 0 {
-            // Serving already: retry at a steady pace rather than backing off further.
-            backoff = backoff.min(Duration::from_secs(1));
-        }
     }
 }
 
