@@ -46,11 +46,35 @@ pub struct Outcome {
     pub outages_ms: Vec<u64>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Planned,
+    Down,
+    Healed,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Window {
     fault: Fault,
     start: Duration,
     down_for: Duration,
+    phase: Phase,
+}
+
+fn inject(world: &World, fault: Fault) -> Result<()> {
+    match fault {
+        Fault::SeCrash => world.cloud.kill("se-1")?,
+        Fault::ControllerCrash => world.kill_controller(),
+    }
+    Ok(())
+}
+
+fn heal(world: &World, fault: Fault) -> Result<()> {
+    match fault {
+        Fault::SeCrash => world.cloud.restart("se-1")?,
+        Fault::ControllerCrash => world.restart_controller(),
+    }
+    Ok(())
 }
 
 fn plan() -> Vec<Window> {
@@ -63,6 +87,7 @@ fn plan() -> Vec<Window> {
                 fault,
                 start: pick(1_000, 20_000),
                 down_for: pick(100, 8_000),
+                phase: Phase::Planned,
             });
         }
     }
@@ -84,13 +109,12 @@ pub async fn slice_under_crashes() -> Result<Outcome> {
         })
         .await?;
 
-    let windows = plan();
+    let mut windows = plan();
     let mut outcome = Outcome {
         faults: windows.iter().map(|w| w.fault).collect(),
         ..Outcome::default()
     };
     let phase_start = rt::now();
-    let mut pending: Vec<(Window, bool)> = windows.iter().map(|w| (*w, false)).collect();
     // When a restarted SE must serve again: its deadline starts once it can
     // reach a Controller (a fresh SE has no config until then).
     let mut se_ready_by = Duration::ZERO;
@@ -102,24 +126,19 @@ pub async fn slice_under_crashes() -> Result<Outcome> {
 
     while rt::now() - phase_start < FAULT_PHASE {
         let t = rt::now() - phase_start;
-        for (w, started_fault) in pending.iter_mut() {
-            if !*started_fault && t >= w.start {
-                *started_fault = true;
+        for w in windows.iter_mut() {
+            if w.phase == Phase::Planned && t >= w.start {
+                w.phase = Phase::Down;
+                inject(&world, w.fault)?;
                 match w.fault {
-                    Fault::SeCrash => {
-                        world.cloud.kill("se-1")?;
-                        se_down = true;
-                    }
-                    Fault::ControllerCrash => {
-                        world.kill_controller();
-                        controller_down = true;
-                    }
+                    Fault::SeCrash => se_down = true,
+                    Fault::ControllerCrash => controller_down = true,
                 }
-            } else if *started_fault && w.down_for != Duration::ZERO && t >= w.start + w.down_for {
-                w.down_for = Duration::ZERO;
+            } else if w.phase == Phase::Down && t >= w.start + w.down_for {
+                w.phase = Phase::Healed;
+                heal(&world, w.fault)?;
                 match w.fault {
                     Fault::SeCrash => {
-                        world.cloud.restart("se-1")?;
                         se_down = false;
                         se_ready_by = if controller_down {
                             Duration::MAX
@@ -128,7 +147,6 @@ pub async fn slice_under_crashes() -> Result<Outcome> {
                         };
                     }
                     Fault::ControllerCrash => {
-                        world.restart_controller();
                         controller_down = false;
                         if se_ready_by == Duration::MAX {
                             se_ready_by = t + CONVERGE_DEADLINE;
@@ -175,13 +193,8 @@ pub async fn slice_under_crashes() -> Result<Outcome> {
     }
 
     // Liveness: heal everything, then converge.
-    for (w, started_fault) in &pending {
-        if *started_fault && w.down_for != Duration::ZERO {
-            match w.fault {
-                Fault::SeCrash => world.cloud.restart("se-1")?,
-                Fault::ControllerCrash => world.restart_controller(),
-            }
-        }
+    for w in windows.iter().filter(|w| w.phase == Phase::Down) {
+        heal(&world, w.fault)?;
     }
     world
         .wait_until(
