@@ -145,8 +145,8 @@ pub enum FrameError {
     #[error("connection error: {0}")]
     Io(#[from] std::io::Error),
     /// The peer announced a frame larger than we accept.
-    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_BYTES}")]
-    TooLarge(usize),
+    #[error("frame of {0} bytes exceeds the limit of {1}")]
+    TooLarge(usize, usize),
     /// The frame is not a message we understand.
     #[error("malformed message: {0}")]
     Malformed(#[from] serde_json::Error),
@@ -158,9 +158,18 @@ where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
+    write_frame_limited(w, msg, MAX_FRAME_BYTES).await
+}
+
+/// [`write_frame`] with a size limit of `max` bytes.
+pub async fn write_frame_limited<W, T>(w: &mut W, msg: &T, max: usize) -> Result<(), FrameError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
     let body = serde_json::to_vec(msg)?;
-    if body.len() > MAX_FRAME_BYTES {
-        return Err(FrameError::TooLarge(body.len()));
+    if body.len() > max {
+        return Err(FrameError::TooLarge(body.len(), max));
     }
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -176,6 +185,15 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    read_frame_limited(r, MAX_FRAME_BYTES).await
+}
+
+/// [`read_frame`] with a size limit of `max` bytes.
+pub async fn read_frame_limited<R, T>(r: &mut R, max: usize) -> Result<Option<T>, FrameError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -183,8 +201,8 @@ where
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME_BYTES {
-        return Err(FrameError::TooLarge(len));
+    if len > max {
+        return Err(FrameError::TooLarge(len, max));
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;
@@ -260,7 +278,7 @@ mod tests {
         a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
         assert!(matches!(
             read_frame::<_, SeMessage>(&mut b).await,
-            Err(FrameError::TooLarge(_))
+            Err(FrameError::TooLarge(..))
         ));
 
         let (mut a, mut b) = tokio::io::duplex(1 << 16);

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod raft;
+
 pub use tokio::net::{TcpListener, TcpStream};
 pub use tokio::task::JoinHandle;
 

@@ -27,6 +27,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn truncate(&self, file: &str, len: u64) -> io::Result<()>;
     /// Names of the files, sorted.
     fn list(&self) -> io::Result<Vec<String>>;
+    /// Delete `file` (durable once this returns); deleting a missing file is fine.
+    fn remove(&self, file: &str) -> io::Result<()>;
 }
 
 fn check_name(file: &str) -> io::Result<()> {
@@ -115,6 +117,19 @@ impl Storage for FileStorage {
         }
         names.sort();
         Ok(names)
+    }
+
+    fn remove(&self, file: &str) -> io::Result<()> {
+        check_name(file)?;
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(file);
+        match fs::remove_file(self.dir.join(file)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        File::open(&self.dir)?.sync_all()
     }
 }
 
@@ -215,6 +230,12 @@ impl Storage for MemStorage {
     fn list(&self) -> io::Result<Vec<String>> {
         Ok(self.lock().keys().cloned().collect())
     }
+
+    fn remove(&self, file: &str) -> io::Result<()> {
+        check_name(file)?;
+        self.lock().remove(file);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -229,6 +250,11 @@ mod tests {
         assert_eq!(s.read("log").unwrap(), b"hello world");
         s.truncate("log", 5).unwrap();
         assert_eq!(s.read("log").unwrap(), b"hello");
+        assert_eq!(s.list().unwrap(), vec!["log".to_string()]);
+        s.append("other", b"x").unwrap();
+        s.remove("other").unwrap();
+        s.remove("never-existed").unwrap();
+        assert_eq!(s.read("other").unwrap_err().kind(), io::ErrorKind::NotFound);
         assert_eq!(s.list().unwrap(), vec!["log".to_string()]);
         assert!(s.append("../escape", b"x").is_err());
         assert!(s.append("", b"x").is_err());

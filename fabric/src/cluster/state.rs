@@ -1,0 +1,409 @@
+//! The replicated desired state: model objects with versions, and the
+//! commands that change them.
+//!
+//! A [`Config`] is stored as objects: every list section (`pools`,
+//! `virtual_services`, ...) holds objects keyed by their `name` (`fqdn` for
+//! GSLB services), and every other section (`controller`, `dns`) is one
+//! object with the empty name. Each object carries the version at which it
+//! last changed. A command is checked *inside* `apply`, on every node, in
+//! log order: conditional writes compare versions, and the config the
+//! change would produce must validate, or the change is refused whole. So
+//! every node's state is the same pure function of the log.
+//!
+//! Versions are `version_floor + log index`: unique, and increasing in log
+//! order. A restore raises the floor above the backup's version, so SEs,
+//! which refuse to go backwards, accept the restored state.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::model::{Config, ConfigError, ConfigErrors};
+
+/// The tenant that owns objects created without one.
+pub const ADMIN_TENANT: &str = "admin";
+
+/// One stored object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stored {
+    /// Version at which it last changed.
+    pub version: u64,
+    /// Tenant that owns it.
+    pub tenant: String,
+    /// The object as the config file spells it, as JSON.
+    pub body: Value,
+}
+
+/// A change to the desired state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum Command {
+    /// Create or replace one object.
+    Put {
+        /// Config section, e.g. `pools`.
+        kind: String,
+        /// Object name (empty for a singleton section).
+        name: String,
+        /// Owner.
+        tenant: String,
+        /// The object.
+        body: Value,
+        /// Only if the current version is this (0: only if absent).
+        if_version: Option<u64>,
+    },
+    /// Delete one object.
+    Delete {
+        /// Config section.
+        kind: String,
+        /// Object name.
+        name: String,
+        /// Only if the current version is this.
+        if_version: Option<u64>,
+    },
+    /// Replace everything (bootstrap from a file, restore from a backup).
+    Replace {
+        /// The whole config.
+        config: Box<Config>,
+        /// Versions after this command exceed this one.
+        version_floor: u64,
+    },
+}
+
+/// Why a command changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case", tag = "error")]
+pub enum Refusal {
+    /// If-Match failed.
+    #[error("version conflict: the object is at version {current:?}")]
+    Conflict {
+        /// Its version now (None: absent).
+        current: Option<u64>,
+    },
+    /// No such object.
+    #[error("no such object")]
+    NotFound,
+    /// The resulting config would not validate.
+    #[error("{}", ConfigErrors(errors.iter().map(|(path, reason)| ConfigError { path: path.clone(), reason: reason.clone() }).collect()))]
+    Invalid {
+        /// (path, reason) pairs.
+        errors: Vec<(String, String)>,
+    },
+}
+
+/// What applying one log entry returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Applied; the new version.
+    Applied(u64),
+    /// Refused; nothing changed.
+    Refused(Refusal),
+    /// A Raft-internal entry (blank, membership).
+    None,
+}
+
+/// The desired state as one config, at one version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// Version of the latest applied change (0: nothing yet).
+    pub version: u64,
+    /// The config (None before the cluster was given one).
+    pub config: Option<Arc<Config>>,
+}
+
+/// The state machine's data: what snapshots hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Objects {
+    /// kind -> name -> object.
+    pub objects: BTreeMap<String, BTreeMap<String, Stored>>,
+    /// Version of the latest applied change.
+    pub version: u64,
+    /// See the module doc.
+    pub version_floor: u64,
+}
+
+/// The key field of objects in a list section.
+fn key_of(body: &Value) -> Option<&str> {
+    body.get("name")
+        .or_else(|| body.get("fqdn"))
+        .and_then(Value::as_str)
+}
+
+/// Split a config into sections of named objects.
+pub fn objects_of(config: &Config) -> BTreeMap<String, BTreeMap<String, Value>> {
+    let Ok(Value::Object(top)) = serde_json::to_value(config) else {
+        unreachable!("a Config serializes to a JSON object")
+    };
+    let mut out: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+    for (kind, v) in top {
+        let section = out.entry(kind).or_default();
+        match v {
+            Value::Null => {}
+            Value::Array(items) => {
+                for item in items {
+                    let name = key_of(&item).unwrap_or_default().to_string();
+                    section.insert(name, item);
+                }
+            }
+            other => {
+                section.insert(String::new(), other);
+            }
+        }
+    }
+    out
+}
+
+/// Whether `kind` is a list section of [`Config`] (as opposed to a singleton).
+pub fn is_list_kind(kind: &str) -> Option<bool> {
+    static KINDS: std::sync::OnceLock<BTreeMap<String, bool>> = std::sync::OnceLock::new();
+    let kinds = KINDS.get_or_init(|| {
+        let Ok(Value::Object(top)) = serde_json::to_value(Config::example()) else {
+            unreachable!("a Config serializes to a JSON object")
+        };
+        top.into_iter()
+            .map(|(k, v)| (k, matches!(v, Value::Array(_))))
+            .collect()
+    });
+    kinds.get(kind).copied()
+}
+
+impl Objects {
+    /// The config these objects make, validated.
+    pub fn config(&self) -> Result<Config, ConfigErrors> {
+        config_of(&self.objects)
+    }
+
+    /// Apply the command of the log entry at `index`.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Reply {
+        let version = self.version_floor + index;
+        match cmd {
+            Command::Replace {
+                config,
+                version_floor,
+            } => {
+                if let Err(e) = config.validate() {
+                    return Reply::Refused(invalid(e));
+                }
+                let floor = (*version_floor).max(self.version_floor);
+                let version = floor + index;
+                self.objects = objects_of(config)
+                    .into_iter()
+                    .map(|(kind, objs)| {
+                        let objs = objs
+                            .into_iter()
+                            .map(|(name, body)| {
+                                let s = Stored {
+                                    version,
+                                    tenant: ADMIN_TENANT.into(),
+                                    body,
+                                };
+                                (name, s)
+                            })
+                            .collect();
+                        (kind, objs)
+                    })
+                    .collect();
+                self.version_floor = floor;
+                self.version = version;
+                Reply::Applied(version)
+            }
+            Command::Put {
+                kind,
+                name,
+                tenant,
+                body,
+                if_version,
+            } => {
+                let current = self.get(kind, name).map(|s| s.version);
+                if let Some(want) = if_version {
+                    if current.unwrap_or(0) != *want {
+                        return Reply::Refused(Refusal::Conflict { current });
+                    }
+                }
+                let mut next = self.objects.clone();
+                next.entry(kind.clone()).or_default().insert(
+                    name.clone(),
+                    Stored {
+                        version,
+                        tenant: tenant.clone(),
+                        body: body.clone(),
+                    },
+                );
+                self.commit(next, version)
+            }
+            Command::Delete {
+                kind,
+                name,
+                if_version,
+            } => {
+                let Some(current) = self.get(kind, name).map(|s| s.version) else {
+                    return Reply::Refused(Refusal::NotFound);
+                };
+                if if_version.is_some_and(|want| want != current) {
+                    return Reply::Refused(Refusal::Conflict {
+                        current: Some(current),
+                    });
+                }
+                let mut next = self.objects.clone();
+                if let Some(section) = next.get_mut(kind) {
+                    section.remove(name);
+                }
+                self.commit(next, version)
+            }
+        }
+    }
+
+    /// One object.
+    pub fn get(&self, kind: &str, name: &str) -> Option<&Stored> {
+        self.objects.get(kind)?.get(name)
+    }
+
+    fn commit(&mut self, next: BTreeMap<String, BTreeMap<String, Stored>>, version: u64) -> Reply {
+        if let Err(e) = config_of(&next) {
+            return Reply::Refused(invalid(e));
+        }
+        self.objects = next;
+        self.version = version;
+        Reply::Applied(version)
+    }
+}
+
+fn invalid(e: ConfigErrors) -> Refusal {
+    Refusal::Invalid {
+        errors: e.0.into_iter().map(|e| (e.path, e.reason)).collect(),
+    }
+}
+
+/// Build and validate a config from stored objects.
+pub fn config_of(
+    objects: &BTreeMap<String, BTreeMap<String, Stored>>,
+) -> Result<Config, ConfigErrors> {
+    let mut top = serde_json::Map::new();
+    for (kind, objs) in objects {
+        match is_list_kind(kind) {
+            Some(true) => {
+                let items = objs.values().map(|s| s.body.clone()).collect();
+                top.insert(kind.clone(), Value::Array(items));
+            }
+            Some(false) => {
+                if let Some(s) = objs.get("") {
+                    top.insert(kind.clone(), s.body.clone());
+                }
+            }
+            None => {
+                return Err(ConfigErrors(vec![ConfigError {
+                    path: kind.clone(),
+                    reason: "unknown kind of object".into(),
+                }]))
+            }
+        }
+    }
+    let config: Config =
+        serde_path_to_error::deserialize(Value::Object(top)).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: e.path().to_string(),
+                reason: e.into_inner().to_string(),
+            }])
+        })?;
+    config.validate()?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boot() -> Objects {
+        let mut o = Objects::default();
+        let r = o.apply(
+            1,
+            &Command::Replace {
+                config: Box::new(Config::example()),
+                version_floor: 0,
+            },
+        );
+        assert_eq!(r, Reply::Applied(1));
+        o
+    }
+
+    #[test]
+    fn objects_round_trip_to_the_same_config() {
+        let o = boot();
+        assert_eq!(o.config().unwrap(), Config::example());
+        assert!(o.get("pools", "web").is_some() || !o.objects["pools"].is_empty());
+        assert!(o.get("controller", "").is_some());
+    }
+
+    #[test]
+    fn conditional_writes_and_validation_are_checked_in_apply() {
+        let mut o = boot();
+        let (name, pool) = o.objects["pools"].iter().next().map(|(n, s)| (n.clone(), s.clone())).unwrap();
+        let mut body = pool.body.clone();
+        body["servers"] = serde_json::json!(["10.9.9.9:80"]);
+        let put = |if_version| Command::Put {
+            kind: "pools".into(),
+            name: name.clone(),
+            tenant: ADMIN_TENANT.into(),
+            body: body.clone(),
+            if_version,
+        };
+        assert_eq!(
+            o.apply(2, &put(Some(7))),
+            Reply::Refused(Refusal::Conflict { current: Some(1) })
+        );
+        assert_eq!(o.apply(3, &put(Some(1))), Reply::Applied(3));
+        assert_eq!(o.get("pools", &name).unwrap().version, 3);
+        // Create-only fails on an existing object.
+        assert!(matches!(o.apply(4, &put(Some(0))), Reply::Refused(Refusal::Conflict { .. })));
+        // Deleting a pool a virtual service uses leaves the config invalid: refused whole.
+        let del = Command::Delete {
+            kind: "pools".into(),
+            name: name.clone(),
+            if_version: None,
+        };
+        let Reply::Refused(Refusal::Invalid { errors }) = o.apply(5, &del) else {
+            panic!("dangling pool reference accepted")
+        };
+        assert!(!errors.is_empty());
+        assert_eq!(o.version, 3);
+        assert_eq!(o.get("pools", &name).unwrap().version, 3);
+        // A malformed body names the field.
+        let mut bad = body.clone();
+        bad["servers"] = serde_json::json!("nope");
+        let r = o.apply(
+            6,
+            &Command::Put {
+                kind: "pools".into(),
+                name: name.clone(),
+                tenant: ADMIN_TENANT.into(),
+                body: bad,
+                if_version: None,
+            },
+        );
+        let Reply::Refused(Refusal::Invalid { errors }) = r else { panic!("{r:?}") };
+        assert!(errors[0].0.contains("servers"), "{errors:?}");
+    }
+
+    #[test]
+    fn restore_raises_the_version_floor() {
+        let mut o = Objects::default();
+        let r = o.apply(
+            2,
+            &Command::Replace {
+                config: Box::new(Config::example()),
+                version_floor: 1000,
+            },
+        );
+        assert_eq!(r, Reply::Applied(1002));
+        let r = o.apply(
+            3,
+            &Command::Delete {
+                kind: "demo_origins".into(),
+                name: "nope".into(),
+                if_version: None,
+            },
+        );
+        assert_eq!(r, Reply::Refused(Refusal::NotFound));
+    }
+}
