@@ -48,9 +48,9 @@ enum Command {
         /// SE group.
         #[arg(long, default_value = "default")]
         group: String,
-        /// Controller address, ip:port.
-        #[arg(long)]
-        controller: SocketAddr,
+        /// Controller node addresses, ip:port[,ip:port...]; any node serves.
+        #[arg(long, value_delimiter = ',', required = true)]
+        controller: Vec<SocketAddr>,
         /// Exit when this process is gone (set by `fabric up` for its children).
         #[arg(long, hide = true)]
         parent_pid: Option<u32>,
@@ -127,7 +127,7 @@ async fn run(command: Command) -> Result<()> {
             let opts = se::agent::SeOptions {
                 name,
                 group,
-                controller,
+                controllers: controller,
             };
             se::agent::run(opts, Arc::new(LoopbackL2), None).await;
             Ok(())
@@ -209,7 +209,7 @@ async fn up(path: Option<&Path>) -> Result<()> {
         let spec = SeSpec {
             name: format!("se-{}", i + 1),
             group: group.to_string(),
-            controller: controller_addr,
+            controllers: vec![controller_addr],
         };
         cloud.create_se(spec).await?;
     }

@@ -76,7 +76,7 @@ async fn a_config_change_reaches_the_se_and_traffic_follows_it() {
     let controller = world.controller().unwrap();
     let mut config = world.config.clone();
     config.pools[0].servers.truncate(1);
-    let version = controller.apply(config).unwrap();
+    let version = controller.apply(config).await.unwrap();
     world
         .wait_until("the SE acks the new version", SETTLE, || async {
             controller
@@ -94,7 +94,7 @@ async fn a_config_change_reaches_the_se_and_traffic_follows_it() {
     // An invalid change is refused whole: nothing moves.
     let mut bad = world.config.clone();
     bad.pools[0].servers.clear();
-    assert!(controller.apply(bad).is_err());
+    assert!(controller.apply(bad).await.is_err());
     assert_eq!(controller.desired().version, version);
     report(
         "a_config_change_reaches_the_se_and_traffic_follows_it",

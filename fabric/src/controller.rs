@@ -1,8 +1,11 @@
 //! The Controller: holds the desired state and pushes each SE its share.
 //!
-//! This is the single-node Controller of the foundation: the desired state
-//! lives in memory, versioned; replication through Raft replaces
-//! [`Controller::apply`]'s body later without changing the SE side.
+//! The desired state lives in the Raft state machine of this node's
+//! [`ClusterNode`] (one or three nodes). Every node serves SE sessions from
+//! the state it has applied: followers trail the leader by a heartbeat, and
+//! while the cluster is headless each node keeps serving what it has, so
+//! SEs keep their config (an SE never goes backwards: it refuses older
+//! versions). SE status is kept by the node the SE is connected to.
 //!
 //! Each SE session runs on its own task: a reader task turns frames into a
 //! bounded channel (so the session loop never cancels a half-read frame),
@@ -17,7 +20,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::model::{Config, ConfigErrors};
+use crate::cluster::{ClusterError, ClusterNode, Command, Desired};
+use crate::model::Config;
 use crate::proto::{self, ControllerMessage, SeConfig, SeMessage, PROTO_VERSION};
 use crate::rt;
 
@@ -29,15 +33,6 @@ pub const MAX_SE_SESSIONS: usize = 1024;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Heartbeats an SE may miss before its session is dropped.
 pub const MISSED_HEARTBEATS: u32 = 3;
-
-/// The desired state at one version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Desired {
-    /// Monotonic version, bumped on every applied change.
-    pub version: u64,
-    /// The config.
-    pub config: Config,
-}
 
 /// What the Controller knows of one SE.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -77,48 +72,81 @@ pub struct Controller {
 
 #[derive(Debug)]
 struct Inner {
-    desired: watch::Sender<Arc<Desired>>,
+    node: ClusterNode,
+    desired: watch::Receiver<Arc<Desired>>,
     ses: Mutex<BTreeMap<String, (u64, SeStatus)>>,
     events: Mutex<VecDeque<Event>>,
     next_session: Mutex<u64>,
 }
 
 impl Controller {
-    /// A Controller whose desired state starts as `config` at version 1.
-    pub fn new(config: Config) -> Result<Controller, ConfigErrors> {
-        config.validate()?;
-        let (desired, _) = watch::channel(Arc::new(Desired { version: 1, config }));
+    /// The Controller of cluster node `node`. Records an event whenever the
+    /// leader or the applied desired state changes.
+    pub fn new(node: ClusterNode) -> Controller {
         let inner = Inner {
-            desired,
+            desired: node.desired(),
+            node,
             ses: Mutex::new(BTreeMap::new()),
             events: Mutex::new(VecDeque::new()),
             next_session: Mutex::new(0),
         };
-        Ok(Controller {
+        let this = Controller {
             inner: Arc::new(inner),
-        })
+        };
+        rt::spawn(this.clone().watch_cluster());
+        this
     }
 
-    /// The desired state now.
+    /// The cluster node underneath.
+    pub fn node(&self) -> &ClusterNode {
+        &self.inner.node
+    }
+
+    /// The desired state as applied on this node now.
     pub fn desired(&self) -> Arc<Desired> {
         self.inner.desired.borrow().clone()
     }
 
-    /// Replace the desired state; returns the new version. An invalid config
-    /// changes nothing.
-    pub fn apply(&self, config: Config) -> Result<u64, ConfigErrors> {
-        config.validate()?;
-        let mut version = 0;
-        self.inner.desired.send_modify(|d| {
-            version = d.version + 1;
-            *d = Arc::new(Desired { version, config });
-        });
-        self.event(
-            "desired_state_changed",
-            "controller",
-            format!("version {version}"),
-        );
-        Ok(version)
+    /// Replace the whole desired state (through the leader); returns the new
+    /// version. An invalid config changes nothing.
+    pub async fn apply(&self, config: Config) -> Result<u64, ClusterError> {
+        self.inner
+            .node
+            .write(Command::Replace {
+                config: Box::new(config),
+                version_floor: 0,
+                only_if_empty: false,
+            })
+            .await
+    }
+
+    async fn watch_cluster(self) {
+        let mut metrics = self.inner.node.raft().metrics();
+        let mut desired = self.inner.node.desired();
+        let mut leader = None;
+        let mut version = desired.borrow().version;
+        loop {
+            let now_leader = metrics.borrow_and_update().current_leader;
+            if now_leader != leader {
+                let term = metrics.borrow().current_term;
+                let who = now_leader.map_or("none".to_string(), |l| format!("node {l}"));
+                self.event(
+                    "leader_change",
+                    "cluster",
+                    format!("leader {who} in term {term}"),
+                );
+                leader = now_leader;
+            }
+            let v = desired.borrow_and_update().version;
+            if v != version {
+                self.event("desired_state_changed", "cluster", format!("version {v}"));
+                version = v;
+            }
+            tokio::select! {
+                r = metrics.changed() => if r.is_err() { return },
+                r = desired.changed() => if r.is_err() { return },
+            }
+        }
     }
 
     /// Every SE the Controller has heard from, by name.
@@ -276,8 +304,12 @@ impl Controller {
     where
         W: tokio::io::AsyncWrite + Unpin,
     {
-        let mut desired_rx = self.inner.desired.subscribe();
-        let heartbeat_ms = desired_rx.borrow().config.controller.heartbeat_ms;
+        let mut desired_rx = self.inner.desired.clone();
+        let heartbeat_ms = desired_rx
+            .borrow()
+            .config
+            .as_ref()
+            .map_or(1000, |c| c.controller.heartbeat_ms);
         let welcome = ControllerMessage::Welcome {
             proto_version: PROTO_VERSION,
             heartbeat_ms,
@@ -291,8 +323,12 @@ impl Controller {
         let mut pushed = 0;
         let result = loop {
             let desired = desired_rx.borrow_and_update().clone();
-            if desired.version != pushed {
-                let cfg = SeConfig::for_group(&desired.config, group, desired.version);
+            if let Some(config) = desired
+                .config
+                .as_ref()
+                .filter(|_| desired.version != pushed)
+            {
+                let cfg = SeConfig::for_group(config, group, desired.version);
                 if let Err(e) = proto::write_frame(wr, &ControllerMessage::Config(cfg)).await {
                     break Err(e.to_string());
                 }

@@ -33,8 +33,9 @@ pub struct SeOptions {
     pub name: String,
     /// SE group.
     pub group: String,
-    /// Controller address.
-    pub controller: SocketAddr,
+    /// Controller node addresses (at least one); any node serves, and the
+    /// agent moves to the next when a session fails.
+    pub controllers: Vec<SocketAddr>,
 }
 
 /// Run the SE forever: sessions with the Controller, and the data plane.
@@ -43,8 +44,14 @@ pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::
     let mut plane = DataPlane::new(&opts.name, l2);
     let incarnation = rt::random_u64();
     let mut backoff = Duration::from_millis(100);
+    let mut next = 0usize;
     loop {
-        match session(&opts, incarnation, &mut plane, applied.as_ref()).await {
+        let Some(&controller) = opts.controllers.get(next % opts.controllers.len().max(1)) else {
+            tracing::error!(se = %opts.name, "no controller address given");
+            return;
+        };
+        next += 1;
+        match session(&opts, controller, incarnation, &mut plane, applied.as_ref()).await {
             Ok(()) => tracing::info!(se = %opts.name, "controller session closed"),
             Err(e) => tracing::warn!(se = %opts.name, error = %e, "controller session failed"),
         }
@@ -56,14 +63,15 @@ pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::
 
 async fn session(
     opts: &SeOptions,
+    controller: SocketAddr,
     incarnation: u64,
     plane: &mut DataPlane,
     applied: Option<&watch::Sender<u64>>,
 ) -> Result<(), String> {
-    let stream = rt::timeout(CONNECT_TIMEOUT, rt::connect(opts.controller))
+    let stream = rt::timeout(CONNECT_TIMEOUT, rt::connect(controller))
         .await
-        .map_err(|e| format!("connecting to {}: {e}", opts.controller))?
-        .map_err(|e| format!("connecting to {}: {e}", opts.controller))?;
+        .map_err(|e| format!("connecting to {controller}: {e}"))?
+        .map_err(|e| format!("connecting to {controller}: {e}"))?;
     let (rd, mut wr) = tokio::io::split(stream);
     let hello = SeMessage::Hello {
         proto_version: PROTO_VERSION,
@@ -87,7 +95,7 @@ async fn session(
             Ok(None) => return Err("controller closed the session".into()),
             Err(_) => return Err("no welcome in time".into()),
         };
-        tracing::info!(se = %opts.name, controller = %opts.controller, "controller session up");
+        tracing::info!(se = %opts.name, controller = %controller, "controller session up");
         let liveness = heartbeat * MISSED_HEARTBEATS;
         let mut last_heard = rt::now();
         let mut next_beat = rt::now() + heartbeat;

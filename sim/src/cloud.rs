@@ -84,7 +84,7 @@ impl CloudConnector for SimCloud {
         let opts = se::agent::SeOptions {
             name: spec.name.clone(),
             group: spec.group,
-            controller: spec.controller,
+            controllers: spec.controllers,
         };
         let node = Handle::current()
             .create_node()

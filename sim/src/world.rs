@@ -1,6 +1,7 @@
 //! Build a simulated fabric and act on it as a failover drill would.
 //!
-//! Address plan (one madsim node each): Controller `10.0.0.1`, DNS
+//! Address plan (one madsim node each): Controller nodes `10.0.0.1`-`.3`
+//! (SE sessions on the config's controller port, Raft on the next port), DNS
 //! `10.0.0.53`, SEs `10.0.1.N` (created through [`SimCloud`]), origins
 //! `10.0.2.N`, the client `10.0.9.1`; the VIP `10.0.100.1` is not a node
 //! address: clients find its owner through the simulated L2 segment.
@@ -10,9 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use std::collections::BTreeMap;
+
+use fabric::cluster::{ClusterNode, NodeAddr, NodeOptions, RaftTimings};
 use fabric::controller::Controller;
 use fabric::model::Config;
-use fabric::platform::{CloudConnector, SeSpec};
+use fabric::platform::{CloudConnector, MemStorage, SeSpec, Storage};
 use fabric::rt;
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
@@ -70,6 +74,9 @@ pub const CLIENT_IP: [u8; 4] = [10, 0, 9, 1];
 pub struct WorldBuilder {
     config: String,
     ses: usize,
+    controllers: usize,
+    grow: bool,
+    timings: RaftTimings,
     segment: SegmentConfig,
 }
 
@@ -78,6 +85,9 @@ impl Default for WorldBuilder {
         Self {
             config: SLICE_CONFIG.to_string(),
             ses: 1,
+            controllers: 1,
+            grow: false,
+            timings: RaftTimings::default(),
             segment: SegmentConfig::default(),
         }
     }
@@ -87,6 +97,25 @@ impl WorldBuilder {
     /// Use another fabric config (TOML), with the address plan above.
     pub fn config(mut self, toml: &str) -> Self {
         self.config = toml.to_string();
+        self
+    }
+
+    /// Number of Controller nodes (1 or 3; at most 9), one Raft cluster.
+    pub fn controllers(mut self, n: usize) -> Self {
+        self.controllers = n.clamp(1, 9);
+        self
+    }
+
+    /// Bootstrap node 1 as a one-node cluster and leave the other
+    /// controller nodes empty, to be added live (`ClusterNode::change_membership`).
+    pub fn grow_from_one(mut self) -> Self {
+        self.grow = true;
+        self
+    }
+
+    /// Election timing of the Controller cluster.
+    pub fn raft_timings(mut self, timings: RaftTimings) -> Self {
+        self.timings = timings;
         self
     }
 
@@ -125,28 +154,79 @@ impl WorldBuilder {
                 .build();
         }
 
-        let controller_slot: Arc<Mutex<Option<Controller>>> = Arc::default();
-        let controller_node = {
-            let (config, slot) = (config.clone(), controller_slot.clone());
-            let listen = config.controller.listen;
-            handle
+        let se_port = config.controller.listen.port();
+        let members: BTreeMap<u64, NodeAddr> = (1..=self.controllers as u64)
+            .map(|id| {
+                let ip = controller_ip(id);
+                let addr = NodeAddr {
+                    raft: SocketAddr::new(ip, se_port + 1).to_string(),
+                    api: String::new(),
+                };
+                (id, addr)
+            })
+            .collect();
+        let mut controllers = Vec::new();
+        let bootstrap_members = if self.grow {
+            members
+                .iter()
+                .take(1)
+                .map(|(k, v)| (*k, v.clone()))
+                .collect()
+        } else {
+            members.clone()
+        };
+        for (&id, addr) in &members {
+            let slot: Arc<Mutex<Option<Controller>>> = Arc::default();
+            // The disk outlives the node: a restart finds what was synced.
+            let disk = MemStorage::new();
+            let (config, members, addr, timings) = (
+                config.clone(),
+                bootstrap_members.clone(),
+                addr.clone(),
+                self.timings,
+            );
+            let (init_slot, init_disk) = (slot.clone(), disk.clone());
+            let node = handle
                 .create_node()
-                .name("controller")
-                .ip(listen.ip())
+                .name(format!("controller-{id}"))
+                .ip(controller_ip(id))
                 .init(move || {
-                    let (config, slot) = (config.clone(), slot.clone());
+                    let (config, members, addr) = (config.clone(), members.clone(), addr.clone());
+                    let (slot, disk) = (init_slot.clone(), init_disk.clone());
                     async move {
-                        let controller = Controller::new(config).expect("world config is valid");
+                        let any = |port| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port);
+                        let raft = rt::TcpListener::bind(any(se_port + 1))
+                            .await
+                            .expect("raft port free");
+                        let storage: Arc<dyn Storage> = Arc::new(disk);
+                        let opts = NodeOptions {
+                            timings,
+                            ..NodeOptions::new(id, addr, storage)
+                        };
+                        let node = ClusterNode::start(opts, raft).await.expect("node starts");
+                        let controller = Controller::new(node.clone());
                         *lock(&slot) = Some(controller.clone());
-                        let any = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), listen.port());
-                        let listener = rt::TcpListener::bind(any)
+                        let listener = rt::TcpListener::bind(any(se_port))
                             .await
                             .expect("controller port free");
+                        if id == 1 {
+                            rt::spawn(async move {
+                                if let Err(e) = node.bootstrap_with(members, config).await {
+                                    tracing::warn!(error = %e, "bootstrap failed");
+                                }
+                            });
+                        }
                         let _ = controller.serve(listener).await;
+                        std::future::pending::<()>().await;
                     }
                 })
-                .build()
-        };
+                .build();
+            controllers.push(ControllerSlot {
+                node: node.id(),
+                slot,
+                disk,
+            });
+        }
 
         let dns_addr = config.dns.as_ref().map(|d| d.listen);
         if let Some(listen) = dns_addr {
@@ -177,7 +257,10 @@ impl WorldBuilder {
             let spec = SeSpec {
                 name: format!("se-{}", i + 1),
                 group: group.clone(),
-                controller: config.controller.listen,
+                controllers: members
+                    .keys()
+                    .map(|&id| SocketAddr::new(controller_ip(id), se_port))
+                    .collect(),
             };
             cloud.create_se(spec).await?;
         }
@@ -206,8 +289,7 @@ impl WorldBuilder {
             config,
             handle,
             cloud,
-            controller_node: controller_node.id(),
-            controller_slot,
+            controllers,
             client,
             client_port,
             dns_addr,
@@ -222,8 +304,7 @@ pub struct World {
     /// The simulated cloud holding the SEs.
     pub cloud: SimCloud,
     handle: Handle,
-    controller_node: NodeId,
-    controller_slot: Arc<Mutex<Option<Controller>>>,
+    controllers: Vec<ControllerSlot>,
     client: NodeHandle,
     client_port: Arc<Mutex<Option<Arc<HostPort>>>>,
     dns_addr: Option<SocketAddr>,
@@ -261,20 +342,94 @@ impl World {
         WorldBuilder::default()
     }
 
-    /// The Controller object of the running controller node (it changes on restart).
+    /// The Controller of the leader node if one is known, else of the first
+    /// running node (it changes on restart).
     pub fn controller(&self) -> Option<Controller> {
-        lock(&self.controller_slot).clone()
+        let running: Vec<Controller> = self
+            .controllers
+            .iter()
+            .filter_map(|c| lock(&c.slot).clone())
+            .collect();
+        running
+            .iter()
+            .find(|c| c.node().is_leader())
+            .or(running.first())
+            .cloned()
     }
 
-    /// Crash the controller node.
+    /// The Controller of node `i` (0-based), if it runs.
+    pub fn controller_at(&self, i: usize) -> Option<Controller> {
+        lock(&self.controllers.get(i)?.slot).clone()
+    }
+
+    /// Number of Controller nodes.
+    pub fn controller_count(&self) -> usize {
+        self.controllers.len()
+    }
+
+    /// Index of the node that is leader now (by its own account), if any.
+    pub fn leader_index(&self) -> Option<usize> {
+        (0..self.controllers.len())
+            .find(|&i| self.controller_at(i).is_some_and(|c| c.node().is_leader()))
+    }
+
+    /// Crash the first controller node.
     pub fn kill_controller(&self) {
-        *lock(&self.controller_slot) = None;
-        self.handle.kill(self.controller_node);
+        self.kill_controller_at(0, |_, _| 0);
     }
 
-    /// Boot the controller node again.
+    /// Boot the first controller node again.
     pub fn restart_controller(&self) {
-        self.handle.restart(self.controller_node);
+        self.restart_controller_at(0);
+    }
+
+    /// Crash controller node `i`: its process dies and its disk keeps only
+    /// what was synced, plus `keep_tail(file, unsynced)` bytes of torn writes.
+    pub fn kill_controller_at(&self, i: usize, keep_tail: impl FnMut(&str, usize) -> usize) {
+        let c = &self.controllers[i];
+        *lock(&c.slot) = None;
+        self.handle.kill(c.node);
+        c.disk.crash(keep_tail);
+    }
+
+    /// Boot controller node `i` again from its disk.
+    pub fn restart_controller_at(&self, i: usize) {
+        self.handle.restart(self.controllers[i].node);
+    }
+
+    /// Run `f` with controller node `i`'s Controller, on that node (so its
+    /// network calls leave from the node's address). Err if the node is down
+    /// or dies meanwhile.
+    pub async fn on_controller<F, T>(
+        &self,
+        i: usize,
+        f: impl FnOnce(Controller) -> F + Send + 'static,
+    ) -> Result<T>
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let c = self
+            .controller_at(i)
+            .ok_or_else(|| anyhow!("controller node {i} is down"))?;
+        let node = self
+            .handle
+            .get_node(self.controllers[i].node)
+            .ok_or_else(|| anyhow!("controller node {i} does not exist"))?;
+        node.spawn(f(c))
+            .await
+            .map_err(|e| anyhow!("controller node {i} task failed: {e}"))
+    }
+
+    /// Cut controller node `i` off the network (both ways), or heal it.
+    pub fn isolate_controller_at(&self, i: usize, isolated: bool) {
+        let net = madsim::net::NetSim::current();
+        let node = self.controllers[i].node;
+        if isolated {
+            net.clog_node(node);
+        } else {
+            net.unclog_node(node);
+        }
     }
 
     /// The first virtual service's VIP and port.
@@ -431,6 +586,19 @@ impl World {
             rt::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// One Controller node of a world: its madsim node, the Controller running
+/// on it (None while down), and its disk.
+struct ControllerSlot {
+    node: NodeId,
+    slot: Arc<Mutex<Option<Controller>>>,
+    disk: MemStorage,
+}
+
+/// Address of Controller node `id` (1-based).
+pub fn controller_ip(id: u64) -> IpAddr {
+    IpAddr::from([10, 0, 0, id as u8])
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

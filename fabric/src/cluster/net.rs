@@ -154,7 +154,9 @@ impl PeerClient {
                 })?;
                 match rt::timeout(CONNECT_TIMEOUT, rt::connect(addr)).await {
                     Ok(Ok(s)) => s,
-                    Ok(Err(e)) => return Err(CallError::Unreachable(self.target, self.addr.clone(), e)),
+                    Ok(Err(e)) => {
+                        return Err(CallError::Unreachable(self.target, self.addr.clone(), e))
+                    }
                     Err(e) => {
                         let e = io::Error::new(io::ErrorKind::TimedOut, e.to_string());
                         return Err(CallError::Unreachable(self.target, self.addr.clone(), e));
@@ -186,7 +188,10 @@ impl PeerClient {
 }
 
 fn unexpected<E: std::error::Error>(target: NodeId) -> RPCError<NodeId, NodeAddr, E> {
-    let e = io::Error::new(io::ErrorKind::InvalidData, format!("node {target} answered the wrong request"));
+    let e = io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("node {target} answered the wrong request"),
+    );
     RPCError::Network(NetworkError::new(&e))
 }
 

@@ -16,7 +16,9 @@ use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::net::{self, CallError, Forwarded, MembershipChange, PeerClient, PeerRequest, PeerResponse};
+use super::net::{
+    self, CallError, Forwarded, MembershipChange, PeerClient, PeerRequest, PeerResponse,
+};
 use super::state::{Command, Desired, Objects, Refusal, Reply};
 use super::store::{LogStore, StateMachine};
 use super::{NodeAddr, NodeId, Raft};
@@ -95,7 +97,9 @@ pub enum ClusterError {
     #[error("not the leader (leader: {0:?})")]
     NotLeader(Option<NodeId>),
     /// No leader is known: an election is running or there is no quorum. Nothing changed.
-    #[error("no leader: the Controller cluster has no quorum or is electing one; nothing was written")]
+    #[error(
+        "no leader: the Controller cluster has no quorum or is electing one; nothing was written"
+    )]
     NoLeader,
     /// The leader has not heard from a quorum recently. Nothing changed.
     #[error("no quorum: the leader has not heard from a majority for {0} ms; nothing was written")]
@@ -180,9 +184,15 @@ impl ClusterNode {
         for d in &damage {
             tracing::warn!(node = opts.id, damage = %d, "storage damage cut off at open");
         }
-        let raft = Raft::new(opts.id, Arc::new(config), net::Network, log.clone(), sm.clone())
-            .await
-            .map_err(|e| ClusterError::Fatal(e.to_string()))?;
+        let raft = Raft::new(
+            opts.id,
+            Arc::new(config),
+            net::Network,
+            log.clone(),
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| ClusterError::Fatal(e.to_string()))?;
         let node = ClusterNode {
             inner: Arc::new(NodeInner {
                 id: opts.id,
@@ -261,20 +271,26 @@ impl ClusterNode {
     }
 
     /// Make this node a one-voter cluster if it has never been part of one,
-    /// and load `config` if the cluster holds none yet. A node with data on
-    /// disk keeps it (the file is only the first state).
+    /// and load `config` if the cluster holds none yet. A cluster with a
+    /// config keeps it (the file is only the first state).
     pub async fn bootstrap(&self, config: crate::model::Config) -> Result<(), ClusterError> {
+        let members = BTreeMap::from([(self.inner.id, self.inner.addr.clone())]);
+        self.bootstrap_with(members, config).await
+    }
+
+    /// [`bootstrap`](Self::bootstrap) as a cluster of `members` (all started,
+    /// this one among them; only one node may call this).
+    pub async fn bootstrap_with(
+        &self,
+        members: BTreeMap<NodeId, NodeAddr>,
+        config: crate::model::Config,
+    ) -> Result<(), ClusterError> {
         let raft = &self.inner.raft;
         let fatal = |e: openraft::error::Fatal<NodeId>| ClusterError::Fatal(e.to_string());
         if !raft.is_initialized().await.map_err(fatal)? {
-            let members = BTreeMap::from([(self.inner.id, self.inner.addr.clone())]);
             if let Err(e) = raft.initialize(members).await {
                 tracing::info!(error = %e, "initialize skipped");
             }
-        }
-        let has_config = self.inner.sm.subscribe().borrow().config.is_some();
-        if has_config {
-            return Ok(());
         }
         let deadline = rt::now() + self.inner.timings.write_timeout();
         loop {
@@ -282,11 +298,14 @@ impl ClusterNode {
                 .write(Command::Replace {
                     config: Box::new(config.clone()),
                     version_floor: 0,
+                    only_if_empty: true,
                 })
                 .await
             {
-                Ok(_) => return Ok(()),
-                Err(ClusterError::NoLeader) if rt::now() < deadline => {
+                Ok(_) | Err(ClusterError::Refused(Refusal::Conflict { .. })) => return Ok(()),
+                Err(ClusterError::NoLeader | ClusterError::Unreachable(_))
+                    if rt::now() < deadline =>
+                {
                     rt::sleep(Duration::from_millis(self.inner.timings.heartbeat_ms)).await
                 }
                 Err(e) => return Err(e),
@@ -309,7 +328,10 @@ impl ClusterNode {
         &self,
         change: MembershipChange,
     ) -> Result<BTreeSet<NodeId>, ClusterError> {
-        match self.forward_or_local(PeerRequest::Membership(change)).await? {
+        match self
+            .forward_or_local(PeerRequest::Membership(change))
+            .await?
+        {
             Forwarded::Voters(v) => Ok(v),
             other => Err(ClusterError::Fatal(format!("unexpected reply {other:?}"))),
         }
@@ -407,14 +429,23 @@ impl ClusterNode {
         let r = rt::timeout(limit, client.call(req)).await;
         match r {
             Ok(Ok(PeerResponse::Forwarded(r))) => r,
-            Ok(Ok(_)) => Err(ClusterError::Unknown(format!("node {leader} answered the wrong request"))),
-            Ok(Err(CallError::Unreachable(..))) => {
-                Err(ClusterError::Unreachable(format!("node {leader} at {}", addr.raft)))
+            Ok(Ok(_)) => Err(ClusterError::Unknown(format!(
+                "node {leader} answered the wrong request"
+            ))),
+            Ok(Err(CallError::Unreachable(..))) => Err(ClusterError::Unreachable(format!(
+                "node {leader} at {}",
+                addr.raft
+            ))),
+            Ok(Err(e @ CallError::Network(..))) if is_write(req) => {
+                Err(ClusterError::Unknown(e.to_string()))
             }
-            Ok(Err(e @ CallError::Network(..))) if is_write(req) => Err(ClusterError::Unknown(e.to_string())),
             Ok(Err(e)) => Err(ClusterError::Unreachable(e.to_string())),
-            Err(_) if is_write(req) => Err(ClusterError::Unknown(format!("node {leader} did not answer in time"))),
-            Err(_) => Err(ClusterError::Unreachable(format!("node {leader} did not answer in time"))),
+            Err(_) if is_write(req) => Err(ClusterError::Unknown(format!(
+                "node {leader} did not answer in time"
+            ))),
+            Err(_) => Err(ClusterError::Unreachable(format!(
+                "node {leader} did not answer in time"
+            ))),
         }
     }
 
@@ -434,21 +465,21 @@ impl ClusterNode {
         }
         let limit = t.write_timeout();
         match req {
-            PeerRequest::Write(cmd) => match rt::timeout(limit, raft.client_write(cmd.clone())).await {
-                Ok(Ok(resp)) => Ok(Forwarded::Reply(resp.data)),
-                Ok(Err(e)) => Err(write_error(e)),
-                Err(_) => Err(ClusterError::Unknown(format!(
-                    "not committed within {limit:?}: no quorum?"
-                ))),
-            },
+            PeerRequest::Write(cmd) => {
+                match rt::timeout(limit, raft.client_write(cmd.clone())).await {
+                    Ok(Ok(resp)) => Ok(Forwarded::Reply(resp.data)),
+                    Ok(Err(e)) => Err(write_error(e)),
+                    Err(_) => Err(ClusterError::Unknown(format!(
+                        "not committed within {limit:?}: no quorum?"
+                    ))),
+                }
+            }
             PeerRequest::ReadIndex => match rt::timeout(limit, raft.ensure_linearizable()).await {
                 Ok(Ok(id)) => Ok(Forwarded::ReadIndex(id.map_or(0, |l| l.index))),
-                Ok(Err(RaftError::APIError(e))) => Err(ClusterError::NotLeader(
-                    match e {
-                        openraft::error::CheckIsLeaderError::ForwardToLeader(f) => f.leader_id,
-                        openraft::error::CheckIsLeaderError::QuorumNotEnough(_) => None,
-                    },
-                )),
+                Ok(Err(RaftError::APIError(e))) => Err(ClusterError::NotLeader(match e {
+                    openraft::error::CheckIsLeaderError::ForwardToLeader(f) => f.leader_id,
+                    openraft::error::CheckIsLeaderError::QuorumNotEnough(_) => None,
+                })),
                 Ok(Err(e)) => Err(ClusterError::Fatal(e.to_string())),
                 Err(_) => Err(ClusterError::NoQuorum(limit.as_millis() as u64)),
             },
@@ -491,7 +522,9 @@ impl ClusterNode {
         match rt::timeout(limit, raft.change_membership(changes, false)).await {
             Ok(Ok(_)) => Ok(Forwarded::Voters(self.membership().0)),
             Ok(Err(e)) => Err(write_error(e)),
-            Err(_) => Err(ClusterError::Unknown(format!("membership change not committed within {limit:?}"))),
+            Err(_) => Err(ClusterError::Unknown(format!(
+                "membership change not committed within {limit:?}"
+            ))),
         }
     }
 }
@@ -511,8 +544,12 @@ fn is_write(req: &PeerRequest) -> bool {
 
 fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> ClusterError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ClusterError::NotLeader(f.leader_id),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => ClusterError::Invalid(e.to_string()),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ClusterError::NotLeader(f.leader_id)
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ClusterError::Invalid(e.to_string())
+        }
         RaftError::Fatal(e) => ClusterError::Fatal(e.to_string()),
     }
 }

@@ -83,7 +83,10 @@ pub fn decode(bytes: &[u8]) -> Decoded<'_> {
 
 /// Read `file` and cut off any damaged tail; returns the valid records'
 /// payloads with their offsets (owned) and the damage found, if any.
-pub fn load(storage: &dyn Storage, file: &str) -> io::Result<(Vec<(u64, Vec<u8>)>, Option<String>)> {
+pub fn load(
+    storage: &dyn Storage,
+    file: &str,
+) -> io::Result<(Vec<(u64, Vec<u8>)>, Option<String>)> {
     let bytes = match storage.read(file) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
@@ -144,7 +147,9 @@ impl Register {
                 .find_map(|(_, p)| serde_json::from_slice::<T>(p).ok());
             if reg.generation == 0 {
                 reg.generation = *g;
-                reg.len = records.last().map_or(0, |(o, p)| o + (HEADER + p.len()) as u64);
+                reg.len = records
+                    .last()
+                    .map_or(0, |(o, p)| o + (HEADER + p.len()) as u64);
             }
             if last.is_some() {
                 value = last;
@@ -220,7 +225,10 @@ mod tests {
         for i in 0..20_000u64 {
             reg.store(&i, i % 100 == 0).unwrap();
         }
-        assert!(storage.list().unwrap().len() == 1, "old generations removed");
+        assert!(
+            storage.list().unwrap().len() == 1,
+            "old generations removed"
+        );
         let (_, v, _) = Register::open::<u64>(storage.clone(), "vote").unwrap();
         assert_eq!(v, Some(19_999));
         // Power loss: the last synced value survives; a torn tail is cut.

@@ -68,6 +68,10 @@ pub enum Command {
         config: Box<Config>,
         /// Versions after this command exceed this one.
         version_floor: u64,
+        /// Only if there is no config yet (bootstrap: a node replaying its
+        /// log after a restart must not reset later changes).
+        #[serde(default)]
+        only_if_empty: bool,
     },
 }
 
@@ -181,7 +185,13 @@ impl Objects {
             Command::Replace {
                 config,
                 version_floor,
+                only_if_empty,
             } => {
+                if *only_if_empty && !self.objects.is_empty() {
+                    return Reply::Refused(Refusal::Conflict {
+                        current: Some(self.version),
+                    });
+                }
                 if let Err(e) = config.validate() {
                     return Reply::Refused(invalid(e));
                 }
@@ -299,13 +309,12 @@ pub fn config_of(
             }
         }
     }
-    let config: Config =
-        serde_path_to_error::deserialize(Value::Object(top)).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                path: e.path().to_string(),
-                reason: e.into_inner().to_string(),
-            }])
-        })?;
+    let config: Config = serde_path_to_error::deserialize(Value::Object(top)).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            path: e.path().to_string(),
+            reason: e.into_inner().to_string(),
+        }])
+    })?;
     config.validate()?;
     Ok(config)
 }
@@ -321,9 +330,19 @@ mod tests {
             &Command::Replace {
                 config: Box::new(Config::example()),
                 version_floor: 0,
+                only_if_empty: true,
             },
         );
         assert_eq!(r, Reply::Applied(1));
+        let again = Command::Replace {
+            config: Box::new(Config::example()),
+            version_floor: 0,
+            only_if_empty: true,
+        };
+        assert!(matches!(
+            o.apply(2, &again),
+            Reply::Refused(Refusal::Conflict { .. })
+        ));
         o
     }
 
@@ -338,7 +357,11 @@ mod tests {
     #[test]
     fn conditional_writes_and_validation_are_checked_in_apply() {
         let mut o = boot();
-        let (name, pool) = o.objects["pools"].iter().next().map(|(n, s)| (n.clone(), s.clone())).unwrap();
+        let (name, pool) = o.objects["pools"]
+            .iter()
+            .next()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .unwrap();
         let mut body = pool.body.clone();
         body["servers"] = serde_json::json!(["10.9.9.9:80"]);
         let put = |if_version| Command::Put {
@@ -355,7 +378,10 @@ mod tests {
         assert_eq!(o.apply(3, &put(Some(1))), Reply::Applied(3));
         assert_eq!(o.get("pools", &name).unwrap().version, 3);
         // Create-only fails on an existing object.
-        assert!(matches!(o.apply(4, &put(Some(0))), Reply::Refused(Refusal::Conflict { .. })));
+        assert!(matches!(
+            o.apply(4, &put(Some(0))),
+            Reply::Refused(Refusal::Conflict { .. })
+        ));
         // Deleting a pool a virtual service uses leaves the config invalid: refused whole.
         let del = Command::Delete {
             kind: "pools".into(),
@@ -381,7 +407,9 @@ mod tests {
                 if_version: None,
             },
         );
-        let Reply::Refused(Refusal::Invalid { errors }) = r else { panic!("{r:?}") };
+        let Reply::Refused(Refusal::Invalid { errors }) = r else {
+            panic!("{r:?}")
+        };
         assert!(errors[0].0.contains("servers"), "{errors:?}");
     }
 
@@ -393,6 +421,7 @@ mod tests {
             &Command::Replace {
                 config: Box::new(Config::example()),
                 version_floor: 1000,
+                only_if_empty: false,
             },
         );
         assert_eq!(r, Reply::Applied(1002));

@@ -168,7 +168,11 @@ impl LogStore {
 }
 
 impl LogInner {
-    fn append_one(&mut self, entry: Entry<TypeConfig>, touched: &mut BTreeSet<u64>) -> io::Result<()> {
+    fn append_one(
+        &mut self,
+        entry: Entry<TypeConfig>,
+        touched: &mut BTreeSet<u64>,
+    ) -> io::Result<()> {
         let payload = serde_json::to_vec(&entry).map_err(io::Error::other)?;
         let rec = records::encode(&payload);
         let index = entry.log_id.index;
@@ -189,7 +193,10 @@ impl LogInner {
     }
 
     /// Append entries and sync every segment touched.
-    fn append_synced(&mut self, entries: impl IntoIterator<Item = Entry<TypeConfig>>) -> io::Result<()> {
+    fn append_synced(
+        &mut self,
+        entries: impl IntoIterator<Item = Entry<TypeConfig>>,
+    ) -> io::Result<()> {
         let mut touched = BTreeSet::new();
         for e in entries {
             self.append_one(e, &mut touched)?;
@@ -246,7 +253,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
-        Ok(self.lock().entries.range(range).map(|(_, e)| e.clone()).collect())
+        Ok(self
+            .lock()
+            .entries
+            .range(range)
+            .map(|(_, e)| e.clone())
+            .collect())
     }
 }
 
@@ -255,7 +267,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
         let g = self.lock();
-        let last = g.entries.values().next_back().map(|e| e.log_id).or(g.last_purged);
+        let last = g
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(g.last_purged);
         Ok(LogState {
             last_purged_log_id: g.last_purged,
             last_log_id: last,
@@ -282,7 +299,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
         let mut g = self.lock();
         // Not synced: after a crash openraft only re-applies less on startup.
-        g.committed_reg.store(&committed, false).map_err(write_err)?;
+        g.committed_reg
+            .store(&committed, false)
+            .map_err(write_err)?;
         g.committed = committed;
         Ok(())
     }
@@ -297,7 +316,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let result = self.lock().append_synced(entries);
-        let failed = result.as_ref().err().map(|e| write_err(io::Error::new(e.kind(), e.to_string())));
+        let failed = result
+            .as_ref()
+            .err()
+            .map(|e| write_err(io::Error::new(e.kind(), e.to_string())));
         callback.log_io_completed(result);
         failed.map_or(Ok(()), Err)
     }
@@ -478,7 +500,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let meta = SnapshotMeta {
             last_log_id: last,
             last_membership: g.membership.clone(),
-            snapshot_id: format!("{}-{}", last.map_or(0, |l| l.leader_id.term), last.map_or(0, |l| l.index)),
+            snapshot_id: format!(
+                "{}-{}",
+                last.map_or(0, |l| l.leader_id.term),
+                last.map_or(0, |l| l.index)
+            ),
         };
         let snap = Snap { meta, data };
         g.save_snapshot(snap.clone()).map_err(write_err)?;
@@ -589,7 +615,12 @@ mod tests {
         // Enough entries for several segments.
         let n = 12_000;
         log.lock().append_synced((1..=n).map(entry)).unwrap();
-        let segs = storage.list().unwrap().iter().filter(|f| f.starts_with("log.")).count();
+        let segs = storage
+            .list()
+            .unwrap()
+            .iter()
+            .filter(|f| f.starts_with("log."))
+            .count();
         assert!(segs >= 2, "{segs} segments");
         let (log, damage) = LogStore::open(storage.clone()).unwrap();
         assert!(damage.is_empty(), "{damage:?}");
@@ -613,7 +644,11 @@ mod tests {
         log.lock()
             .purge_upto(LogId::new(CommittedLeaderId::new(1, 1), 500))
             .unwrap();
-        assert!(storage.list().unwrap().iter().all(|f| !f.starts_with("log.")));
+        assert!(storage
+            .list()
+            .unwrap()
+            .iter()
+            .all(|f| !f.starts_with("log.")));
         log.lock().append_synced((501..=510).map(entry)).unwrap();
         let (log, damage) = LogStore::open(storage).unwrap();
         assert!(damage.is_empty(), "{damage:?}");
@@ -644,7 +679,12 @@ mod tests {
         assert_eq!(log.len(), 12);
 
         // A flipped byte in the middle of the file: cut from that record on.
-        let file = storage.list().unwrap().into_iter().find(|f| f.starts_with("log.")).unwrap();
+        let file = storage
+            .list()
+            .unwrap()
+            .into_iter()
+            .find(|f| f.starts_with("log."))
+            .unwrap();
         let mut bytes = storage.read(&file).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0xff;

@@ -19,8 +19,8 @@ pub struct SeSpec {
     pub name: String,
     /// SE group it joins.
     pub group: String,
-    /// Controller address it registers with.
-    pub controller: SocketAddr,
+    /// Controller node addresses it may register with (any of them).
+    pub controllers: Vec<SocketAddr>,
 }
 
 /// An SE host as the connector sees it.
@@ -100,14 +100,20 @@ impl CloudConnector for LocalProcesses {
                 &spec.group,
                 "--controller",
             ])
-            .arg(spec.controller.to_string())
+            .arg(
+                spec.controllers
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
             .args(["--parent-pid", &std::process::id().to_string()])
             .spawn()
             .map_err(|e| CloudError::Failed(format!("starting {}: {e}", self.program.display())))?;
         children.insert(spec.name.clone(), child);
         Ok(SeHost {
             name: spec.name,
-            addr: Some(spec.controller.ip()),
+            addr: spec.controllers.first().map(|a| a.ip()),
             running: true,
         })
     }

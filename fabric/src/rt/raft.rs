@@ -24,24 +24,36 @@ pub struct RtInstant(pub std::time::Instant);
 
 impl Add<Duration> for RtInstant {
     type Output = Self;
-    fn add(self, d: Duration) -> Self { Self(self.0 + d) }
+    fn add(self, d: Duration) -> Self {
+        Self(self.0 + d)
+    }
 }
 impl AddAssign<Duration> for RtInstant {
-    fn add_assign(&mut self, d: Duration) { self.0 += d }
+    fn add_assign(&mut self, d: Duration) {
+        self.0 += d
+    }
 }
 impl Sub<Duration> for RtInstant {
     type Output = Self;
-    fn sub(self, d: Duration) -> Self { Self(self.0 - d) }
+    fn sub(self, d: Duration) -> Self {
+        Self(self.0 - d)
+    }
 }
 impl SubAssign<Duration> for RtInstant {
-    fn sub_assign(&mut self, d: Duration) { self.0 -= d }
+    fn sub_assign(&mut self, d: Duration) {
+        self.0 -= d
+    }
 }
 impl Sub<RtInstant> for RtInstant {
     type Output = Duration;
-    fn sub(self, other: Self) -> Duration { self.0.saturating_duration_since(other.0) }
+    fn sub(self, other: Self) -> Duration {
+        self.0.saturating_duration_since(other.0)
+    }
 }
 impl openraft::Instant for RtInstant {
-    fn now() -> Self { Self(rt::now()) }
+    fn now() -> Self {
+        Self(rt::now())
+    }
 }
 
 fn sleep_until(deadline: RtInstant) -> tokio::time::Sleep {
@@ -99,20 +111,40 @@ impl AsyncRuntime for RtRuntime {
         rt::spawn(future)
     }
 
-    fn sleep(duration: Duration) -> Self::Sleep { tokio::time::sleep(duration) }
-
-    fn sleep_until(deadline: Self::Instant) -> Self::Sleep { sleep_until(deadline) }
-
-    fn timeout<R, F: Future<Output = R> + OptionalSend>(duration: Duration, future: F) -> Self::Timeout<R, F> {
-        RtTimeout { future, sleep: tokio::time::sleep(duration), duration }
+    fn sleep(duration: Duration) -> Self::Sleep {
+        tokio::time::sleep(duration)
     }
 
-    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(deadline: Self::Instant, future: F) -> Self::Timeout<R, F> {
+    fn sleep_until(deadline: Self::Instant) -> Self::Sleep {
+        sleep_until(deadline)
+    }
+
+    fn timeout<R, F: Future<Output = R> + OptionalSend>(
+        duration: Duration,
+        future: F,
+    ) -> Self::Timeout<R, F> {
+        RtTimeout {
+            future,
+            sleep: tokio::time::sleep(duration),
+            duration,
+        }
+    }
+
+    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(
+        deadline: Self::Instant,
+        future: F,
+    ) -> Self::Timeout<R, F> {
         let duration = deadline.0.saturating_duration_since(rt::now());
-        RtTimeout { future, sleep: sleep_until(deadline), duration }
+        RtTimeout {
+            future,
+            sleep: sleep_until(deadline),
+            duration,
+        }
     }
 
-    fn is_panic(join_error: &Self::JoinError) -> bool { join_error.is_panic() }
+    fn is_panic(join_error: &Self::JoinError) -> bool {
+        join_error.is_panic()
+    }
 
     /// Called once per `Raft::new` (to draw this node's election timeout). Seeded from the
     /// world's generator, so a madsim seed replays the same timeouts.
@@ -121,9 +153,10 @@ impl AsyncRuntime for RtRuntime {
     }
 
     fn oneshot<T>() -> (Self::OneshotSender<T>, Self::OneshotReceiver<T>)
-    where T: OptionalSend {
+    where
+        T: OptionalSend,
+    {
         let (tx, rx) = tokio::sync::oneshot::channel();
         (TokioOneShotSender(tx), rx)
     }
 }
-

@@ -1,0 +1,242 @@
+//! The Controller quorum in the simulation: three nodes, leader loss by
+//! crash (with torn unsynced writes) and by isolation, all nodes restarting,
+//! live growth from one node to three; SEs keep serving throughout.
+//! Replay a failure with its seed:
+//! `MADSIM_TEST_SEED=<seed> RUSTFLAGS="--cfg madsim" cargo test -p chaos --target-dir target/sim --test quorum`
+//! Election times over many seeds: `./scripts/election-sim.sh 200`.
+#![cfg(madsim)]
+
+use std::time::Duration;
+
+use fabric::cluster::net::MembershipChange;
+use fabric::cluster::{ClusterError, Command};
+use fabric::rt;
+use sim::world::World;
+
+const SETTLE: Duration = Duration::from_secs(15);
+
+/// A pool no virtual service uses: a harmless object to write.
+fn put_pool(n: u64) -> Command {
+    Command::Put {
+        kind: "pools".into(),
+        name: format!("k{n}"),
+        tenant: "admin".into(),
+        body: serde_json::json!({"name": format!("k{n}"), "servers": [format!("10.0.3.{}:80", n % 250 + 1)]}),
+        if_version: None,
+    }
+}
+
+async fn three_node_world() -> World {
+    let world = World::builder().controllers(3).build().await.unwrap();
+    world
+        .wait_until("the VIP serves", SETTLE, || async {
+            matches!(world.http_get("/").await, Ok(r) if r.status == 200)
+        })
+        .await
+        .unwrap();
+    world
+}
+
+/// Write through node `i`; the version, or why not.
+async fn write_at(world: &World, i: usize, cmd: Command) -> Result<u64, String> {
+    match world
+        .on_controller(i, |c| async move { c.node().write(cmd).await })
+        .await
+    {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Keep writing through the nodes in `via` until one write succeeds;
+/// the simulated time it took.
+async fn time_to_write(world: &World, via: &[usize], n: u64) -> Duration {
+    let start = rt::now();
+    loop {
+        for &i in via {
+            if write_at(world, i, put_pool(n)).await.is_ok() {
+                return rt::now() - start;
+            }
+        }
+        assert!(
+            rt::now() - start < Duration::from_secs(30),
+            "no write for 30 s"
+        );
+        rt::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn others(world: &World, not: usize) -> Vec<usize> {
+    (0..world.controller_count())
+        .filter(|&i| i != not)
+        .collect()
+}
+
+#[madsim::test]
+async fn a_new_leader_accepts_writes_within_3s_of_the_old_one_crashing() {
+    let world = three_node_world().await;
+    let leader = world.leader_index().expect("a leader");
+    write_at(&world, leader, put_pool(1)).await.unwrap();
+    // Crash with a random part of any unsynced write surviving (torn).
+    let mut rng = rt::seeded_rng();
+    world.kill_controller_at(leader, |_, tail| {
+        use rand::Rng;
+        rng.gen_range(0..=tail)
+    });
+    let took = time_to_write(&world, &others(&world, leader), 2).await;
+    println!("ELECTION_MS crash {}", took.as_millis());
+    assert!(took < Duration::from_secs(3), "new leader after {took:?}");
+    // The SE served all along from its last config.
+    assert_eq!(world.http_get("/").await.unwrap().status, 200);
+    // The old leader comes back as a follower and catches up.
+    world.restart_controller_at(leader);
+    world
+        .wait_until(
+            "the restarted node applies the new write",
+            SETTLE,
+            || async {
+                world
+                    .controller_at(leader)
+                    .is_some_and(|c| c.node().read_local().objects.get("pools", "k2").is_some())
+            },
+        )
+        .await
+        .unwrap();
+}
+
+#[madsim::test]
+async fn an_isolated_leader_is_replaced_and_its_writes_fail_fast() {
+    let world = three_node_world().await;
+    let leader = world.leader_index().expect("a leader");
+    world.isolate_controller_at(leader, true);
+    let took = time_to_write(&world, &others(&world, leader), 1).await;
+    println!("ELECTION_MS isolate {}", took.as_millis());
+    assert!(took < Duration::from_secs(3), "new leader after {took:?}");
+    // The isolated node cannot commit: its writes fail, quickly, and say so.
+    let start = rt::now();
+    let e = write_at(&world, leader, put_pool(2)).await.unwrap_err();
+    let waited = rt::now() - start;
+    assert!(waited <= Duration::from_secs(4), "{waited:?}: {e}");
+    assert!(
+        e.contains("no quorum")
+            || e.contains("no leader")
+            || e.contains("unknown")
+            || e.contains("unreachable"),
+        "{e}"
+    );
+    // Healed, it follows the new leader and sees the write made without it.
+    world.isolate_controller_at(leader, false);
+    world
+        .wait_until(
+            "the healed node applies the write made without it",
+            SETTLE,
+            || async {
+                world.controller_at(leader).is_some_and(|c| {
+                    !c.node().is_leader()
+                        && c.node().read_local().objects.get("pools", "k1").is_some()
+                })
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(world.http_get("/").await.unwrap().status, 200);
+}
+
+#[madsim::test]
+async fn all_nodes_crash_and_restart_without_losing_acknowledged_writes() {
+    let world = three_node_world().await;
+    let mut acked = Vec::new();
+    for n in 1..=20 {
+        let via = (n as usize) % 3;
+        if let Ok(v) = write_at(&world, via, put_pool(n)).await {
+            acked.push((n, v));
+        }
+    }
+    assert!(acked.len() >= 15, "{acked:?}");
+    let mut rng = rt::seeded_rng();
+    for i in 0..3 {
+        world.kill_controller_at(i, |_, tail| {
+            use rand::Rng;
+            rng.gen_range(0..=tail)
+        });
+    }
+    rt::sleep(Duration::from_secs(2)).await;
+    // Headless: the SE keeps serving.
+    assert_eq!(world.http_get("/").await.unwrap().status, 200);
+    for i in 0..3 {
+        world.restart_controller_at(i);
+    }
+    let view = loop {
+        let r = world
+            .on_controller(0, |c| async move { c.node().read().await })
+            .await;
+        if let Ok(Ok(v)) = r {
+            break v;
+        }
+        rt::sleep(Duration::from_millis(100)).await;
+    };
+    for (n, v) in acked {
+        let got = view
+            .objects
+            .get("pools", &format!("k{n}"))
+            .map(|s| s.version);
+        assert_eq!(got, Some(v), "acknowledged write k{n} at version {v}");
+    }
+}
+
+#[madsim::test]
+async fn one_node_grows_to_three_live_without_losing_config() {
+    let world = World::builder()
+        .controllers(3)
+        .grow_from_one()
+        .build()
+        .await
+        .unwrap();
+    world
+        .wait_until("the VIP serves", SETTLE, || async {
+            matches!(world.http_get("/").await, Ok(r) if r.status == 200)
+        })
+        .await
+        .unwrap();
+    let v = write_at(&world, 0, put_pool(1)).await.unwrap();
+    for i in [1usize, 2] {
+        let addr = world.controller_at(i).unwrap().node().addr().clone();
+        let id = i as u64 + 1;
+        let voters = world
+            .on_controller(0, move |c| async move {
+                c.node()
+                    .change_membership(MembershipChange::Add { id, addr })
+                    .await
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(voters.contains(&id), "{voters:?}");
+    }
+    // The new nodes hold the whole config, and the cluster now survives losing node 1.
+    world.kill_controller_at(0, |_, _| 0);
+    let took = time_to_write(&world, &[1, 2], 2).await;
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let got = world
+        .on_controller(1, |c| async move { c.node().read().await })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.objects.get("pools", "k1").map(|s| s.version), Some(v));
+    assert!(got.objects.get("virtual_services", "app").is_some());
+    // Removing a node works the same way (node 1 is down: remove it).
+    let voters = world
+        .on_controller(1, |c| async move {
+            c.node()
+                .change_membership(MembershipChange::Remove { id: 1 })
+                .await
+        })
+        .await
+        .unwrap();
+    match voters {
+        Ok(v) => assert_eq!(v.len(), 2, "{v:?}"),
+        Err(ClusterError::Unknown(e)) => panic!("removal not committed: {e}"),
+        Err(e) => panic!("{e}"),
+    }
+}
