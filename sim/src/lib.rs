@@ -6,6 +6,9 @@
 //!   [`fabric::platform::L2Fabric`] for SEs and resolves VIPs for clients.
 //!   It uses only `fabric::rt`, so it also runs (and is unit-tested) on a
 //!   real host over loopback.
+//! - [`lincheck`]: a linearizability checker (porcupine's search) for
+//!   histories of client operations, with a model of the Controller's
+//!   object store. Pure: it runs in both worlds.
 //! - `world` (simulation builds only): builds a fabric of simulated nodes
 //!   (Controller, SEs through the simulated cloud connector, origins, DNS,
 //!   a client) and acts on it as a drill would.
@@ -14,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod l2;
+pub mod lincheck;
 
 #[cfg(madsim)]
 pub mod cloud;
