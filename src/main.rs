@@ -14,9 +14,15 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use fabric::cluster::net::{
+    ClusterStatus, Forwarded, MembershipChange, PeerClient, PeerRequest, PeerResponse,
+};
+use fabric::cluster::{ClusterNode, Command as ClusterCommandOp, NodeAddr, NodeOptions};
 use fabric::controller::Controller;
 use fabric::model::Config;
-use fabric::platform::{CloudConnector, LocalProcesses, LoopbackL2, SeSpec};
+use fabric::platform::{
+    CloudConnector, FileStorage, LocalProcesses, LoopbackL2, MemStorage, SeSpec, Storage,
+};
 use fabric::rt;
 
 #[derive(Parser)]
@@ -34,11 +40,35 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Run a Controller.
+    /// Run a Controller node (a one-node cluster unless it joins one).
     Controller {
-        /// Config file (TOML).
+        /// Config file (TOML): the first desired state of a new cluster.
         #[arg(long)]
         config: PathBuf,
+        /// This node's id in the cluster (1, 2, 3, ...).
+        #[arg(long, default_value_t = 1)]
+        id: u64,
+        /// Where the node keeps its Raft log and snapshots.
+        #[arg(long, default_value = "fabric-data")]
+        data: PathBuf,
+        /// Address for SE sessions (default: the config's controller.listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Address for Raft and `fabric ctl` (default: the SE port + 1).
+        #[arg(long)]
+        raft: Option<SocketAddr>,
+        /// Wait to be added to an existing cluster (`fabric ctl cluster add`)
+        /// instead of starting a new one.
+        #[arg(long)]
+        join: bool,
+    },
+    /// Operate a running Controller cluster.
+    Ctl {
+        /// Raft address of any Controller node (it forwards to the leader).
+        #[arg(long, default_value = "127.0.0.1:7471")]
+        controller: SocketAddr,
+        #[command(subcommand)]
+        command: CtlCommand,
     },
     /// Run a Service Engine that registers with a Controller.
     Se {
@@ -77,6 +107,38 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Cluster membership and status.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Commit an empty write through the leader; prints the time it took.
+    Probe,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Show what the node knows of the cluster.
+    Status,
+    /// Add a node (started with `--join`) as a voter, live.
+    Add {
+        /// Its id.
+        #[arg(long)]
+        id: u64,
+        /// Its Raft address.
+        #[arg(long)]
+        raft: SocketAddr,
+    },
+    /// Remove a voter, live.
+    Remove {
+        /// Its id.
+        #[arg(long)]
+        id: u64,
+    },
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -109,12 +171,34 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<()> {
     match command {
         Command::Up { config } => up(config.as_deref()).await,
-        Command::Controller { config } => {
+        Command::Controller {
+            config,
+            id,
+            data,
+            listen,
+            raft,
+            join,
+        } => {
             let config = load(&config)?;
-            let listener = bind(config.controller.listen, "controller").await?;
-            Controller::new(config)?.serve(listener).await?;
+            let storage: Arc<dyn Storage> = Arc::new(
+                FileStorage::open(&data).with_context(|| format!("opening {}", data.display()))?,
+            );
+            let listen = listen.unwrap_or(config.controller.listen);
+            let raft = raft.unwrap_or(SocketAddr::new(listen.ip(), listen.port() + 1));
+            let bootstrap = (!join).then_some(config);
+            let controller = start_controller(id, storage, listen, raft, bootstrap).await?;
+            eprintln!(
+                "fabric: controller node {id}: SE sessions on {listen}, raft and ctl on {raft}, data in {}",
+                data.display()
+            );
+            let _ = controller;
+            shutdown_signal().await;
             Ok(())
         }
+        Command::Ctl {
+            controller,
+            command,
+        } => ctl(controller, command).await,
         Command::Se {
             name,
             group,
@@ -189,12 +273,11 @@ async fn up(path: Option<&Path>) -> Result<()> {
         rt::spawn(se::origin::serve(origin.name.clone(), listener));
     }
     let controller_addr = config.controller.listen;
-    let listener = bind(controller_addr, "controller").await?;
-    let controller = Controller::new(config.clone())?;
-    rt::spawn({
-        let controller = controller.clone();
-        async move { controller.serve(listener).await }
-    });
+    let raft_addr = SocketAddr::new(controller_addr.ip(), controller_addr.port() + 1);
+    // `up` is a demo: its Controller keeps its state in memory.
+    let storage: Arc<dyn Storage> = Arc::new(MemStorage::new());
+    let _controller =
+        start_controller(1, storage, controller_addr, raft_addr, Some(config.clone())).await?;
     let dns = start_dns(&config).await?;
 
     let cloud = LocalProcesses::new(std::env::current_exe().context("finding the fabric binary")?);
@@ -223,6 +306,104 @@ async fn up(path: Option<&Path>) -> Result<()> {
     eprintln!("fabric: stopping");
     drop(cloud);
     Ok(())
+}
+
+/// Start a Controller node: Raft on `raft`, SE sessions on `listen`; with
+/// `bootstrap`, a new one-node cluster holding that config (a node with
+/// data on disk keeps its state).
+async fn start_controller(
+    id: u64,
+    storage: Arc<dyn Storage>,
+    listen: SocketAddr,
+    raft: SocketAddr,
+    bootstrap: Option<Config>,
+) -> Result<Controller> {
+    let raft_listener = bind(raft, "controller raft").await?;
+    let se_listener = bind(listen, "controller").await?;
+    let addr = NodeAddr {
+        raft: raft.to_string(),
+        api: String::new(),
+    };
+    let node = ClusterNode::start(NodeOptions::new(id, addr, storage), raft_listener)
+        .await
+        .context("starting the controller node")?;
+    for d in node.damage() {
+        eprintln!("fabric: storage damage cut off: {d}");
+    }
+    if let Some(config) = bootstrap {
+        node.bootstrap(config)
+            .await
+            .context("bootstrapping the cluster")?;
+    }
+    let controller = Controller::new(node);
+    rt::spawn({
+        let controller = controller.clone();
+        async move { controller.serve(se_listener).await }
+    });
+    Ok(controller)
+}
+
+async fn ctl(controller: SocketAddr, command: CtlCommand) -> Result<()> {
+    let mut client = PeerClient::new(0, controller.to_string());
+    let call = |req: PeerRequest| {
+        let req = PeerRequest::Client(Box::new(req));
+        async move {
+            match client.call(&req).await? {
+                PeerResponse::Forwarded(r) => Ok::<_, anyhow::Error>(r?),
+                _ => bail!("unexpected answer from {controller}"),
+            }
+        }
+    };
+    match command {
+        CtlCommand::Cluster { command } => {
+            let req = match command {
+                ClusterCommand::Status => PeerRequest::Status,
+                ClusterCommand::Add { id, raft } => {
+                    PeerRequest::Membership(MembershipChange::Add {
+                        id,
+                        addr: NodeAddr {
+                            raft: raft.to_string(),
+                            api: String::new(),
+                        },
+                    })
+                }
+                ClusterCommand::Remove { id } => {
+                    PeerRequest::Membership(MembershipChange::Remove { id })
+                }
+            };
+            match call(req).await? {
+                Forwarded::Status(s) => print_status(&s),
+                Forwarded::Voters(v) => println!("voters: {v:?}"),
+                other => println!("{other:?}"),
+            }
+        }
+        CtlCommand::Probe => {
+            let start = std::time::Instant::now();
+            let r = call(PeerRequest::Write(ClusterCommandOp::Probe)).await?;
+            println!("committed in {:?}: {r:?}", start.elapsed());
+        }
+    }
+    Ok(())
+}
+
+fn print_status(s: &ClusterStatus) {
+    println!("node {} is {} in term {}", s.id, s.state, s.term);
+    match s.leader {
+        Some(l) => println!("leader: node {l}"),
+        None => println!("leader: none known"),
+    }
+    for (id, addr) in &s.nodes {
+        let role = if s.voters.contains(id) {
+            "voter"
+        } else {
+            "learner"
+        };
+        println!("  node {id}: {role}, raft {}", addr.raft);
+    }
+    println!(
+        "applied index {}, desired version {}, {} log entries, snapshot at {:?}",
+        s.applied_index, s.version, s.log_entries, s.snapshot_index
+    );
 }
 
 async fn wait_until_serving(config: &Config) {

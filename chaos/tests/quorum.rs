@@ -240,3 +240,155 @@ async fn one_node_grows_to_three_live_without_losing_config() {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// Four clients write, conditionally write, delete and read three keys
+/// through random nodes while nodes crash (torn tails), restart and get
+/// isolated; the acknowledged history must be linearizable, and the SE's
+/// served version never goes backwards.
+#[madsim::test]
+async fn concurrent_operations_under_faults_are_linearizable() {
+    use rand::Rng;
+    use sim::lincheck::{check, CheckResult, History, ObjectStore, StoreInput, StoreOutput};
+    use std::sync::Mutex;
+
+    let world = three_node_world().await;
+    let base = rt::now();
+    let ns = || (rt::now() - base).as_nanos() as u64;
+    let history: Mutex<History<ObjectStore, String>> = Mutex::new(History::new(20_000));
+    let counter = Mutex::new(0u64);
+    let keys = ["a", "b", "c"];
+    let run_for = Duration::from_secs(20);
+
+    let client = |id: u64| {
+        let (world, history, counter, keys) = (&world, &history, &counter, &keys);
+        async move {
+            let mut rng = rt::seeded_rng();
+            while rt::now() - base < run_for {
+                let key = keys[rng.gen_range(0..keys.len())].to_string();
+                let node = rng.gen_range(0..world.controller_count());
+                let last_version = world.controller_at(node).and_then(|c| {
+                    c.node()
+                        .read_local()
+                        .objects
+                        .get("pools", &key)
+                        .map(|s| s.version)
+                });
+                let (input, cmd) = match rng.gen_range(0..10) {
+                    0..=3 => (StoreInput::Get, None),
+                    4..=6 | 7 => {
+                        let value = {
+                            let mut c = counter.lock().unwrap();
+                            *c += 1;
+                            *c
+                        };
+                        let if_version =
+                            (rng.gen_range(0..10) == 7).then(|| last_version.unwrap_or(0));
+                        let body = serde_json::json!({"name": key, "servers": [format!("10.0.3.1:{}", 1000 + value)]});
+                        let cmd = Command::Put {
+                            kind: "pools".into(),
+                            name: key.clone(),
+                            tenant: "admin".into(),
+                            body,
+                            if_version,
+                        };
+                        (StoreInput::Put { value, if_version }, Some(cmd))
+                    }
+                    _ => {
+                        let if_version = rng.gen_bool(0.5).then(|| last_version.unwrap_or(0));
+                        let cmd = Command::Delete {
+                            kind: "pools".into(),
+                            name: key.clone(),
+                            if_version,
+                        };
+                        (StoreInput::Delete { if_version }, Some(cmd))
+                    }
+                };
+                let is_delete = matches!(input, StoreInput::Delete { .. });
+                let op = history
+                    .lock()
+                    .unwrap()
+                    .call(id, key.clone(), input, ns())
+                    .unwrap();
+                let output = match cmd {
+                    None => {
+                        let k = key.clone();
+                        match world
+                            .on_controller(node, |c| async move { c.node().read().await })
+                            .await
+                        {
+                            Ok(Ok(view)) => {
+                                Some(StoreOutput::Got(view.objects.get("pools", &k).map(|s| {
+                                    let server = s.body["servers"][0].as_str().unwrap_or_default();
+                                    let port: u64 =
+                                        server.rsplit(':').next().unwrap().parse().unwrap();
+                                    (port - 1000, s.version)
+                                })))
+                            }
+                            _ => None, // a failed read has no effect
+                        }
+                    }
+                    Some(cmd) => match world
+                        .on_controller(node, |c| async move { c.node().write(cmd).await })
+                        .await
+                    {
+                        Ok(Ok(_)) if is_delete => Some(StoreOutput::Deleted),
+                        Ok(Ok(version)) => Some(StoreOutput::Put { version }),
+                        Ok(Err(ClusterError::Refused(fabric::cluster::Refusal::Conflict {
+                            ..
+                        }))) => Some(StoreOutput::Conflict),
+                        Ok(Err(ClusterError::Refused(fabric::cluster::Refusal::NotFound))) => {
+                            Some(StoreOutput::NotFound)
+                        }
+                        Ok(Err(e)) if !e.may_have_applied() => None,
+                        _ => Some(StoreOutput::Unknown),
+                    },
+                };
+                let mut h = history.lock().unwrap();
+                match output {
+                    Some(out) => h.ret(op, out, ns()).unwrap(),
+                    None => h.discard(op).unwrap(),
+                }
+                drop(h);
+                rt::sleep(Duration::from_millis(rng.gen_range(5..60))).await;
+            }
+        }
+    };
+
+    let faults = async {
+        let mut rng = rt::seeded_rng();
+        while rt::now() - base < run_for {
+            rt::sleep(Duration::from_millis(rng.gen_range(500..2500))).await;
+            let i = rng.gen_range(0..world.controller_count());
+            let down = Duration::from_millis(rng.gen_range(200..3000));
+            if rng.gen_bool(0.5) {
+                world.kill_controller_at(i, |_, tail| rt::random_u64() as usize % (tail + 1));
+                rt::sleep(down).await;
+                world.restart_controller_at(i);
+            } else {
+                world.isolate_controller_at(i, true);
+                rt::sleep(down).await;
+                world.isolate_controller_at(i, false);
+            }
+        }
+    };
+    tokio::join!(client(1), client(2), client(3), client(4), faults);
+
+    let history = history.into_inner().unwrap();
+    println!("LINCHECK ops {}", history.len());
+    assert!(
+        history.len() > 100,
+        "only {} operations completed",
+        history.len()
+    );
+    match check(&history, 5_000_000) {
+        CheckResult::Ok => println!("LINCHECK ok"),
+        CheckResult::Timeout { key, steps } => {
+            println!("LINCHECK inconclusive on {key} after {steps} steps")
+        }
+        CheckResult::Illegal { key, explanation } => {
+            panic!("not linearizable on key {key}:\n{explanation}")
+        }
+    }
+    let regressions = world.cloud.applied_regressions();
+    assert!(regressions.is_empty(), "{regressions:?}");
+}

@@ -18,6 +18,16 @@ pub struct SimCloud {
     segment: Segment,
     hosts: Arc<Mutex<BTreeMap<String, SimHost>>>,
     created: Arc<Mutex<u8>>,
+    applied: Arc<Mutex<Applied>>,
+}
+
+/// What the SEs' data planes started serving, per SE and boot.
+#[derive(Debug, Default)]
+struct Applied {
+    /// SE name -> (boot number, latest version served in that boot).
+    latest: BTreeMap<String, (u64, u64)>,
+    /// Every time a version went backwards within one boot.
+    regressions: Vec<String>,
 }
 
 impl SimCloud {
@@ -27,7 +37,19 @@ impl SimCloud {
             segment,
             hosts: Arc::default(),
             created: Arc::default(),
+            applied: Arc::default(),
         }
+    }
+
+    /// The config version SE `name` serves now (0: none yet), if it exists.
+    pub fn applied_version(&self, name: &str) -> Option<u64> {
+        lock(&self.applied).latest.get(name).map(|(_, v)| *v)
+    }
+
+    /// Every observed case of an SE's served version going backwards
+    /// within one boot (must stay empty).
+    pub fn applied_regressions(&self) -> Vec<String> {
+        lock(&self.applied).regressions.clone()
     }
 
     /// Crash an SE host (its memory is lost; its node can restart).
@@ -81,6 +103,7 @@ impl CloudConnector for SimCloud {
         };
         let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 1, n));
         let segment = self.segment.clone();
+        let applied = self.applied.clone();
         let opts = se::agent::SeOptions {
             name: spec.name.clone(),
             group: spec.group,
@@ -93,12 +116,15 @@ impl CloudConnector for SimCloud {
             .init(move || {
                 let segment = segment.clone();
                 let opts = opts.clone();
+                let applied = applied.clone();
                 async move {
                     let port = segment
                         .attach(ip)
                         .await
                         .expect("the ARP port is free on a new node");
-                    se::agent::run(opts, port as Arc<dyn L2Fabric>, None).await;
+                    let (tx, rx) = tokio::sync::watch::channel(0u64);
+                    fabric::rt::spawn(watch_applied(opts.name.clone(), rx, applied));
+                    se::agent::run(opts, port as Arc<dyn L2Fabric>, Some(tx)).await;
                 }
             })
             .build();
@@ -134,6 +160,31 @@ impl CloudConnector for SimCloud {
                 running: h.running,
             })
             .collect()
+    }
+}
+
+/// Record every version one boot of an SE serves.
+async fn watch_applied(
+    name: String,
+    mut rx: tokio::sync::watch::Receiver<u64>,
+    applied: Arc<Mutex<Applied>>,
+) {
+    let boot = {
+        let mut a = lock(&applied);
+        let boot = a.latest.get(&name).map_or(0, |(b, _)| b + 1);
+        a.latest.insert(name.clone(), (boot, 0));
+        boot
+    };
+    while rx.changed().await.is_ok() {
+        let v = *rx.borrow_and_update();
+        let mut a = lock(&applied);
+        let prev = a.latest.get(&name).map_or(0, |(_, v)| *v);
+        if v < prev {
+            a.regressions.push(format!(
+                "{name} boot {boot}: served version {v} after {prev}"
+            ));
+        }
+        a.latest.insert(name.clone(), (boot, v));
     }
 }
 

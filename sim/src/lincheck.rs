@@ -786,9 +786,12 @@ impl ObjectStore {
     ) -> Vec<Option<Object>> {
         // Whether the If-Match (if any) may hold.
         let current = state.as_ref().map(|object| &object.version);
+        // The Controller's If-Match: version 0 means "only if absent"
+        // (object versions start at 1).
         let matches = match (if_version, current) {
             (None, _) => true,
-            (Some(_), None) => false,
+            (Some(wanted), None) => wanted == 0,
+            (Some(0), Some(_)) => false,
             (Some(wanted), Some(version)) => version.may_be(wanted),
         };
         // The smallest version the new object may get.
@@ -838,6 +841,9 @@ impl ObjectStore {
     fn conflict(state: &Option<Object>, if_version: Option<u64>) -> Vec<Option<Object>> {
         match (if_version, state) {
             (None, _) => Vec::new(),
+            // Create-only conflicts only with an existing object.
+            (Some(0), None) => Vec::new(),
+            (Some(0), Some(_)) => vec![state.clone()],
             (Some(_), None) => vec![None],
             (Some(wanted), Some(object)) => object
                 .version
@@ -997,6 +1003,22 @@ mod tests {
         // A new object after a delete may start its versions anew.
         op(&mut h, 1, put(15), 22, Some((put_ok(1), 23)));
         assert_eq!(check(&h, STEPS), CheckResult::Ok);
+    }
+
+    #[test]
+    fn lincheck_version_zero_means_create_only() {
+        let mut h = Store::new(100);
+        op(&mut h, 1, put_if(1, 0), 0, Some((put_ok(3), 1)));
+        op(&mut h, 1, put_if(2, 0), 2, Some((Out::Conflict, 3)));
+        op(&mut h, 1, In::Get, 4, Some((Out::Got(Some((1, 3))), 5)));
+        assert_eq!(check(&h, STEPS), CheckResult::Ok);
+        // A create-only put that succeeds over an existing object is illegal.
+        op(&mut h, 1, put_if(3, 0), 6, Some((put_ok(9), 7)));
+        assert_illegal(&h);
+        // And one that conflicts on an absent key too.
+        let mut h = Store::new(100);
+        op(&mut h, 1, put_if(1, 0), 0, Some((Out::Conflict, 1)));
+        assert_illegal(&h);
     }
 
     #[test]

@@ -52,6 +52,36 @@ pub enum PeerRequest {
     ReadIndex,
     /// Membership change forwarded to the leader.
     Membership(MembershipChange),
+    /// What this node knows of the cluster (answered by any node).
+    Status,
+    /// A request from a client (`fabric ctl`), not a peer: the receiving
+    /// node forwards it to the leader if it is not the leader itself.
+    Client(Box<PeerRequest>),
+}
+
+/// One node's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The node answering.
+    pub id: NodeId,
+    /// Its role: leader, follower, candidate, learner.
+    pub state: String,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// Current term.
+    pub term: u64,
+    /// Voters.
+    pub voters: BTreeSet<NodeId>,
+    /// Every member (voters and learners) with its addresses.
+    pub nodes: std::collections::BTreeMap<NodeId, NodeAddr>,
+    /// Last log index applied to its state machine.
+    pub applied_index: u64,
+    /// Desired-state version it serves.
+    pub version: u64,
+    /// Entries in its local log (bounded by snapshots).
+    pub log_entries: usize,
+    /// Index of its latest snapshot.
+    pub snapshot_index: Option<u64>,
 }
 
 /// A change of the cluster's membership.
@@ -96,6 +126,8 @@ pub enum Forwarded {
     ReadIndex(u64),
     /// The membership change is done; the voters now.
     Voters(BTreeSet<NodeId>),
+    /// The answering node's view.
+    Status(ClusterStatus),
 }
 
 /// Creates [`PeerClient`]s for openraft.

@@ -382,6 +382,24 @@ impl ClusterNode {
         }
     }
 
+    /// This node's view of the cluster.
+    pub fn status(&self) -> net::ClusterStatus {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let (voters, nodes) = self.membership();
+        net::ClusterStatus {
+            id: self.inner.id,
+            state: format!("{:?}", m.state).to_lowercase(),
+            leader: m.current_leader,
+            term: m.current_term,
+            voters,
+            nodes,
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            version: self.inner.sm.subscribe().borrow().version,
+            log_entries: self.inner.log.len(),
+            snapshot_index: m.snapshot.map(|l| l.index),
+        }
+    }
+
     /// Stop Raft and the peer server.
     pub async fn shutdown(&self) {
         if let Some(s) = lock(&self.inner.server).take() {
@@ -556,7 +574,18 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> Clus
 
 impl net::ForwardHandler for ClusterNode {
     async fn forwarded(&self, req: PeerRequest) -> Result<Forwarded, ClusterError> {
-        self.local(&req).await
+        match req {
+            PeerRequest::Status => Ok(Forwarded::Status(self.status())),
+            PeerRequest::Client(inner) => match *inner {
+                PeerRequest::Status => Ok(Forwarded::Status(self.status())),
+                PeerRequest::Client(_) => {
+                    Err(ClusterError::Invalid("nested client request".into()))
+                }
+                inner => self.forward_or_local(inner).await,
+            },
+            // From a peer that believes this node leads: never forward again.
+            req => self.local(&req).await,
+        }
     }
 
     fn leader_contact(&self) {

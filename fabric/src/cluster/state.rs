@@ -62,6 +62,9 @@ pub enum Command {
         /// Only if the current version is this.
         if_version: Option<u64>,
     },
+    /// Change nothing, but go through the log like any write: proves the
+    /// cluster commits (the leader-loss drill uses it). Replies the version.
+    Probe,
     /// Replace everything (bootstrap from a file, restore from a backup).
     Replace {
         /// The whole config.
@@ -182,6 +185,7 @@ impl Objects {
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Reply {
         let version = self.version_floor + index;
         match cmd {
+            Command::Probe => Reply::Applied(self.version),
             Command::Replace {
                 config,
                 version_floor,
