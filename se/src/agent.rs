@@ -16,6 +16,7 @@ use fabric::rt;
 use tokio::sync::watch;
 
 use crate::dataplane::DataPlane;
+use crate::health::HealthEvents;
 
 /// Time allowed to connect to the Controller and get its welcome.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -77,9 +78,9 @@ async fn session(
         .map_err(|e| e.to_string())?;
     let (mut incoming, reader) = proto::spawn_reader::<_, ControllerMessage>(rd, 16);
     let result = async {
-        let heartbeat = match rt::timeout(CONNECT_TIMEOUT, incoming.recv()).await {
-            Ok(Some(Ok(ControllerMessage::Welcome { proto_version, heartbeat_ms }))) if proto_version == PROTO_VERSION => {
-                Duration::from_millis(heartbeat_ms.clamp(10, 60_000))
+        let (heartbeat, takes_health) = match rt::timeout(CONNECT_TIMEOUT, incoming.recv()).await {
+            Ok(Some(Ok(ControllerMessage::Welcome { proto_version, heartbeat_ms, health_events }))) if proto_version == PROTO_VERSION => {
+                (Duration::from_millis(heartbeat_ms.clamp(10, 60_000)), health_events)
             }
             Ok(Some(Ok(ControllerMessage::Refused { reason }))) => return Err(format!("refused: {reason}")),
             Ok(Some(Ok(other))) => return Err(format!("expected a welcome, got {other:?}")),
@@ -91,9 +92,13 @@ async fn session(
         let liveness = heartbeat * MISSED_HEARTBEATS;
         let mut last_heard = rt::now();
         let mut next_beat = rt::now() + heartbeat;
+        let health = plane.health_events();
+        // Changes from while the session was down first.
+        report_health(&mut wr, &health, takes_health).await?;
         loop {
             let until_beat = next_beat.saturating_duration_since(rt::now());
             tokio::select! {
+                _ = health.pushed() => report_health(&mut wr, &health, takes_health).await?,
                 msg = incoming.recv() => {
                     last_heard = rt::now();
                     match msg {
@@ -133,4 +138,33 @@ async fn session(
     .await;
     reader.abort();
     result
+}
+
+/// Send the Controller every queued health change (dropping them if it
+/// predates health messages); what could not be sent waits for the next session.
+async fn report_health<W>(
+    wr: &mut W,
+    health: &HealthEvents,
+    takes_health: bool,
+) -> Result<(), String>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let pending = health.drain();
+    if !takes_health {
+        return Ok(());
+    }
+    for (i, change) in pending.iter().enumerate() {
+        let msg = SeMessage::Health {
+            pool: change.pool.clone(),
+            server: change.server,
+            up: change.up,
+            reason: change.reason.clone(),
+        };
+        if let Err(e) = proto::write_frame(wr, &msg).await {
+            health.requeue(pending[i..].to_vec());
+            return Err(e.to_string());
+        }
+    }
+    Ok(())
 }
