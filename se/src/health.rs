@@ -234,9 +234,11 @@ async fn probe_http(server: SocketAddr, check: &HttpCheck) -> Result<(), String>
     let req = Request::get(check.path.as_str())
         .header(http::header::HOST, server.to_string())
         .header(http::header::USER_AGENT, "fabric-health/1")
-        .header(http::header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("bad check request: {e}"))?;
+    // No `Connection: close`: in the simulation hyper's client then fails the
+    // exchange ("error writing a body to connection"); dropping the sender
+    // and the body closes the connection anyway.
     let mut sender = crate::proxy::open(server)
         .await
         .map_err(|e| e.to_string())?;
@@ -286,6 +288,9 @@ pub async fn run_monitor(monitor: HealthMonitor, state: Arc<ServerState>) {
     let mut next = rt::now();
     loop {
         let result = probe(&monitor, state.addr()).await;
+        if let Err(reason) = &result {
+            tracing::debug!(server = %state.addr(), %reason, "health check failed");
+        }
         state.on_check(result.as_ref().map(|_| ()).map_err(String::as_str));
         next += interval;
         let now = rt::now();
