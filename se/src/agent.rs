@@ -168,3 +168,51 @@ where
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::HealthChange;
+
+    fn change(up: bool) -> HealthChange {
+        HealthChange {
+            pool: "web".into(),
+            server: "10.0.2.2:80".parse().unwrap(),
+            up,
+            reason: "check".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn health_changes_go_only_to_a_controller_that_takes_them() {
+        let health = HealthEvents::new(8);
+        health.push(change(false));
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        report_health(&mut a, &health, false).await.unwrap();
+        assert!(health.drain().is_empty(), "an older Controller: dropped");
+
+        health.push(change(false));
+        health.push(change(true));
+        report_health(&mut a, &health, true).await.unwrap();
+        drop(a);
+        let mut got = Vec::new();
+        while let Some(m) = proto::read_frame::<_, SeMessage>(&mut b).await.unwrap() {
+            got.push(m);
+        }
+        let ups: Vec<bool> = got
+            .iter()
+            .map(|m| match m {
+                SeMessage::Health { up, .. } => *up,
+                other => panic!("not a health message: {other:?}"),
+            })
+            .collect();
+        assert_eq!(ups, [false, true]);
+
+        // A broken session keeps what it could not send for the next one.
+        health.push(change(false));
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        drop(b);
+        assert!(report_health(&mut a, &health, true).await.is_err());
+        assert_eq!(health.drain(), [change(false)]);
+    }
+}

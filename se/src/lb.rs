@@ -401,6 +401,11 @@ impl ServerSet {
             .find(|&i| eligible(i))
     }
 
+    /// The set's algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
     /// How many servers there are.
     pub fn len(&self) -> usize {
         self.backends.len()

@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use fabric::model::Algorithm;
 use fabric::rt;
 use http::{HeaderValue, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
@@ -110,11 +111,14 @@ async fn handle(
     let servers = vs.servers();
     let mut tried: Vec<SocketAddr> = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
     let mut failures = Vec::new();
+    // Only power of two choices draws: other algorithms leave the world's
+    // generator (and so a simulation's other random choices) untouched.
+    let draws = servers.algorithm() == Algorithm::PowerOfTwoChoices;
     while tried.len() < MAX_CONNECT_ATTEMPTS {
         let ctx = PickContext {
             client: peer.ip(),
             headers: Some(req.headers()),
-            random: rt::random_u64(),
+            random: if draws { rt::random_u64() } else { 0 },
         };
         let Some(picked) = servers.pick(&ctx, &tried) else {
             break;
