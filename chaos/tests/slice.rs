@@ -229,3 +229,128 @@ async fn the_se_keeps_serving_while_the_controller_is_down() {
     assert!(serving(&world).await);
     report("the_se_keeps_serving_while_the_controller_is_down", started);
 }
+
+/// The slice fabric with an HTTP health monitor on its pool.
+fn monitored_config() -> String {
+    let monitor = r#"[[health_monitors]]
+name = "web-http"
+type = "http"
+interval_ms = 500
+timeout_ms = 250
+rise = 2
+fall = 2
+http = { path = "/health", expected_status = [200], body_match = "ok" }
+
+[[pools]]
+name = "web"
+health_monitor = "web-http"
+"#;
+    let config = sim::world::SLICE_CONFIG.replacen("[[pools]]\nname = \"web\"\n", monitor, 1);
+    assert_ne!(
+        config,
+        sim::world::SLICE_CONFIG,
+        "the slice config changed shape"
+    );
+    config
+}
+
+/// Health changes of origin-2 the Controller recorded, as (up, reason).
+fn origin_2_changes(world: &World) -> Vec<(bool, String)> {
+    world.controller().map_or_else(Vec::new, |c| {
+        c.events()
+            .into_iter()
+            .filter(|e| e.kind == "health_change" && e.object == "web/10.0.2.2:80")
+            .map(|e| (e.reason.starts_with("up "), e.reason))
+            .collect()
+    })
+}
+
+async fn only_origin_1(world: &World, requests: usize) {
+    for _ in 0..requests {
+        let r = world.http_get("/").await.unwrap();
+        assert_eq!(
+            (r.status, r.origin.as_deref()),
+            (200, Some("origin-1")),
+            "{r:?}"
+        );
+    }
+}
+
+#[madsim::test]
+async fn a_killed_origin_is_taken_out_of_the_pool_and_no_request_fails() {
+    const INTERVAL: Duration = Duration::from_millis(500);
+    const TIMEOUT: Duration = Duration::from_millis(250);
+    let started = fabric::rt::now();
+    let world = World::builder()
+        .config(&monitored_config())
+        .build()
+        .await
+        .unwrap();
+    world
+        .wait_until("the VIP serves", SETTLE, || serving(&world))
+        .await
+        .unwrap();
+    let mut origins = BTreeSet::new();
+    for _ in 0..4 {
+        origins.insert(world.http_get("/").await.unwrap().origin.unwrap());
+    }
+    assert_eq!(origins.len(), 2, "{origins:?}");
+    let handle = madsim::runtime::Handle::current();
+    // Detection window: the next check is at most one interval away, then
+    // `fall` (2) failures in a row, each within the check timeout.
+    let window = INTERVAL * 2 + TIMEOUT;
+
+    // 1. No traffic: the active checks find the dead origin.
+    handle.kill("origin-2");
+    madsim::time::sleep(window).await;
+    only_origin_1(&world, 20).await;
+    world
+        .wait_until("the controller records origin-2 down", SETTLE, || async {
+            origin_2_changes(&world).len() == 1
+        })
+        .await
+        .unwrap();
+    let (up, reason) = &origin_2_changes(&world)[0];
+    assert!(!up && reason.contains("check failed"), "{reason}");
+
+    // 2. Restarted, it takes traffic again once `rise` (2) checks pass.
+    handle.restart("origin-2");
+    let took = world
+        .wait_until("origin-2 takes traffic again", SETTLE, || async {
+            matches!(world.http_get("/").await, Ok(r) if r.origin.as_deref() == Some("origin-2"))
+        })
+        .await
+        .unwrap();
+    println!("origin-2 took traffic again {took:?} after its restart");
+    assert!(took <= INTERVAL * 2 + TIMEOUT, "{took:?}");
+
+    // 3. Killed under traffic: no request fails even inside the window (a
+    // refused connect is retried on origin-1 and counts toward the fall), and
+    // after it every request goes to origin-1.
+    handle.kill("origin-2");
+    let killed = fabric::rt::now();
+    while fabric::rt::now() - killed < window {
+        let r = world.http_get("/").await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        madsim::time::sleep(Duration::from_millis(50)).await;
+    }
+    only_origin_1(&world, 20).await;
+    world
+        .wait_until(
+            "the controller records up, then down again",
+            SETTLE,
+            || async {
+                origin_2_changes(&world)
+                    .iter()
+                    .map(|(up, _)| *up)
+                    .collect::<Vec<_>>()
+                    == [false, true, false]
+            },
+        )
+        .await
+        .unwrap();
+    report(
+        "a_killed_origin_is_taken_out_of_the_pool_and_no_request_fails",
+        started,
+    );
+}

@@ -313,6 +313,7 @@ impl Controller {
         let welcome = ControllerMessage::Welcome {
             proto_version: PROTO_VERSION,
             heartbeat_ms,
+            health_events: true,
         };
         proto::write_frame(wr, &welcome)
             .await
@@ -356,6 +357,11 @@ impl Controller {
                             if let Err(e) = proto::write_frame(wr, &ack).await {
                                 break Err(e.to_string());
                             }
+                        }
+                        SeMessage::Health { pool, server, up, reason } => {
+                            let (pool, reason) = (proto::truncate(&pool, 64), proto::truncate(&reason, proto::MAX_REASON_BYTES));
+                            let state = if up { "up" } else { "down" };
+                            self.event("health_change", format!("{pool}/{server}"), format!("{state} on {name}: {reason}"))
                         }
                         SeMessage::Hello { .. } => break Err("second hello on one session".into()),
                     },

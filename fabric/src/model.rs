@@ -26,6 +26,9 @@ pub struct Config {
     /// Server pools that virtual services balance over.
     #[serde(default)]
     pub pools: Vec<Pool>,
+    /// Active health monitors that pools refer to by name.
+    #[serde(default)]
+    pub health_monitors: Vec<HealthMonitor>,
     /// Virtual services: a VIP and port served by Service Engines.
     #[serde(default)]
     pub virtual_services: Vec<VirtualService>,
@@ -86,13 +89,127 @@ fn default_max_vs_per_se() -> u32 {
     10
 }
 
-/// Load-balancing algorithm of a pool.
+/// Load-balancing algorithm of a pool. Every algorithm picks only among
+/// eligible servers: enabled (not disabled or draining) and up (health).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
-    /// Each server in turn.
+    /// Each server in turn; weights are ignored.
     #[default]
     RoundRobin,
+    /// Each server in turn as often as its weight says, interleaved the way
+    /// nginx's smooth weighted round robin does (weights 5,1,1: `a a b a c a a`).
+    WeightedRoundRobin,
+    /// The server with the fewest requests in flight per unit of weight.
+    LeastConnections,
+    /// Two servers drawn at random; the one with fewer requests in flight per
+    /// unit of weight.
+    PowerOfTwoChoices,
+    /// A hash ring with virtual nodes over the client IP, or over the value of
+    /// the pool's `hash_header`: the same key goes to the same server while it
+    /// is eligible, and removing one of N servers moves only its keys.
+    ConsistentHash,
+}
+
+/// Most servers one pool may list.
+pub const MAX_POOL_SERVERS: usize = 1024;
+/// Largest server weight.
+pub const MAX_SERVER_WEIGHT: u32 = 100;
+
+/// What an operator wants a server to do, apart from its health.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminState {
+    /// Takes traffic while up (the default).
+    #[default]
+    Enabled,
+    /// Takes no new requests; requests in flight finish; not health-monitored.
+    Disabled,
+    /// Takes no new requests; requests in flight finish; still monitored, so
+    /// its health is known when it is enabled again.
+    Draining,
+}
+
+/// One server of a pool. Written either as `"ip:port"` or as a table
+/// `{ addr = "ip:port", weight = 2, admin_state = "draining" }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Server {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Share of traffic relative to the pool's other servers, 1 to
+    /// [`MAX_SERVER_WEIGHT`] (default 1).
+    pub weight: u32,
+    /// Enabled, disabled or draining (default enabled).
+    pub admin_state: AdminState,
+}
+
+impl From<SocketAddr> for Server {
+    fn from(addr: SocketAddr) -> Self {
+        Server {
+            addr,
+            weight: 1,
+            admin_state: AdminState::Enabled,
+        }
+    }
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// The table form of [`Server`].
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerTable {
+    addr: SocketAddr,
+    #[serde(default = "default_weight")]
+    weight: u32,
+    #[serde(default)]
+    admin_state: AdminState,
+}
+
+impl Serialize for Server {
+    /// A plain `"ip:port"` when weight and state are the defaults, so configs
+    /// (and SE frames) that use neither look exactly as before.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.weight == 1 && self.admin_state == AdminState::Enabled {
+            self.addr.serialize(s)
+        } else {
+            ServerTable {
+                addr: self.addr,
+                weight: self.weight,
+                admin_state: self.admin_state,
+            }
+            .serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Server {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Server;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a server address `ip:port` or a table with `addr`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Server, E> {
+                v.parse::<SocketAddr>()
+                    .map(Server::from)
+                    .map_err(|_| E::custom(format!("`{v}` is not an `ip:port` address")))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Server, A::Error> {
+                let t =
+                    ServerTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Server {
+                    addr: t.addr,
+                    weight: t.weight,
+                    admin_state: t.admin_state,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// A pool of servers.
@@ -104,9 +221,112 @@ pub struct Pool {
     /// How requests are spread over `servers`.
     #[serde(default)]
     pub algorithm: Algorithm,
-    /// Server addresses, `ip:port`; at least one.
-    pub servers: Vec<SocketAddr>,
+    /// With `consistent_hash`: hash on this request header instead of the
+    /// client IP (its first value up to the first comma, trimmed; requests
+    /// without it fall back to the client IP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_header: Option<String>,
+    /// Name of the health monitor that checks every server (none: servers
+    /// count as up, and passive failures are not counted either).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_monitor: Option<String>,
+    /// Servers, at least one and at most [`MAX_POOL_SERVERS`].
+    pub servers: Vec<Server>,
 }
+
+/// Kind of active health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MonitorKind {
+    /// A TCP connection opens.
+    Tcp,
+    /// An HTTP/1.1 GET answers an expected status (and body substring).
+    Http,
+}
+
+/// An active health monitor, referenced by pools.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthMonitor {
+    /// Unique name.
+    pub name: String,
+    /// `tcp` or `http`.
+    #[serde(rename = "type")]
+    pub kind: MonitorKind,
+    /// Time between the starts of two checks of one server (default 10000).
+    #[serde(default = "default_monitor_interval_ms")]
+    pub interval_ms: u64,
+    /// Time one check may take before it counts as failed (default 4000;
+    /// at most `interval_ms`).
+    #[serde(default = "default_monitor_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive successes that bring a down server up (default 2).
+    #[serde(default = "default_rise_fall")]
+    pub rise: u32,
+    /// Consecutive failures (active checks, or refused/reset/timed-out
+    /// requests) that take an up server down (default 2).
+    #[serde(default = "default_rise_fall")]
+    pub fall: u32,
+    /// What an `http` check sends and expects (defaults if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpCheck>,
+}
+
+fn default_monitor_interval_ms() -> u64 {
+    10_000
+}
+
+fn default_monitor_timeout_ms() -> u64 {
+    4_000
+}
+
+fn default_rise_fall() -> u32 {
+    2
+}
+
+/// The request and expectations of an `http` health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheck {
+    /// Path (and query) to GET (default `/`).
+    #[serde(default = "default_check_path")]
+    pub path: String,
+    /// Status codes that count as success (default `[200]`).
+    #[serde(default = "default_expected_status")]
+    pub expected_status: Vec<u16>,
+    /// If set, the first 64 KiB of the body must contain this text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_match: Option<String>,
+}
+
+impl Default for HttpCheck {
+    fn default() -> Self {
+        Self {
+            path: default_check_path(),
+            expected_status: default_expected_status(),
+            body_match: None,
+        }
+    }
+}
+
+fn default_check_path() -> String {
+    "/".to_string()
+}
+
+fn default_expected_status() -> Vec<u16> {
+    vec![200]
+}
+
+/// Shortest health-check interval accepted.
+pub const MIN_MONITOR_INTERVAL_MS: u64 = 10;
+/// Longest health-check interval accepted (one hour).
+pub const MAX_MONITOR_INTERVAL_MS: u64 = 3_600_000;
+/// Largest `rise` or `fall`.
+pub const MAX_RISE_FALL: u32 = 100;
+/// Longest HTTP check path, and longest body match.
+pub const MAX_CHECK_TEXT_BYTES: usize = 1024;
+/// Most expected status codes of one HTTP check.
+pub const MAX_EXPECTED_STATUS: usize = 32;
 
 /// A virtual service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,29 +489,10 @@ impl Config {
             }
         }
 
+        let monitors = self.validate_health_monitors(&mut err);
         let pools = unique_names(self.pools.iter().map(|p| &p.name), "pools", &mut err);
         for (i, p) in self.pools.iter().enumerate() {
-            if p.servers.is_empty() {
-                err(
-                    format!("pools[{i}].servers"),
-                    "a pool needs at least one server".into(),
-                );
-            }
-            let mut seen = BTreeSet::new();
-            for (j, s) in p.servers.iter().enumerate() {
-                if s.port() == 0 {
-                    err(
-                        format!("pools[{i}].servers[{j}]"),
-                        "port 0 is not a usable port".into(),
-                    );
-                }
-                if !seen.insert(s) {
-                    err(
-                        format!("pools[{i}].servers[{j}]"),
-                        format!("server {s} is listed twice"),
-                    );
-                }
-            }
+            validate_pool(i, p, &monitors, &mut err);
         }
 
         let vs_names = unique_names(
@@ -428,6 +629,153 @@ impl Config {
     pub fn pool(&self, name: &str) -> Option<&Pool> {
         self.pools.iter().find(|p| p.name == name)
     }
+
+    /// The health monitor named `name`.
+    pub fn health_monitor(&self, name: &str) -> Option<&HealthMonitor> {
+        self.health_monitors.iter().find(|m| m.name == name)
+    }
+
+    /// Check the health monitors; their names.
+    fn validate_health_monitors<'a>(
+        &'a self,
+        err: &mut impl FnMut(String, String),
+    ) -> BTreeSet<&'a str> {
+        let names = unique_names(
+            self.health_monitors.iter().map(|m| &m.name),
+            "health_monitors",
+            err,
+        );
+        for (i, m) in self.health_monitors.iter().enumerate() {
+            let at = |field: &str| format!("health_monitors[{i}].{field}");
+            if !(MIN_MONITOR_INTERVAL_MS..=MAX_MONITOR_INTERVAL_MS).contains(&m.interval_ms) {
+                err(
+                    at("interval_ms"),
+                    format!(
+                        "must be between {MIN_MONITOR_INTERVAL_MS} and {MAX_MONITOR_INTERVAL_MS}"
+                    ),
+                );
+            }
+            if m.timeout_ms == 0 || m.timeout_ms > m.interval_ms {
+                err(
+                    at("timeout_ms"),
+                    format!("must be between 1 and interval_ms ({})", m.interval_ms),
+                );
+            }
+            for (field, value) in [("rise", m.rise), ("fall", m.fall)] {
+                if value == 0 || value > MAX_RISE_FALL {
+                    err(at(field), format!("must be between 1 and {MAX_RISE_FALL}"));
+                }
+            }
+            match (&m.kind, &m.http) {
+                (MonitorKind::Tcp, Some(_)) => {
+                    err(at("http"), "only allowed with type = \"http\"".into())
+                }
+                (MonitorKind::Http, Some(h)) => validate_http_check(&at("http"), h, err),
+                _ => {}
+            }
+        }
+        names
+    }
+}
+
+fn validate_http_check(at: &str, h: &HttpCheck, err: &mut impl FnMut(String, String)) {
+    let valid_path = h.path.starts_with('/')
+        && h.path.len() <= MAX_CHECK_TEXT_BYTES
+        && h.path.parse::<http::uri::PathAndQuery>().is_ok();
+    if !valid_path {
+        err(
+            format!("{at}.path"),
+            format!(
+                "`{}` is not a request path (`/...`, at most {MAX_CHECK_TEXT_BYTES} bytes)",
+                h.path
+            ),
+        );
+    }
+    if h.expected_status.is_empty() || h.expected_status.len() > MAX_EXPECTED_STATUS {
+        err(
+            format!("{at}.expected_status"),
+            format!("needs 1 to {MAX_EXPECTED_STATUS} status codes"),
+        );
+    }
+    for (j, code) in h.expected_status.iter().enumerate() {
+        if !(100..=599).contains(code) {
+            err(
+                format!("{at}.expected_status[{j}]"),
+                format!("{code} is not an HTTP status code (100-599)"),
+            );
+        }
+    }
+    if let Some(m) = &h.body_match {
+        if m.is_empty() || m.len() > MAX_CHECK_TEXT_BYTES {
+            err(
+                format!("{at}.body_match"),
+                format!("must be 1 to {MAX_CHECK_TEXT_BYTES} bytes"),
+            );
+        }
+    }
+}
+
+fn validate_pool(
+    i: usize,
+    p: &Pool,
+    monitors: &BTreeSet<&str>,
+    err: &mut impl FnMut(String, String),
+) {
+    if p.servers.is_empty() {
+        err(
+            format!("pools[{i}].servers"),
+            "a pool needs at least one server".into(),
+        );
+    }
+    if p.servers.len() > MAX_POOL_SERVERS {
+        err(
+            format!("pools[{i}].servers"),
+            format!("at most {MAX_POOL_SERVERS} servers per pool"),
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (j, s) in p.servers.iter().enumerate() {
+        if s.addr.port() == 0 {
+            err(
+                format!("pools[{i}].servers[{j}]"),
+                "port 0 is not a usable port".into(),
+            );
+        }
+        if !seen.insert(s.addr) {
+            err(
+                format!("pools[{i}].servers[{j}]"),
+                format!("server {} is listed twice", s.addr),
+            );
+        }
+        if s.weight == 0 || s.weight > MAX_SERVER_WEIGHT {
+            err(
+                format!("pools[{i}].servers[{j}].weight"),
+                format!("must be between 1 and {MAX_SERVER_WEIGHT}"),
+            );
+        }
+    }
+    if let Some(m) = &p.health_monitor {
+        if !monitors.contains(m.as_str()) {
+            err(
+                format!("pools[{i}].health_monitor"),
+                format!("no health monitor named `{m}`"),
+            );
+        }
+    }
+    if let Some(h) = &p.hash_header {
+        if p.algorithm != Algorithm::ConsistentHash {
+            err(
+                format!("pools[{i}].hash_header"),
+                "only used with algorithm = \"consistent_hash\"".into(),
+            );
+        }
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            err(
+                format!("pools[{i}].hash_header"),
+                format!("`{h}` is not an HTTP header name"),
+            );
+        }
+    }
 }
 
 fn unique_names<'a>(
@@ -490,6 +838,8 @@ mod tests {
         let c = Config::example();
         assert_eq!(c.virtual_services.len(), 1);
         assert_eq!(c.pools[0].servers.len(), 2);
+        assert_eq!(c.pools[0].health_monitor.as_deref(), Some("web-http"));
+        assert_eq!(c.health_monitors[0].kind, MonitorKind::Http);
     }
 
     #[test]
@@ -557,6 +907,184 @@ mod tests {
             "[controller]\nlisten = \"nowhere\"",
         ] {
             assert!(Config::parse(text).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn servers_are_addresses_or_tables() {
+        let c = Config::parse(
+            &with(
+                "servers = [\"127.0.0.1:8481\", \"127.0.0.1:8482\"]",
+                "algorithm = \"weighted_round_robin\"\nservers = [\"127.0.0.1:8481\", \
+             { addr = \"127.0.0.1:8482\", weight = 3, admin_state = \"draining\" }]",
+            )
+            .replace("algorithm = \"round_robin\"\n", ""),
+        )
+        .unwrap();
+        let pool = &c.pools[0];
+        assert_eq!(pool.algorithm, Algorithm::WeightedRoundRobin);
+        assert_eq!(
+            pool.servers[0],
+            Server::from("127.0.0.1:8481".parse::<SocketAddr>().unwrap())
+        );
+        assert_eq!(
+            (pool.servers[1].weight, pool.servers[1].admin_state),
+            (3, AdminState::Draining)
+        );
+        // What serializes parses back the same.
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(Config::parse(&text).unwrap(), c, "{text}");
+    }
+
+    #[test]
+    fn pool_and_server_errors_name_their_paths() {
+        let servers = "servers = [\"127.0.0.1:8481\", \"127.0.0.1:8482\"]";
+        let cases = [
+            (
+                "servers = [\"127.0.0.1:8481\", { addr = \"127.0.0.1:8482\", weight = 0 }]",
+                "pools[0].servers[1].weight",
+            ),
+            (
+                "servers = [\"127.0.0.1:8481\", { addr = \"127.0.0.1:8482\", colour = 1 }]",
+                "pools[0].servers[1]",
+            ),
+            ("servers = [\"nowhere\"]", "pools[0].servers[0]"),
+            ("servers = [5]", "pools[0].servers[0]"),
+        ];
+        for (replacement, path) in cases {
+            let e = errors_of(&with(servers, replacement));
+            assert!(e[0].path.starts_with(path), "{replacement}: {e:?}");
+        }
+        let e = errors_of(&with(
+            "health_monitor = \"web-http\"",
+            "health_monitor = \"nope\"",
+        ));
+        assert_eq!(e[0].path, "pools[0].health_monitor");
+        assert!(e[0].reason.contains("no health monitor named `nope`"));
+        let e = errors_of(&with(
+            "algorithm = \"round_robin\"",
+            "hash_header = \"x-user\"",
+        ));
+        assert_eq!(e[0].path, "pools[0].hash_header");
+        let e = errors_of(&with(
+            "algorithm = \"round_robin\"",
+            "algorithm = \"consistent_hash\"\nhash_header = \"bad header\"",
+        ));
+        assert_eq!(e[0].path, "pools[0].hash_header");
+        assert!(Config::parse(&with(
+            "algorithm = \"round_robin\"",
+            "algorithm = \"consistent_hash\"\nhash_header = \"x-user\"",
+        ))
+        .is_ok());
+    }
+
+    #[test]
+    fn health_monitor_values_are_checked() {
+        let cases = [
+            (
+                "timeout_ms = 1000",
+                "timeout_ms = 5000",
+                "health_monitors[0].timeout_ms",
+            ),
+            (
+                "interval_ms = 2000",
+                "interval_ms = 1",
+                "health_monitors[0].interval_ms",
+            ),
+            ("rise = 2", "rise = 0", "health_monitors[0].rise"),
+            ("fall = 2", "fall = 1000", "health_monitors[0].fall"),
+            (
+                "type = \"http\"",
+                "type = \"tcp\"",
+                "health_monitors[0].http",
+            ),
+            (
+                "type = \"http\"",
+                "type = \"icmp\"",
+                "health_monitors[0].type",
+            ),
+            (
+                "expected_status = [200]",
+                "expected_status = [700]",
+                "health_monitors[0].http.expected_status[0]",
+            ),
+            (
+                "expected_status = [200]",
+                "expected_status = []",
+                "health_monitors[0].http.expected_status",
+            ),
+            (
+                "path = \"/health\"",
+                "path = \"health\"",
+                "health_monitors[0].http.path",
+            ),
+            (
+                "body_match = \"ok\"",
+                "body_match = \"\"",
+                "health_monitors[0].http.body_match",
+            ),
+            (
+                "name = \"web-http\"",
+                "name = \"\"",
+                "health_monitors[0].name",
+            ),
+        ];
+        for (replace, by, path) in cases {
+            let e = errors_of(&with(replace, by));
+            assert!(e.iter().any(|e| e.path == path), "{by}: {e:?}");
+        }
+        // Defaults: an http monitor needs only a name and a type.
+        let c = Config::parse(&with(
+            "interval_ms = 2000        # between the starts of two checks of a server\ntimeout_ms = 1000         # at most interval_ms\nrise = 2\nfall = 2\nhttp = { path = \"/health\", expected_status = [200], body_match = \"ok\" }\n",
+            "",
+        ))
+        .unwrap();
+        let m = &c.health_monitors[0];
+        assert_eq!(
+            (m.interval_ms, m.timeout_ms, m.rise, m.fall, m.http.clone()),
+            (10_000, 4_000, 2, 2, None)
+        );
+    }
+
+    /// Property: the example config with random bytes changed, cut or
+    /// repeated parses or is refused, never panics.
+    #[test]
+    fn mangled_configs_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+        let pieces = [
+            "weight = 0",
+            "{",
+            "]",
+            "\"",
+            "\u{0}",
+            "admin_state = 7",
+            "http = 1",
+            "=",
+            "\n",
+            "[[pools]]",
+            ",",
+        ];
+        for _ in 0..2000 {
+            let mut text = EXAMPLE_CONFIG.to_string();
+            for _ in 0..rng.gen_range(1..4) {
+                let mut at = rng.gen_range(0..=text.len());
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                match rng.gen_range(0..3) {
+                    0 => text.insert_str(at, pieces[rng.gen_range(0..pieces.len())]),
+                    1 => text.truncate(at),
+                    _ => {
+                        let mut end = (at + rng.gen_range(1..20)).min(text.len());
+                        while !text.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        text.replace_range(at..end, "");
+                    }
+                }
+            }
+            let _ = Config::parse(&text);
         }
     }
 

@@ -9,6 +9,11 @@
 //! Config travels as a whole, versioned [`SeConfig`]: the SE swaps it in
 //! atomically and acknowledges the version, so the Controller always knows
 //! which version each SE serves.
+//!
+//! Compatibility within one [`PROTO_VERSION`]: fields added later carry serde
+//! defaults, so a peer that omits them still parses; a message kind added later
+//! is only sent to a peer that said it understands it (see
+//! [`ControllerMessage::Welcome::health_events`]).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -19,7 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::rt;
 
-use crate::model::{Algorithm, Config};
+use crate::model::{Algorithm, Config, HealthMonitor, Server};
 
 /// Version of this protocol; bumped on any incompatible change.
 pub const PROTO_VERSION: u32 = 1;
@@ -62,6 +67,30 @@ pub enum SeMessage {
         /// Config version it serves.
         applied_version: u64,
     },
+    /// A server of a pool went up or down on this SE (active or passive
+    /// health). Sent only to a Controller whose welcome set `health_events`.
+    Health {
+        /// The pool.
+        pool: String,
+        /// The server.
+        server: SocketAddr,
+        /// Whether it is up now.
+        up: bool,
+        /// Why, in words (at most [`MAX_REASON_BYTES`]).
+        reason: String,
+    },
+}
+
+/// Longest reason text a health message carries.
+pub const MAX_REASON_BYTES: usize = 256;
+
+/// `text` cut to at most `max` bytes at a character boundary.
+pub fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Messages from the Controller to an SE.
@@ -74,6 +103,10 @@ pub enum ControllerMessage {
         proto_version: u32,
         /// How often to send heartbeats, in milliseconds.
         heartbeat_ms: u64,
+        /// Whether the Controller takes [`SeMessage::Health`] (false from
+        /// Controllers that predate it).
+        #[serde(default)]
+        health_events: bool,
     },
     /// The SE's whole desired config.
     Config(SeConfig),
@@ -107,10 +140,20 @@ pub struct SeVirtualService {
     pub vip: IpAddr,
     /// The port on the VIP.
     pub port: u16,
+    /// Name of its pool (health reports name it); empty from Controllers
+    /// that predate it, and the SE then uses the virtual service's name.
+    #[serde(default)]
+    pub pool: String,
     /// Load-balancing algorithm.
     pub algorithm: Algorithm,
+    /// With `consistent_hash`: the request header to hash on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_header: Option<String>,
     /// Servers of its pool.
-    pub servers: Vec<SocketAddr>,
+    pub servers: Vec<Server>,
+    /// The pool's health monitor, resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_monitor: Option<HealthMonitor>,
 }
 
 impl SeConfig {
@@ -126,8 +169,15 @@ impl SeConfig {
                     name: vs.name.clone(),
                     vip: vs.vip,
                     port: vs.port,
+                    pool: pool.name.clone(),
                     algorithm: pool.algorithm,
+                    hash_header: pool.hash_header.clone(),
                     servers: pool.servers.clone(),
+                    health_monitor: pool
+                        .health_monitor
+                        .as_ref()
+                        .and_then(|m| config.health_monitor(m))
+                        .cloned(),
                 })
             })
             .collect();
@@ -269,7 +319,49 @@ mod tests {
         };
         assert_eq!(c.version, 7);
         assert_eq!(c.virtual_services[0].servers.len(), 2);
+        assert_eq!(c.virtual_services[0].pool, "web");
+        assert!(c.virtual_services[0].health_monitor.is_some());
         assert!(read_frame::<_, SeMessage>(&mut b).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn older_frames_still_parse() {
+        // A welcome and a virtual service as sent before health events existed.
+        let welcome = r#"{"type":"welcome","proto_version":1,"heartbeat_ms":500}"#;
+        let ControllerMessage::Welcome { health_events, .. } =
+            serde_json::from_str(welcome).unwrap()
+        else {
+            panic!("not a welcome")
+        };
+        assert!(!health_events);
+        let vs = r#"{"name":"app","vip":"10.0.100.1","port":80,"algorithm":"round_robin",
+                     "servers":["10.0.2.1:80","10.0.2.2:80"]}"#;
+        let vs: SeVirtualService = serde_json::from_str(vs).unwrap();
+        assert_eq!(
+            vs.servers[1],
+            Server::from("10.0.2.2:80".parse::<SocketAddr>().unwrap())
+        );
+        assert_eq!((vs.pool.as_str(), &vs.health_monitor), ("", &None));
+        // Servers with default settings are still written as plain addresses.
+        let json = serde_json::to_string(&vs).unwrap();
+        assert!(
+            json.contains(r#""servers":["10.0.2.1:80","10.0.2.2:80"]"#),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn health_messages_round_trip_and_reasons_are_cut() {
+        let m = SeMessage::Health {
+            pool: "web".into(),
+            server: "10.0.2.1:80".parse().unwrap(),
+            up: false,
+            reason: "connect: refused".into(),
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<SeMessage>(&json).unwrap(), m);
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 10), "abc");
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@ use fabric::rt;
 use tokio::sync::watch;
 
 use crate::dataplane::DataPlane;
+use crate::health::HealthEvents;
 
 /// Time allowed to connect to the Controller and get its welcome.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -85,9 +86,9 @@ async fn session(
         .map_err(|e| e.to_string())?;
     let (mut incoming, reader) = proto::spawn_reader::<_, ControllerMessage>(rd, 16);
     let result = async {
-        let heartbeat = match rt::timeout(CONNECT_TIMEOUT, incoming.recv()).await {
-            Ok(Some(Ok(ControllerMessage::Welcome { proto_version, heartbeat_ms }))) if proto_version == PROTO_VERSION => {
-                Duration::from_millis(heartbeat_ms.clamp(10, 60_000))
+        let (heartbeat, takes_health) = match rt::timeout(CONNECT_TIMEOUT, incoming.recv()).await {
+            Ok(Some(Ok(ControllerMessage::Welcome { proto_version, heartbeat_ms, health_events }))) if proto_version == PROTO_VERSION => {
+                (Duration::from_millis(heartbeat_ms.clamp(10, 60_000)), health_events)
             }
             Ok(Some(Ok(ControllerMessage::Refused { reason }))) => return Err(format!("refused: {reason}")),
             Ok(Some(Ok(other))) => return Err(format!("expected a welcome, got {other:?}")),
@@ -99,9 +100,13 @@ async fn session(
         let liveness = heartbeat * MISSED_HEARTBEATS;
         let mut last_heard = rt::now();
         let mut next_beat = rt::now() + heartbeat;
+        let health = plane.health_events();
+        // Changes from while the session was down first.
+        report_health(&mut wr, &health, takes_health).await?;
         loop {
             let until_beat = next_beat.saturating_duration_since(rt::now());
             tokio::select! {
+                _ = health.pushed() => report_health(&mut wr, &health, takes_health).await?,
                 msg = incoming.recv() => {
                     last_heard = rt::now();
                     match msg {
@@ -141,4 +146,81 @@ async fn session(
     .await;
     reader.abort();
     result
+}
+
+/// Send the Controller every queued health change (dropping them if it
+/// predates health messages); what could not be sent waits for the next session.
+async fn report_health<W>(
+    wr: &mut W,
+    health: &HealthEvents,
+    takes_health: bool,
+) -> Result<(), String>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let pending = health.drain();
+    if !takes_health {
+        return Ok(());
+    }
+    for (i, change) in pending.iter().enumerate() {
+        let msg = SeMessage::Health {
+            pool: change.pool.clone(),
+            server: change.server,
+            up: change.up,
+            reason: change.reason.clone(),
+        };
+        if let Err(e) = proto::write_frame(wr, &msg).await {
+            health.requeue(pending[i..].to_vec());
+            return Err(e.to_string());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::HealthChange;
+
+    fn change(up: bool) -> HealthChange {
+        HealthChange {
+            pool: "web".into(),
+            server: "10.0.2.2:80".parse().unwrap(),
+            up,
+            reason: "check".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn health_changes_go_only_to_a_controller_that_takes_them() {
+        let health = HealthEvents::new(8);
+        health.push(change(false));
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        report_health(&mut a, &health, false).await.unwrap();
+        assert!(health.drain().is_empty(), "an older Controller: dropped");
+
+        health.push(change(false));
+        health.push(change(true));
+        report_health(&mut a, &health, true).await.unwrap();
+        drop(a);
+        let mut got = Vec::new();
+        while let Some(m) = proto::read_frame::<_, SeMessage>(&mut b).await.unwrap() {
+            got.push(m);
+        }
+        let ups: Vec<bool> = got
+            .iter()
+            .map(|m| match m {
+                SeMessage::Health { up, .. } => *up,
+                other => panic!("not a health message: {other:?}"),
+            })
+            .collect();
+        assert_eq!(ups, [false, true]);
+
+        // A broken session keeps what it could not send for the next one.
+        health.push(change(false));
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        drop(b);
+        assert!(report_health(&mut a, &health, true).await.is_err());
+        assert_eq!(health.drain(), [change(false)]);
+    }
 }

@@ -5,16 +5,23 @@
 //! it undoes what it did and the previous config keeps serving untouched.
 //! Only then does it commit: new listeners start, changed server sets are
 //! swapped, removed listeners stop (their open connections finish).
+//!
+//! Server health lives beside the listeners, per pool and server address:
+//! a server that stays across config versions keeps its health and its
+//! in-flight count, and each monitored server has one checker task, stopped
+//! when a config drops the server, its pool or the pool's monitor.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use fabric::model::{AdminState, HealthMonitor};
 use fabric::platform::{L2Error, L2Fabric};
 use fabric::proto::{SeConfig, SeVirtualService};
 use fabric::rt;
 
-use crate::lb::ServerSet;
+use crate::health::{self, HealthEvents, MAX_PENDING_CHANGES};
+use crate::lb::{ServerSet, ServerState};
 use crate::proxy::{self, VirtualService};
 
 /// Most client connections one virtual service serves at once.
@@ -60,6 +67,67 @@ struct Listener {
     vs: Arc<VirtualService>,
     vip: IpAddr,
     task: rt::JoinHandle<()>,
+    /// What its server set was built from.
+    spec: SeVirtualService,
+}
+
+/// The health side of one pool, kept across config versions.
+#[derive(Default)]
+struct PoolHealth {
+    monitor: Option<HealthMonitor>,
+    servers: BTreeMap<SocketAddr, Tracked>,
+}
+
+/// One server's shared state and, while monitored, its checker task.
+struct Tracked {
+    state: Arc<ServerState>,
+    checker: Option<rt::JoinHandle<()>>,
+}
+
+impl Tracked {
+    fn start(&mut self, monitor: &HealthMonitor) {
+        if let Some(old) = self.checker.take() {
+            old.abort();
+        }
+        self.state.monitor(monitor.rise, monitor.fall);
+        self.checker = Some(rt::spawn(health::run_monitor(
+            monitor.clone(),
+            self.state.clone(),
+        )));
+    }
+
+    fn stop(&mut self, reason: &str) {
+        if let Some(old) = self.checker.take() {
+            old.abort();
+        }
+        self.state.unmonitor(reason);
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(checker) = &self.checker {
+            checker.abort();
+        }
+    }
+}
+
+/// The pool a virtual service's servers belong to (its own name if the
+/// Controller predates pool names in the protocol).
+fn pool_key(vs: &SeVirtualService) -> &str {
+    if vs.pool.is_empty() {
+        &vs.name
+    } else {
+        &vs.pool
+    }
+}
+
+/// Whether two specs build the same server set.
+fn same_servers(a: &SeVirtualService, b: &SeVirtualService) -> bool {
+    pool_key(a) == pool_key(b)
+        && a.algorithm == b.algorithm
+        && a.hash_header == b.hash_header
+        && a.servers == b.servers
 }
 
 /// The listeners of one SE.
@@ -67,6 +135,8 @@ pub struct DataPlane {
     se_name: Arc<str>,
     l2: Arc<dyn L2Fabric>,
     listeners: BTreeMap<(IpAddr, u16), Listener>,
+    pools: BTreeMap<String, PoolHealth>,
+    events: Arc<HealthEvents>,
     applied: u64,
 }
 
@@ -87,8 +157,25 @@ impl DataPlane {
             se_name: se_name.into(),
             l2,
             listeners: BTreeMap::new(),
+            pools: BTreeMap::new(),
+            events: Arc::new(HealthEvents::new(MAX_PENDING_CHANGES)),
             applied: 0,
         }
+    }
+
+    /// Health changes of this SE's servers, for the agent to report.
+    pub fn health_events(&self) -> Arc<HealthEvents> {
+        self.events.clone()
+    }
+
+    /// Each server of `pool` with whether it is up now.
+    pub fn pool_health(&self, pool: &str) -> Vec<(SocketAddr, bool)> {
+        self.pools.get(pool).map_or_else(Vec::new, |p| {
+            p.servers
+                .iter()
+                .map(|(addr, t)| (*addr, t.state.is_up()))
+                .collect()
+        })
     }
 
     /// The config version serving now (0: none yet).
@@ -150,19 +237,19 @@ impl DataPlane {
                 tracing::info!(se = %self.se_name, vs = %old.vs.name, "virtual service stopped");
             }
         }
-        for (key, listener) in self.listeners.iter() {
+        self.sync_pools(config);
+        for (key, listener) in self.listeners.iter_mut() {
             let vs = wanted[key];
-            if !listener.vs.servers().same_as(vs.algorithm, &vs.servers) {
-                listener
-                    .vs
-                    .set_servers(ServerSet::new(vs.algorithm, vs.servers.clone()));
+            if !same_servers(&listener.spec, vs) {
+                listener.vs.set_servers(server_set(&self.pools, vs));
+                listener.spec = vs.clone();
             }
         }
         for (key, vs, listener) in prepared {
             let service = Arc::new(VirtualService::new(
                 vs.name.clone(),
                 self.se_name.clone(),
-                ServerSet::new(vs.algorithm, vs.servers.clone()),
+                server_set(&self.pools, vs),
             ));
             let for_task = service.clone();
             let task = rt::spawn(async move {
@@ -182,11 +269,51 @@ impl DataPlane {
                     vs: service,
                     vip: vs.vip,
                     task,
+                    spec: (*vs).clone(),
                 },
             );
         }
         self.applied = config.version;
         Ok(())
+    }
+
+    /// Make the pools' health side match `config`: states for new servers,
+    /// checkers started, restarted (monitor changed) or stopped.
+    fn sync_pools(&mut self, config: &SeConfig) {
+        // Per pool: its monitor, and each server with whether to check it.
+        let mut wanted: BTreeMap<&str, (Option<&HealthMonitor>, BTreeMap<SocketAddr, bool>)> =
+            BTreeMap::new();
+        for vs in &config.virtual_services {
+            let (_, servers) = wanted
+                .entry(pool_key(vs))
+                .or_insert((vs.health_monitor.as_ref(), BTreeMap::new()));
+            for s in &vs.servers {
+                *servers.entry(s.addr).or_default() |= s.admin_state != AdminState::Disabled;
+            }
+        }
+        self.pools
+            .retain(|name, _| wanted.contains_key(name.as_str()));
+        for (name, (monitor, servers)) in wanted {
+            let pool = self.pools.entry(name.to_string()).or_default();
+            let monitor_changed = pool.monitor.as_ref() != monitor;
+            pool.monitor = monitor.cloned();
+            pool.servers.retain(|addr, _| servers.contains_key(addr));
+            for (addr, checked) in servers {
+                let tracked = pool.servers.entry(addr).or_insert_with(|| Tracked {
+                    state: Arc::new(ServerState::new(name, addr, Some(self.events.clone()))),
+                    checker: None,
+                });
+                match monitor {
+                    Some(m) if checked => {
+                        if monitor_changed || tracked.checker.is_none() {
+                            tracked.start(m);
+                        }
+                    }
+                    Some(_) => tracked.stop("disabled, so not monitored"),
+                    None => tracked.stop("the pool has no health monitor"),
+                }
+            }
+        }
     }
 
     async fn prepare(&self, vs: &SeVirtualService) -> Result<rt::TcpListener, ApplyError> {
@@ -221,6 +348,19 @@ impl DataPlane {
     }
 }
 
+/// The server set of `vs` over its pool's shared server states.
+fn server_set(pools: &BTreeMap<String, PoolHealth>, vs: &SeVirtualService) -> ServerSet {
+    let pool = pools.get(pool_key(vs));
+    ServerSet::new(
+        vs.algorithm,
+        vs.hash_header.as_deref(),
+        vs.servers.iter().filter_map(|s| {
+            let tracked = pool?.servers.get(&s.addr)?;
+            Some((*s, tracked.state.clone()))
+        }),
+    )
+}
+
 impl Drop for DataPlane {
     fn drop(&mut self) {
         for l in self.listeners.values() {
@@ -232,7 +372,7 @@ impl Drop for DataPlane {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fabric::model::Algorithm;
+    use fabric::model::{Algorithm, Server};
     use fabric::platform::LoopbackL2;
 
     fn vs(name: &str, port: u16) -> SeVirtualService {
@@ -240,8 +380,11 @@ mod tests {
             name: name.into(),
             vip: "127.0.0.1".parse().unwrap(),
             port,
+            pool: "web".into(),
             algorithm: Algorithm::RoundRobin,
-            servers: vec!["127.0.0.1:9".parse().unwrap()],
+            hash_header: None,
+            servers: vec![Server::from("127.0.0.1:9".parse::<SocketAddr>().unwrap())],
+            health_monitor: None,
         }
     }
 

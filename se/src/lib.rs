@@ -5,11 +5,13 @@
 //! - [`dataplane`]: listeners per virtual service, swapped atomically.
 //! - [`proxy`]: the HTTP/1.1 reverse proxy of one virtual service.
 //! - [`lb`]: load-balancing selection over a server set.
+//! - [`health`]: active and passive health monitoring, reported to the Controller.
 //! - [`origin`]: a small built-in HTTP server for examples and drills.
 #![deny(missing_docs)]
 
 pub mod agent;
 pub mod dataplane;
+pub mod health;
 pub mod lb;
 pub mod origin;
 pub mod proxy;

@@ -1,27 +1,34 @@
 //! The HTTP/1.1 reverse proxy of one virtual service.
 //!
 //! Each request picks a server from the virtual service's current
-//! [`ServerSet`]; a server that refuses the connection is skipped (the
-//! request has not been sent, so trying the next one is safe). Responses
-//! carry [`SE_HEADER`](crate::SE_HEADER) naming this SE.
+//! [`ServerSet`] by the client's address and the request's headers. A server
+//! that cannot be connected to is skipped and the next eligible one tried
+//! (the request has not been sent, so that is safe), up to
+//! [`MAX_CONNECT_ATTEMPTS`]; a failure after the request was sent is
+//! answered 502/504, never retried. Every such failure counts toward the
+//! server's `fall` (passive health). When no server is eligible the answer is
+//! 503. Responses carry [`SE_HEADER`](crate::SE_HEADER) naming this SE.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use fabric::model::Algorithm;
 use fabric::rt;
 use http::{HeaderValue, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1 as client_http1;
 use hyper::server::conn::http1 as server_http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-use crate::lb::ServerSet;
+use crate::lb::{PickContext, Picked, ServerSet};
 
 /// Time allowed to open a connection to a server.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -31,6 +38,8 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head (request line and headers) accepted; larger gets 431.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most servers one request tries to connect to.
+pub const MAX_CONNECT_ATTEMPTS: usize = 4;
 
 /// Body of a proxied response: the server's, or one we made.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -100,37 +109,102 @@ async fn handle(
     }
     add_forwarded_for(&mut req, peer);
     let servers = vs.servers();
+    let mut tried: Vec<SocketAddr> = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
     let mut failures = Vec::new();
-    for _ in 0..servers.len() {
-        let server = servers.pick();
+    // Only power of two choices draws: other algorithms leave the world's
+    // generator (and so a simulation's other random choices) untouched.
+    let draws = servers.algorithm() == Algorithm::PowerOfTwoChoices;
+    while tried.len() < MAX_CONNECT_ATTEMPTS {
+        let ctx = PickContext {
+            client: peer.ip(),
+            headers: Some(req.headers()),
+            random: if draws { rt::random_u64() } else { 0 },
+        };
+        let Some(picked) = servers.pick(&ctx, &tried) else {
+            break;
+        };
+        let server = picked.addr();
         let mut sender = match open(server).await {
             Ok(sender) => sender,
             Err(e) => {
+                picked.state().on_request_failed(&e.to_string());
                 failures.push(format!("{server}: {e}"));
+                tried.push(server);
                 continue;
             }
         };
         let mut resp = match rt::timeout(RESPONSE_TIMEOUT, sender.send_request(req)).await {
-            Ok(Ok(resp)) => resp.map(BodyExt::boxed),
-            Ok(Err(e)) => error_response(
-                StatusCode::BAD_GATEWAY,
-                &format!("server {server} failed: {e}"),
-            ),
-            Err(_) => error_response(
-                StatusCode::GATEWAY_TIMEOUT,
-                &format!("server {server} did not answer in time"),
-            ),
+            Ok(Ok(resp)) => {
+                picked.state().on_request_succeeded();
+                // The request stays in flight on the server until its body is done.
+                resp.map(|body| {
+                    Guarded {
+                        body,
+                        _picked: picked,
+                    }
+                    .boxed()
+                })
+            }
+            Ok(Err(e)) => {
+                picked.state().on_request_failed(&format!("http: {e}"));
+                error_response(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("server {server} failed: {e}"),
+                )
+            }
+            Err(_) => {
+                picked.state().on_request_failed("response timed out");
+                error_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!("server {server} did not answer in time"),
+                )
+            }
         };
         tag(&mut resp, &vs.se_name);
         return resp;
     }
-    tracing::warn!(vs = %vs.name, ?failures, "no server reachable");
-    let mut resp = error_response(
-        StatusCode::BAD_GATEWAY,
-        "no server of the pool is reachable",
-    );
+    let mut resp = if tried.is_empty() {
+        tracing::debug!(vs = %vs.name, "no eligible server");
+        error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no server of the pool is available",
+        )
+    } else {
+        tracing::warn!(vs = %vs.name, ?failures, "no server reachable");
+        error_response(
+            StatusCode::BAD_GATEWAY,
+            "no server of the pool is reachable",
+        )
+    };
     tag(&mut resp, &vs.se_name);
     resp
+}
+
+/// A response body that keeps its request counted in flight on the server
+/// until the body ends or is dropped.
+struct Guarded<B> {
+    body: B,
+    _picked: Picked,
+}
+
+impl<B: Body + Unpin> Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Size of the request line and headers as received (hyper bounds its read
@@ -189,7 +263,11 @@ pub enum UpstreamError {
     ResponseTimeout,
 }
 
-async fn open<B>(server: SocketAddr) -> Result<client_http1::SendRequest<B>, UpstreamError>
+/// An HTTP/1.1 connection to `server`, connected within [`CONNECT_TIMEOUT`];
+/// the connection's task ends when the sender and its responses are dropped.
+pub(crate) async fn open<B>(
+    server: SocketAddr,
+) -> Result<client_http1::SendRequest<B>, UpstreamError>
 where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
