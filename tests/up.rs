@@ -15,7 +15,7 @@ const FABRIC: &str = env!("CARGO_BIN_EXE_fabric");
 
 fn config(base: u16) -> String {
     fabric::model::EXAMPLE_CONFIG
-        .replace("127.0.0.1:7470", &format!("127.0.0.1:{}", base))
+        .replace("127.0.0.1:7470", &format!("127.0.0.1:{}", base + 5))
         .replace("127.0.0.1:8481", &format!("127.0.0.1:{}", base + 1))
         .replace("127.0.0.1:8482", &format!("127.0.0.1:{}", base + 2))
         .replace("port = 8080", &format!("port = {}", base + 3))
@@ -38,7 +38,7 @@ fn dns_query(server: SocketAddr, name: &str) -> Message {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_http_and_dns_then_stops() {
-    let base = 20_000 + (std::process::id() % 8000) as u16 * 5;
+    let base = 20_000 + (std::process::id() % 6000) as u16 * 7;
     let dir = std::env::temp_dir().join(format!("fabric-up-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("fabric.toml");
