@@ -3,8 +3,10 @@
 #   1. formatting and clippy, both worlds
 #   2. the normal tests (unit, property and end-to-end on loopback)
 #   3. the simulation tests, built with --cfg madsim in their own target dir
-#   4. the determinism check: a few seeds run twice, traces must match
-#   5. a chaos smoke: a few dozen seeds of the fault scenario, each run twice
+#   4. the Controller quorum scenarios (leader crash and isolation, all-node
+#      restart, live growth, linearizability under faults) over many seeds
+#   5. the determinism check: a few seeds run twice, traces must match
+#   6. a chaos smoke: a few dozen seeds of the fault scenario, each run twice
 # Needs only the Rust toolchain (cargo, rustfmt, clippy); installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +15,7 @@ SIM_TARGET=target/sim
 SIM_PACKAGES=(-p sim -p chaos)
 DETERMINISM_SEEDS=${DETERMINISM_SEEDS:-"1 2 3"}
 CHAOS_SMOKE_SEEDS=${CHAOS_SMOKE_SEEDS:-32}
+QUORUM_SEEDS=${QUORUM_SEEDS:-100}
 
 step() { printf '\n==> %s\n' "$*"; }
 started=$SECONDS
@@ -32,11 +35,15 @@ RUSTFLAGS="--cfg madsim" cargo clippy "${SIM_PACKAGES[@]}" --all-targets --locke
 step "tests (simulation world)"
 RUSTFLAGS="--cfg madsim" cargo test "${SIM_PACKAGES[@]}" --locked --target-dir "$SIM_TARGET"
 
+step "controller quorum scenarios ($QUORUM_SEEDS seeds each, from seed 1)"
+MADSIM_TEST_SEED=1 MADSIM_TEST_NUM=$QUORUM_SEEDS RUSTFLAGS="--cfg madsim" \
+  cargo test -p chaos --locked --target-dir "$SIM_TARGET" --test quorum -q
+
 step "determinism check (seeds: $DETERMINISM_SEEDS)"
 for seed in $DETERMINISM_SEEDS; do
   echo "seed $seed"
   MADSIM_TEST_SEED=$seed MADSIM_TEST_CHECK_DETERMINISM=1 RUSTFLAGS="--cfg madsim" \
-    cargo test -p chaos --locked --target-dir "$SIM_TARGET" --test slice -q
+    cargo test -p chaos --locked --target-dir "$SIM_TARGET" --test slice --test quorum -q
 done
 
 step "chaos smoke ($CHAOS_SMOKE_SEEDS seeds, each run twice)"

@@ -256,7 +256,7 @@ async fn concurrent_operations_under_faults_are_linearizable() {
     let ns = || (rt::now() - base).as_nanos() as u64;
     let history: Mutex<History<ObjectStore, String>> = Mutex::new(History::new(20_000));
     let counter = Mutex::new(0u64);
-    let keys = ["a", "b", "c"];
+    let keys = ["a", "b", "c", "d", "e", "f"];
     let run_for = Duration::from_secs(20);
 
     let client = |id: u64| {

@@ -493,7 +493,18 @@ impl ClusterNode {
                 }
             }
             PeerRequest::ReadIndex => match rt::timeout(limit, raft.ensure_linearizable()).await {
-                Ok(Ok(id)) => Ok(Forwarded::ReadIndex(id.map_or(0, |l| l.index))),
+                // openraft 0.9 computes the read index as max(committed, the
+                // first entry this leader appended). A leader that restarts
+                // resumes its leadership at once without appending anything,
+                // with `committed` as it was last persisted (possibly older):
+                // it would serve reads from before writes it had already
+                // acknowledged (found by the linearizability scenario, seed
+                // 160). Reading at the leader's last log index instead is
+                // never too early: every committed entry is in its log.
+                Ok(Ok(id)) => {
+                    let last = m.last_log_index.unwrap_or(0);
+                    Ok(Forwarded::ReadIndex(id.map_or(0, |l| l.index).max(last)))
+                }
                 Ok(Err(RaftError::APIError(e))) => Err(ClusterError::NotLeader(match e {
                     openraft::error::CheckIsLeaderError::ForwardToLeader(f) => f.leader_id,
                     openraft::error::CheckIsLeaderError::QuorumNotEnough(_) => None,

@@ -81,12 +81,12 @@ pub fn decode(bytes: &[u8]) -> Decoded<'_> {
     out
 }
 
-/// Read `file` and cut off any damaged tail; returns the valid records'
-/// payloads with their offsets (owned) and the damage found, if any.
-pub fn load(
-    storage: &dyn Storage,
-    file: &str,
-) -> io::Result<(Vec<(u64, Vec<u8>)>, Option<String>)> {
+/// Valid records of a file: (byte offset, payload).
+pub type Records = Vec<(u64, Vec<u8>)>;
+
+/// Read `file` and cut off any damaged tail; returns the valid records and
+/// the damage found, if any.
+pub fn load(storage: &dyn Storage, file: &str) -> io::Result<(Records, Option<String>)> {
     let bytes = match storage.read(file) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), None)),

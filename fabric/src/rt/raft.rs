@@ -56,6 +56,9 @@ impl openraft::Instant for RtInstant {
     }
 }
 
+// The conversion is tokio's `From<std::time::Instant>` on hosts and the
+// identity in the simulation.
+#[allow(clippy::useless_conversion)]
 fn sleep_until(deadline: RtInstant) -> tokio::time::Sleep {
     // Real tokio: `From<std::time::Instant>`; madsim: the identity conversion.
     tokio::time::sleep_until(deadline.0.into())
