@@ -275,7 +275,7 @@ async fn concurrent_operations_under_faults_are_linearizable() {
                 });
                 let (input, cmd) = match rng.gen_range(0..10) {
                     0..=3 => (StoreInput::Get, None),
-                    4..=6 | 7 => {
+                    4..=7 => {
                         let value = {
                             let mut c = counter.lock().unwrap();
                             *c += 1;
@@ -343,12 +343,13 @@ async fn concurrent_operations_under_faults_are_linearizable() {
                         _ => Some(StoreOutput::Unknown),
                     },
                 };
-                let mut h = history.lock().unwrap();
-                match output {
-                    Some(out) => h.ret(op, out, ns()).unwrap(),
-                    None => h.discard(op).unwrap(),
+                {
+                    let mut h = history.lock().unwrap();
+                    match output {
+                        Some(out) => h.ret(op, out, ns()).unwrap(),
+                        None => h.discard(op).unwrap(),
+                    }
                 }
-                drop(h);
                 rt::sleep(Duration::from_millis(rng.gen_range(5..60))).await;
             }
         }
