@@ -20,6 +20,7 @@ use fabric::cluster::net::{
 use fabric::cluster::{ClusterNode, Command as ClusterCommandOp, NodeAddr, NodeOptions};
 use fabric::controller::Controller;
 use fabric::model::Config;
+use fabric::pki::JoinTicket;
 use fabric::platform::{
     CloudConnector, FileStorage, LocalProcesses, LoopbackL2, MemStorage, SeSpec, Storage,
 };
@@ -84,6 +85,15 @@ enum Command {
         /// Exit when this process is gone (set by `fabric up` for its children).
         #[arg(long, hide = true)]
         parent_pid: Option<u32>,
+        /// Where the SE keeps its key and certificates.
+        #[arg(long, default_value = "fabric-se-data")]
+        data: PathBuf,
+        /// One-time join token (`fabric ctl se-token`), needed the first time.
+        #[arg(long, env = "FABRIC_JOIN_TOKEN", requires = "ca_sha256")]
+        join_token: Option<String>,
+        /// SHA-256 of the Controller cluster's CA, printed with the join token.
+        #[arg(long)]
+        ca_sha256: Option<String>,
     },
     /// Run the authoritative DNS server of a config.
     Dns {
@@ -116,6 +126,12 @@ enum CtlCommand {
     },
     /// Commit an empty write through the leader; prints the time it took.
     Probe,
+    /// Create a one-time join token for an SE; prints the flags to give it.
+    SeToken {
+        /// A label for the token (e.g. the SE's name).
+        #[arg(long, default_value = "se")]
+        label: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -204,14 +220,23 @@ async fn run(command: Command) -> Result<()> {
             group,
             controller,
             parent_pid,
+            data,
+            join_token,
+            ca_sha256,
         } => {
             if let Some(pid) = parent_pid {
                 rt::spawn(exit_with_parent(pid));
             }
+            let credentials: Arc<dyn Storage> = Arc::new(
+                FileStorage::open(&data).with_context(|| format!("opening {}", data.display()))?,
+            );
+            let join = join_token.zip(ca_sha256).map(|(token, ca_sha256)| JoinTicket { token, ca_sha256 });
             let opts = se::agent::SeOptions {
                 name,
                 group,
                 controllers: controller,
+                credentials,
+                join,
             };
             se::agent::run(opts, Arc::new(LoopbackL2), None).await;
             Ok(())
@@ -276,11 +301,17 @@ async fn up(path: Option<&Path>) -> Result<()> {
     let raft_addr = SocketAddr::new(controller_addr.ip(), controller_addr.port() + 1);
     // `up` is a demo: its Controller keeps its state in memory.
     let storage: Arc<dyn Storage> = Arc::new(MemStorage::new());
-    let _controller =
+    let controller =
         start_controller(1, storage, controller_addr, raft_addr, Some(config.clone())).await?;
     let dns = start_dns(&config).await?;
 
-    let cloud = LocalProcesses::new(std::env::current_exe().context("finding the fabric binary")?);
+    // The SEs keep their credentials for as long as this run: a fresh
+    // directory each time, like the Controller's in-memory state.
+    let se_data = std::env::temp_dir().join(format!("fabric-up-{}", std::process::id()));
+    let cloud = LocalProcesses::new(
+        std::env::current_exe().context("finding the fabric binary")?,
+        se_data.clone(),
+    );
     let mut groups: Vec<&str> = config
         .virtual_services
         .iter()
@@ -289,10 +320,16 @@ async fn up(path: Option<&Path>) -> Result<()> {
     groups.sort();
     groups.dedup();
     for (i, group) in groups.iter().enumerate() {
+        let name = format!("se-{}", i + 1);
+        let join = controller
+            .create_join_token(&name)
+            .await
+            .context("creating a join token")?;
         let spec = SeSpec {
-            name: format!("se-{}", i + 1),
+            name,
             group: group.to_string(),
             controllers: vec![controller_addr],
+            join: Some(join),
         };
         cloud.create_se(spec).await?;
     }
@@ -305,6 +342,7 @@ async fn up(path: Option<&Path>) -> Result<()> {
     shutdown_signal().await;
     eprintln!("fabric: stopping");
     drop(cloud);
+    let _ = std::fs::remove_dir_all(&se_data);
     Ok(())
 }
 
@@ -376,6 +414,26 @@ async fn ctl(controller: SocketAddr, command: CtlCommand) -> Result<()> {
                 Forwarded::Voters(v) => println!("voters: {v:?}"),
                 other => println!("{other:?}"),
             }
+        }
+        CtlCommand::SeToken { label } => {
+            let token: String = (0..4).map(|_| format!("{:016x}", rt::random_u64())).collect();
+            let ca_sha256 = match call(PeerRequest::Status).await? {
+                Forwarded::Status(s) => s.ca_sha256.context("the cluster has no CA yet")?,
+                other => bail!("unexpected answer {other:?}"),
+            };
+            let mut client = PeerClient::new(0, controller.to_string());
+            let write = PeerRequest::Client(Box::new(PeerRequest::Write(
+                ClusterCommandOp::AddJoinToken {
+                    token_sha256: fabric::pki::sha256_hex(token.as_bytes()),
+                    label,
+                },
+            )));
+            match client.call(&write).await? {
+                PeerResponse::Forwarded(Ok(_)) => {}
+                PeerResponse::Forwarded(Err(e)) => bail!("{e}"),
+                _ => bail!("unexpected answer from {controller}"),
+            }
+            println!("--join-token {token} --ca-sha256 {ca_sha256}");
         }
         CtlCommand::Probe => {
             let start = std::time::Instant::now();

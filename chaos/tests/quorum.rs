@@ -299,6 +299,7 @@ async fn concurrent_operations_under_faults_are_linearizable() {
                             kind: "pools".into(),
                             name: key.clone(),
                             if_version,
+                            tenant: None,
                         };
                         (StoreInput::Delete { if_version }, Some(cmd))
                     }

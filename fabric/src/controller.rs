@@ -20,7 +20,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::cluster::{ClusterError, ClusterNode, Command, Desired};
+use crate::cluster::{ClusterError, ClusterNode, Command, Desired, Refusal};
+use crate::pki;
 use crate::model::Config;
 use crate::proto::{self, ControllerMessage, SeConfig, SeMessage, PROTO_VERSION};
 use crate::rt;
@@ -74,6 +75,8 @@ pub struct Controller {
 struct Inner {
     node: ClusterNode,
     desired: watch::Receiver<Arc<Desired>>,
+    /// TLS settings of the SE listener and the CA fingerprint they were made for.
+    tls: Mutex<Option<(String, Arc<rustls::ServerConfig>)>>,
     ses: Mutex<BTreeMap<String, (u64, SeStatus)>>,
     events: Mutex<VecDeque<Event>>,
     next_session: Mutex<u64>,
@@ -86,6 +89,7 @@ impl Controller {
         let inner = Inner {
             desired: node.desired(),
             node,
+            tls: Mutex::new(None),
             ses: Mutex::new(BTreeMap::new()),
             events: Mutex::new(VecDeque::new()),
             next_session: Mutex::new(0),
@@ -143,6 +147,9 @@ impl Controller {
                 version = v;
             }
             tokio::select! {
+                // Fixed poll order: tokio picks a random one otherwise, from a
+                // generator madsim does not seed (docs/runtime.md).
+                biased;
                 r = metrics.changed() => if r.is_err() { return },
                 r = desired.changed() => if r.is_err() { return },
             }
@@ -167,9 +174,117 @@ impl Controller {
         let this = self.clone();
         rt::accept_loop(listener, MAX_SE_SESSIONS, move |stream, peer| {
             let this = this.clone();
-            async move { this.on_connection(stream, peer).await }
+            async move { this.on_tls_connection(stream, peer).await }
         })
         .await
+    }
+
+    /// A one-time join token for an SE, and the CA fingerprint it pins
+    /// (goes through the leader).
+    pub async fn create_join_token(&self, label: &str) -> Result<pki::JoinTicket, ClusterError> {
+        let ca = self
+            .inner
+            .node
+            .peek(|o| o.ca.clone())
+            .ok_or_else(|| ClusterError::Invalid("the cluster has no CA yet".into()))?;
+        let ca_sha256 = ca
+            .fingerprint()
+            .map_err(|e| ClusterError::Fatal(e.to_string()))?;
+        let secret: String = (0..4).map(|_| format!("{:016x}", rt::random_u64())).collect();
+        let cmd = Command::AddJoinToken {
+            token_sha256: pki::sha256_hex(secret.as_bytes()),
+            label: label.to_string(),
+        };
+        self.inner.node.write(cmd).await?;
+        Ok(pki::JoinTicket {
+            token: secret,
+            ca_sha256,
+        })
+    }
+
+    /// TLS settings for this node's SE listener, rebuilt when the CA changes.
+    fn tls_config(&self) -> Result<Arc<rustls::ServerConfig>, String> {
+        let ca = self
+            .inner
+            .node
+            .peek(|o| o.ca.clone())
+            .ok_or("the cluster has no CA yet")?;
+        let fp = ca.fingerprint().map_err(|e| e.to_string())?;
+        let mut cached = lock(&self.inner.tls);
+        if let Some((have, config)) = cached.as_ref() {
+            if *have == fp {
+                return Ok(config.clone());
+            }
+        }
+        let ip = self
+            .inner
+            .node
+            .addr()
+            .raft
+            .parse::<SocketAddr>()
+            .map(|a| a.ip())
+            .map_err(|e| format!("node address: {e}"))?;
+        let name = format!("controller-{}", self.inner.node.id());
+        let cert = ca.issue_node_cert(&name, &[ip]).map_err(|e| e.to_string())?;
+        let config = ca.server_config(&cert).map_err(|e| e.to_string())?;
+        *cached = Some((fp, config.clone()));
+        Ok(config)
+    }
+
+    async fn on_tls_connection(&self, stream: rt::TcpStream, peer: SocketAddr) {
+        let config = match self.tls_config() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "SE connection refused");
+                return;
+            }
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let tls = match rt::timeout(HELLO_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "no TLS handshake in time");
+                return;
+            }
+        };
+        let client_cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| pki::sha256_hex(c));
+        self.on_connection(tls, peer, client_cert).await
+    }
+
+    /// Issue a certificate for a registering SE and record it through Raft.
+    async fn register(&self, se_name: &str, join_token: &str, public_key: &[u8]) -> Result<ControllerMessage, String> {
+        let ca = self
+            .inner
+            .node
+            .peek(|o| o.ca.clone())
+            .ok_or("the cluster has no CA yet")?;
+        let cert_pem = ca.issue_se_cert(se_name, public_key).map_err(|e| e.to_string())?;
+        let cmd = Command::RegisterSe {
+            token_sha256: pki::sha256_hex(join_token.as_bytes()),
+            se_name: se_name.to_string(),
+            cert_sha256: pki::fingerprint(&cert_pem).map_err(|e| e.to_string())?,
+        };
+        match self.inner.node.write(cmd).await {
+            Ok(_) => {
+                self.event("se_registered", se_name, "join token used, certificate issued");
+                Ok(ControllerMessage::Registered {
+                    cert_pem,
+                    ca_pem: ca.cert_pem,
+                })
+            }
+            Err(ClusterError::Refused(Refusal::NotFound)) => Err("unknown join token".into()),
+            Err(ClusterError::Refused(Refusal::Conflict { .. })) => Err("join token already used".into()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     fn event(&self, kind: &'static str, object: impl Into<String>, reason: impl Into<String>) {
@@ -187,7 +302,10 @@ impl Controller {
         events.push_back(e);
     }
 
-    async fn on_connection(&self, stream: rt::TcpStream, peer: SocketAddr) {
+    async fn on_connection<S>(&self, stream: S, peer: SocketAddr, client_cert: Option<String>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let hello =
             match rt::timeout(HELLO_TIMEOUT, proto::read_frame::<_, SeMessage>(&mut rd)).await {
@@ -202,21 +320,57 @@ impl Controller {
                     return;
                 }
             };
-        let SeMessage::Hello {
-            proto_version,
-            se_name,
-            se_group,
-            incarnation,
-            applied_version,
-        } = hello
-        else {
-            let reason = "the first message must be a hello".to_string();
-            let _ = proto::write_frame(&mut wr, &ControllerMessage::Refused { reason }).await;
-            return;
+        let refuse = |reason: String| ControllerMessage::Refused { reason };
+        let (proto_version, se_name, se_group, incarnation, applied_version) = match hello {
+            SeMessage::Hello {
+                proto_version,
+                se_name,
+                se_group,
+                incarnation,
+                applied_version,
+            } => (proto_version, se_name, se_group, incarnation, applied_version),
+            SeMessage::Register {
+                proto_version,
+                se_name,
+                join_token,
+                public_key,
+            } => {
+                let reply = if proto_version != PROTO_VERSION || !valid_se_name(&se_name) {
+                    refuse(format!("need protocol {PROTO_VERSION} and a name of 1-64 letters, digits, '-', '_' or '.'"))
+                } else {
+                    match self.register(&se_name, &join_token, &public_key).await {
+                        Ok(m) => m,
+                        Err(reason) => {
+                            self.event("se_registration_refused", &se_name, reason.clone());
+                            refuse(reason)
+                        }
+                    }
+                };
+                let _ = proto::write_frame(&mut wr, &reply).await;
+                return;
+            }
+            _ => {
+                let reason = "the first message must be a hello or a registration".to_string();
+                let _ = proto::write_frame(&mut wr, &refuse(reason)).await;
+                return;
+            }
         };
-        if proto_version != PROTO_VERSION || se_name.is_empty() || se_name.len() > 64 {
-            let reason = format!("need protocol {PROTO_VERSION} and a name of 1-64 bytes");
-            let _ = proto::write_frame(&mut wr, &ControllerMessage::Refused { reason }).await;
+        if proto_version != PROTO_VERSION || !valid_se_name(&se_name) {
+            let reason = format!("need protocol {PROTO_VERSION} and a name of 1-64 letters, digits, '-', '_' or '.'");
+            let _ = proto::write_frame(&mut wr, &refuse(reason)).await;
+            return;
+        }
+        // The session is the SE's only if its client certificate was issued to that name.
+        let certified = client_cert
+            .as_ref()
+            .and_then(|fp| self.inner.node.peek(|o| o.se_certs.get(fp).cloned()));
+        if certified.as_deref() != Some(se_name.as_str()) {
+            let reason = match certified {
+                None => "no client certificate issued by this cluster: register with a join token".to_string(),
+                Some(other) => format!("this certificate was issued to {other}, not {se_name}"),
+            };
+            self.event("se_refused", &se_name, reason.clone());
+            let _ = proto::write_frame(&mut wr, &refuse(reason)).await;
             return;
         }
         let session = self.on_hello(&se_name, &se_group, incarnation, applied_version, peer);
@@ -293,15 +447,16 @@ impl Controller {
         Ok(())
     }
 
-    async fn run_session<W>(
+    async fn run_session<S, W>(
         &self,
         session: u64,
         name: &str,
         group: &str,
-        rd: tokio::io::ReadHalf<rt::TcpStream>,
+        rd: tokio::io::ReadHalf<S>,
         wr: &mut W,
     ) -> Result<(), String>
     where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
         W: tokio::io::AsyncWrite + Unpin,
     {
         let mut desired_rx = self.inner.desired.clone();
@@ -336,6 +491,9 @@ impl Controller {
                 pushed = desired.version;
             }
             tokio::select! {
+                // Fixed poll order: tokio picks a random one otherwise, from a
+                // generator madsim does not seed (docs/runtime.md).
+                biased;
                 changed = desired_rx.changed() => {
                     if changed.is_err() { break Ok(()) }
                 }
@@ -363,7 +521,9 @@ impl Controller {
                             let state = if up { "up" } else { "down" };
                             self.event("health_change", format!("{pool}/{server}"), format!("{state} on {name}: {reason}"))
                         }
-                        SeMessage::Hello { .. } => break Err("second hello on one session".into()),
+                        SeMessage::Hello { .. } | SeMessage::Register { .. } => {
+                            break Err("hello or registration inside a session".into())
+                        }
                     },
                 },
             }
@@ -371,6 +531,14 @@ impl Controller {
         reader.abort();
         result
     }
+}
+
+fn valid_se_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

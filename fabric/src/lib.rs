@@ -11,6 +11,7 @@
 pub mod cluster;
 pub mod controller;
 pub mod model;
+pub mod pki;
 pub mod platform;
 pub mod proto;
 pub mod rt;

@@ -41,6 +41,30 @@ pub struct Config {
     /// Small built-in HTTP servers, for examples and drills.
     #[serde(default)]
     pub demo_origins: Vec<DemoOrigin>,
+    /// Tenants: owners of objects, invisible to each other (the `admin`
+    /// tenant always exists and is not listed).
+    #[serde(default)]
+    pub tenants: Vec<Tenant>,
+}
+
+/// A tenant. Its operators see and change only the objects it owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    /// Unique name: 1-64 lowercase letters, digits, `-`, `_` or `.`; not `admin`.
+    pub name: String,
+    /// Free text for operators.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Whether `name` is a usable tenant name.
+pub fn valid_tenant_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
 }
 
 /// Controller settings.
@@ -485,6 +509,17 @@ impl Config {
                 err(
                     format!("se_groups[{i}].max_vs_per_se"),
                     "must be at least 1".into(),
+                );
+            }
+        }
+
+        unique_names(self.tenants.iter().map(|t| &t.name), "tenants", &mut err);
+        for (i, t) in self.tenants.iter().enumerate() {
+            if t.name == "admin" || !valid_tenant_name(&t.name) {
+                err(
+                    format!("tenants[{i}].name"),
+                    "must be 1-64 lowercase letters, digits, '-', '_' or '.', and not `admin`"
+                        .into(),
                 );
             }
         }

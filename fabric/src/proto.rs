@@ -27,7 +27,7 @@ use crate::rt;
 use crate::model::{Algorithm, Config, HealthMonitor, Server};
 
 /// Version of this protocol; bumped on any incompatible change.
-pub const PROTO_VERSION: u32 = 1;
+pub const PROTO_VERSION: u32 = 2;
 
 /// Largest frame either side accepts.
 pub const MAX_FRAME_BYTES: usize = 4 << 20;
@@ -49,6 +49,18 @@ pub enum SeMessage {
         incarnation: u64,
         /// Config version it serves now (0: none).
         applied_version: u64,
+    },
+    /// First frame of an SE that has no certificate yet (over TLS that
+    /// checks the Controller against the pinned CA fingerprint).
+    Register {
+        /// Protocol version the SE speaks.
+        proto_version: u32,
+        /// The name the certificate will carry.
+        se_name: String,
+        /// The one-time join token's secret.
+        join_token: String,
+        /// The SE's P-256 public key (uncompressed point).
+        public_key: Vec<u8>,
     },
     /// The SE now serves config `version`.
     Ack {
@@ -97,6 +109,13 @@ pub fn truncate(text: &str, max: usize) -> &str {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControllerMessage {
+    /// Reply to a registration: the SE's client certificate and the CA.
+    Registered {
+        /// The certificate, PEM.
+        cert_pem: String,
+        /// The CA certificate, PEM.
+        ca_pem: String,
+    },
     /// Reply to a hello.
     Welcome {
         /// Protocol version the Controller speaks.

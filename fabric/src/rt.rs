@@ -217,6 +217,57 @@ unsafe impl Sync for RtSleep {}
 
 impl hyper::rt::Sleep for RtSleep {}
 
+/// Deterministic randomness for ring (TLS keys and handshakes) in the
+/// simulation. ring draws from getrandom 0.2, which calls
+/// `syscall(SYS_getrandom, ..)` directly and so bypasses madsim's `getrandom`
+/// override: the same seed then produced other TLS bytes on every run. This
+/// override serves `SYS_getrandom` through `getrandom` (madsim's, which uses
+/// the world's seeded generator inside a runtime and the OS outside one) and
+/// forwards every other call to the C library's `syscall`.
+#[cfg(madsim)]
+mod sim_syscall {
+    use std::sync::atomic::{AtomicPtr, Ordering};
+
+    type SyscallFn = unsafe extern "C" fn(
+        libc::c_long,
+        libc::c_long,
+        libc::c_long,
+        libc::c_long,
+        libc::c_long,
+        libc::c_long,
+        libc::c_long,
+    ) -> libc::c_long;
+
+    static REAL: AtomicPtr<libc::c_void> = AtomicPtr::new(std::ptr::null_mut());
+
+    /// # Safety
+    /// The C `syscall` contract: arguments as the call `num` takes them.
+    #[no_mangle]
+    #[inline(never)]
+    pub unsafe extern "C" fn syscall(
+        num: libc::c_long,
+        a1: libc::c_long,
+        a2: libc::c_long,
+        a3: libc::c_long,
+        a4: libc::c_long,
+        a5: libc::c_long,
+        a6: libc::c_long,
+    ) -> libc::c_long {
+        if num == libc::SYS_getrandom {
+            return libc::getrandom(a1 as *mut libc::c_void, a2 as usize, a3 as libc::c_uint)
+                as libc::c_long;
+        }
+        let mut real = REAL.load(Ordering::Relaxed);
+        if real.is_null() {
+            real = libc::dlsym(libc::RTLD_NEXT, c"syscall".as_ptr());
+            assert!(!real.is_null(), "no syscall symbol in the C library");
+            REAL.store(real, Ordering::Relaxed);
+        }
+        let real: SyscallFn = std::mem::transmute(real);
+        real(num, a1, a2, a3, a4, a5, a6)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

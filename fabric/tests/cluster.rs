@@ -145,6 +145,7 @@ async fn a_restarted_node_keeps_its_state_and_a_bad_change_is_refused_whole() {
             kind: "pools".into(),
             name: pool,
             if_version: None,
+            tenant: None,
         })
         .await
         .unwrap_err();

@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fabric::platform::L2Fabric;
+use fabric::pki::{self, JoinTicket};
+use fabric::platform::{L2Fabric, Storage};
 use fabric::proto::{self, ControllerMessage, SeMessage, PROTO_VERSION};
 use fabric::rt;
 use tokio::sync::watch;
@@ -37,6 +38,106 @@ pub struct SeOptions {
     /// Controller node addresses (at least one); any node serves, and the
     /// agent moves to the next when a session fails.
     pub controllers: Vec<SocketAddr>,
+    /// Where the SE keeps its key and certificates (`se-key.pem`,
+    /// `se-cert.pem`, `se-ca.pem`).
+    pub credentials: Arc<dyn Storage>,
+    /// How to register when there are no credentials yet.
+    pub join: Option<JoinTicket>,
+}
+
+const KEY_FILE: &str = "se-key.pem";
+const CERT_FILE: &str = "se-cert.pem";
+const CA_FILE: &str = "se-ca.pem";
+
+/// The SE's TLS identity.
+struct Credentials {
+    tls: Arc<rustls::ClientConfig>,
+}
+
+fn read_text(storage: &dyn Storage, file: &str) -> Option<String> {
+    storage
+        .read(file)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|s| !s.is_empty())
+}
+
+fn write_text(storage: &dyn Storage, file: &str, text: &str) -> Result<(), String> {
+    let io = |e: std::io::Error| format!("saving {file}: {e}");
+    storage.remove(file).map_err(io)?;
+    storage.append(file, text.as_bytes()).map_err(io)?;
+    storage.sync(file).map_err(io)
+}
+
+fn load_credentials(storage: &dyn Storage) -> Option<Credentials> {
+    let key = read_text(storage, KEY_FILE)?;
+    let cert = read_text(storage, CERT_FILE)?;
+    let ca = read_text(storage, CA_FILE)?;
+    match pki::se_client_config(&ca, &cert, &key) {
+        Ok(tls) => Some(Credentials { tls }),
+        Err(e) => {
+            tracing::warn!(error = %e, "stored SE credentials are unusable");
+            None
+        }
+    }
+}
+
+/// Register with `controller` using the join ticket: get a certificate for
+/// a new key, and keep both.
+async fn register(opts: &SeOptions, controller: SocketAddr) -> Result<Credentials, String> {
+    let join = opts
+        .join
+        .as_ref()
+        .ok_or("no credentials and no join token: give the SE a join token")?;
+    let key = pki::SeKey::generate().map_err(|e| e.to_string())?;
+    let config = pki::registration_client_config(&join.ca_sha256).map_err(|e| e.to_string())?;
+    let stream = connect_tls(controller, config).await?;
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let req = SeMessage::Register {
+        proto_version: PROTO_VERSION,
+        se_name: opts.name.clone(),
+        join_token: join.token.clone(),
+        public_key: key.public_key(),
+    };
+    proto::write_frame(&mut wr, &req)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reply = rt::timeout(CONNECT_TIMEOUT * 3, proto::read_frame::<_, ControllerMessage>(&mut rd))
+        .await
+        .map_err(|_| "no answer to the registration in time".to_string())?
+        .map_err(|e| e.to_string())?;
+    let (cert_pem, ca_pem) = match reply {
+        Some(ControllerMessage::Registered { cert_pem, ca_pem }) => (cert_pem, ca_pem),
+        Some(ControllerMessage::Refused { reason }) => return Err(format!("registration refused: {reason}")),
+        other => return Err(format!("unexpected answer to the registration: {other:?}")),
+    };
+    if pki::fingerprint(&ca_pem).map_err(|e| e.to_string())? != join.ca_sha256.to_ascii_lowercase() {
+        return Err("the Controller sent a CA that does not match the pinned fingerprint".into());
+    }
+    let tls = pki::se_client_config(&ca_pem, &cert_pem, &key.to_pem()).map_err(|e| e.to_string())?;
+    let storage = &*opts.credentials;
+    write_text(storage, KEY_FILE, &key.to_pem())?;
+    write_text(storage, CA_FILE, &ca_pem)?;
+    write_text(storage, CERT_FILE, &cert_pem)?;
+    tracing::info!(se = %opts.name, %controller, "registered: client certificate issued");
+    Ok(Credentials { tls })
+}
+
+async fn connect_tls(
+    controller: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<rt::TcpStream>, String> {
+    let connect = async {
+        let tcp = rt::connect(controller).await.map_err(|e| e.to_string())?;
+        tokio_rustls::TlsConnector::from(config)
+            .connect(pki::server_name(controller.ip()), tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))
+    };
+    rt::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|e| format!("connecting to {controller}: {e}"))?
+        .map_err(|e| format!("connecting to {controller}: {e}"))
 }
 
 /// Run the SE forever: sessions with the Controller, and the data plane.
@@ -44,6 +145,7 @@ pub struct SeOptions {
 pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::Sender<u64>>) {
     let mut plane = DataPlane::new(&opts.name, l2);
     let incarnation = rt::random_u64();
+    let mut credentials = load_credentials(&*opts.credentials);
     let mut backoff = Duration::from_millis(100);
     let mut next = 0usize;
     loop {
@@ -52,7 +154,19 @@ pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::
             return;
         };
         next += 1;
-        match session(&opts, controller, incarnation, &mut plane, applied.as_ref()).await {
+        if credentials.is_none() {
+            match register(&opts, controller).await {
+                Ok(c) => credentials = Some(c),
+                Err(e) => tracing::warn!(se = %opts.name, error = %e, "registration failed"),
+            }
+        }
+        let Some(creds) = &credentials else {
+            let jitter = Duration::from_millis(rt::random_u64() % (backoff.as_millis() as u64 / 2 + 1));
+            rt::sleep(backoff + jitter).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        };
+        match session(&opts, controller, creds, incarnation, &mut plane, applied.as_ref()).await {
             Ok(()) => tracing::info!(se = %opts.name, "controller session closed"),
             Err(e) => tracing::warn!(se = %opts.name, error = %e, "controller session failed"),
         }
@@ -65,14 +179,12 @@ pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::
 async fn session(
     opts: &SeOptions,
     controller: SocketAddr,
+    credentials: &Credentials,
     incarnation: u64,
     plane: &mut DataPlane,
     applied: Option<&watch::Sender<u64>>,
 ) -> Result<(), String> {
-    let stream = rt::timeout(CONNECT_TIMEOUT, rt::connect(controller))
-        .await
-        .map_err(|e| format!("connecting to {controller}: {e}"))?
-        .map_err(|e| format!("connecting to {controller}: {e}"))?;
+    let stream = connect_tls(controller, credentials.tls.clone()).await?;
     let (rd, mut wr) = tokio::io::split(stream);
     let hello = SeMessage::Hello {
         proto_version: PROTO_VERSION,
@@ -106,6 +218,9 @@ async fn session(
         loop {
             let until_beat = next_beat.saturating_duration_since(rt::now());
             tokio::select! {
+                // Fixed poll order: tokio picks a random one otherwise, from a
+                // generator madsim does not seed (docs/runtime.md).
+                biased;
                 _ = health.pushed() => report_health(&mut wr, &health, takes_health).await?,
                 msg = incoming.recv() => {
                     last_heard = rt::now();
@@ -129,7 +244,9 @@ async fn session(
                         }
                         Some(Ok(ControllerMessage::HeartbeatAck { .. })) => {}
                         Some(Ok(ControllerMessage::Refused { reason })) => return Err(format!("refused: {reason}")),
-                        Some(Ok(ControllerMessage::Welcome { .. })) => return Err("second welcome".into()),
+                        Some(Ok(ControllerMessage::Welcome { .. } | ControllerMessage::Registered { .. })) => {
+                            return Err("unexpected welcome or registration inside a session".into())
+                        }
                     }
                 }
                 _ = rt::sleep(until_beat) => {

@@ -104,10 +104,15 @@ impl CloudConnector for SimCloud {
         let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 1, n));
         let segment = self.segment.clone();
         let applied = self.applied.clone();
+        // The SE's disk (its credentials) outlives restarts of its node.
+        let credentials: Arc<dyn fabric::platform::Storage> =
+            Arc::new(fabric::platform::MemStorage::new());
         let opts = se::agent::SeOptions {
             name: spec.name.clone(),
             group: spec.group,
             controllers: spec.controllers,
+            credentials,
+            join: spec.join,
         };
         let node = Handle::current()
             .create_node()

@@ -133,6 +133,7 @@ impl WorldBuilder {
 
     /// Create every node. Call inside a madsim runtime.
     pub async fn build(self) -> Result<World> {
+        crate::init_tracing();
         let config = Config::parse(&self.config).map_err(|e| anyhow!("{e}"))?;
         let handle = Handle::current();
         let segment = Segment::new(self.segment);
@@ -254,8 +255,19 @@ impl WorldBuilder {
             .map(|g| g.name.clone())
             .unwrap_or_else(|| "default".into());
         for i in 0..self.ses {
+            let name = format!("se-{}", i + 1);
+            let join = loop {
+                // The first node bootstraps the cluster and its CA; until
+                // then there is no token to give.
+                let label = name.clone();
+                match controllers[0].token(&handle, label).await {
+                    Some(t) => break t,
+                    None => rt::sleep(Duration::from_millis(50)).await,
+                }
+            };
             let spec = SeSpec {
-                name: format!("se-{}", i + 1),
+                join: Some(join),
+                name,
                 group: group.clone(),
                 controllers: members
                     .keys()
@@ -594,6 +606,18 @@ struct ControllerSlot {
     node: NodeId,
     slot: Arc<Mutex<Option<Controller>>>,
     disk: MemStorage,
+}
+
+impl ControllerSlot {
+    /// A join token from this node's Controller, if it runs and can make one.
+    async fn token(&self, handle: &Handle, label: String) -> Option<fabric::pki::JoinTicket> {
+        let c = lock(&self.slot).clone()?;
+        let node = handle.get_node(self.node)?;
+        node.spawn(async move { c.create_join_token(&label).await.ok() })
+            .await
+            .ok()
+            .flatten()
+    }
 }
 
 /// Address of Controller node `id` (1-based).

@@ -82,6 +82,8 @@ pub struct ClusterStatus {
     pub log_entries: usize,
     /// Index of its latest snapshot.
     pub snapshot_index: Option<u64>,
+    /// SHA-256 of the cluster's CA certificate (what SEs pin), once it has one.
+    pub ca_sha256: Option<String>,
 }
 
 /// A change of the cluster's membership.

@@ -252,6 +252,11 @@ impl ClusterNode {
         self.inner.sm.subscribe()
     }
 
+    /// Look at this node's applied state without copying it.
+    pub fn peek<R>(&self, f: impl FnOnce(&Objects) -> R) -> R {
+        self.inner.sm.peek(f)
+    }
+
     /// The leader this node knows of.
     pub fn leader(&self) -> Option<NodeId> {
         self.inner.raft.metrics().borrow().current_leader
@@ -302,7 +307,7 @@ impl ClusterNode {
                 })
                 .await
             {
-                Ok(_) | Err(ClusterError::Refused(Refusal::Conflict { .. })) => return Ok(()),
+                Ok(_) | Err(ClusterError::Refused(Refusal::Conflict { .. })) => break,
                 Err(ClusterError::NoLeader | ClusterError::Unreachable(_))
                     if rt::now() < deadline =>
                 {
@@ -310,6 +315,15 @@ impl ClusterNode {
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if self.peek(|o| o.ca.is_some()) {
+            return Ok(());
+        }
+        let ca = crate::pki::CaMaterial::generate("fabric controller CA")
+            .map_err(|e| ClusterError::Fatal(e.to_string()))?;
+        match self.write(Command::InitCa { ca }).await {
+            Ok(_) | Err(ClusterError::Refused(Refusal::Conflict { .. })) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -397,6 +411,7 @@ impl ClusterNode {
             version: self.inner.sm.subscribe().borrow().version,
             log_entries: self.inner.log.len(),
             snapshot_index: m.snapshot.map(|l| l.index),
+            ca_sha256: self.peek(|o| o.ca.as_ref().and_then(|ca| ca.fingerprint().ok())),
         }
     }
 

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::model::{Config, ConfigError, ConfigErrors};
+use crate::pki::CaMaterial;
 
 /// The tenant that owns objects created without one.
 pub const ADMIN_TENANT: &str = "admin";
@@ -61,6 +62,49 @@ pub enum Command {
         name: String,
         /// Only if the current version is this.
         if_version: Option<u64>,
+        /// Only if this tenant owns it (None: whoever owns it).
+        #[serde(default)]
+        tenant: Option<String>,
+    },
+    /// Set the cluster's CA, unless it has one.
+    InitCa {
+        /// The CA.
+        ca: CaMaterial,
+    },
+    /// Add a one-time SE join token.
+    AddJoinToken {
+        /// SHA-256 (hex) of the secret.
+        token_sha256: String,
+        /// A label for operators.
+        label: String,
+    },
+    /// Use a join token: record the certificate issued to the SE.
+    RegisterSe {
+        /// SHA-256 (hex) of the secret presented.
+        token_sha256: String,
+        /// The SE's name.
+        se_name: String,
+        /// SHA-256 (hex) of the certificate issued to it.
+        cert_sha256: String,
+    },
+    /// Add an API token.
+    AddApiToken {
+        /// SHA-256 (hex) of the secret.
+        token_sha256: String,
+        /// What it may do.
+        token: ApiToken,
+    },
+    /// Revoke API tokens whose id (the first 16 hex digits of the secret's
+    /// SHA-256) is this.
+    RevokeApiToken {
+        /// The token's id.
+        id: String,
+    },
+    /// Restore a backup: its objects (with their owners), its CA and the
+    /// SE certificates and API tokens it knew.
+    Restore {
+        /// The backup.
+        backup: Box<Backup>,
     },
     /// Change nothing, but go through the log like any write: proves the
     /// cluster commits (the leader-loss drill uses it). Replies the version.
@@ -91,6 +135,9 @@ pub enum Refusal {
     /// No such object.
     #[error("no such object")]
     NotFound,
+    /// The object belongs to another tenant.
+    #[error("the object belongs to another tenant")]
+    OtherTenant,
     /// The resulting config would not validate.
     #[error("{}", ConfigErrors(errors.iter().map(|(path, reason)| ConfigError { path: path.clone(), reason: reason.clone() }).collect()))]
     Invalid {
@@ -128,6 +175,78 @@ pub struct Objects {
     pub version: u64,
     /// See the module doc.
     pub version_floor: u64,
+    /// The cluster's certificate authority (set once, at bootstrap).
+    #[serde(default)]
+    pub ca: Option<CaMaterial>,
+    /// One-time SE join tokens by the SHA-256 (hex) of their secret.
+    #[serde(default)]
+    pub join_tokens: BTreeMap<String, JoinToken>,
+    /// SE client certificates: SHA-256 (hex) of the certificate -> SE name.
+    #[serde(default)]
+    pub se_certs: BTreeMap<String, String>,
+    /// API tokens by the SHA-256 (hex) of their secret.
+    #[serde(default)]
+    pub api_tokens: BTreeMap<String, ApiToken>,
+}
+
+/// What an API token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything, in every tenant: objects, tenants, tokens, backups.
+    Admin,
+    /// Read and change the objects of its tenant.
+    Operator,
+    /// Read the objects of its tenant (or of all, without one).
+    ReadOnly,
+}
+
+/// An API token; the secret itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    /// What the operator called it.
+    pub label: String,
+    /// What it may do.
+    pub role: Role,
+    /// The tenant it acts in (None: admin-wide; an operator needs one).
+    pub tenant: Option<String>,
+}
+
+/// The id of a token: the first 16 hex digits of its secret's SHA-256
+/// (safe to show; the secret cannot be recovered from it).
+pub fn token_id(token_sha256: &str) -> &str {
+    &token_sha256[..token_sha256.len().min(16)]
+}
+
+/// The desired state as a backup file holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backup {
+    /// Always [`BACKUP_FORMAT`].
+    pub format: String,
+    /// Version of the desired state when the backup was taken.
+    pub version: u64,
+    /// kind -> name -> object, with versions and owners.
+    pub objects: BTreeMap<String, BTreeMap<String, Stored>>,
+    /// The CA (so SEs registered before keep working).
+    pub ca: Option<CaMaterial>,
+    /// SE client certificates.
+    #[serde(default)]
+    pub se_certs: BTreeMap<String, String>,
+    /// API tokens.
+    #[serde(default)]
+    pub api_tokens: BTreeMap<String, ApiToken>,
+}
+
+/// The `format` of backups this code writes and reads.
+pub const BACKUP_FORMAT: &str = "fabric-backup/1";
+
+/// A one-time token an SE registers with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    /// What the operator called it.
+    pub label: String,
+    /// The SE that used it, once used.
+    pub used_by: Option<String>,
 }
 
 /// The key field of objects in a list section.
@@ -186,6 +305,112 @@ impl Objects {
         let version = self.version_floor + index;
         match cmd {
             Command::Probe => Reply::Applied(self.version),
+            // Not part of the config: the config version does not move.
+            Command::InitCa { ca } => {
+                if self.ca.is_some() {
+                    return Reply::Refused(Refusal::Conflict {
+                        current: Some(self.version),
+                    });
+                }
+                self.ca = Some(ca.clone());
+                Reply::Applied(self.version)
+            }
+            Command::AddJoinToken {
+                token_sha256,
+                label,
+            } => {
+                if self.join_tokens.contains_key(token_sha256) {
+                    return Reply::Refused(Refusal::Conflict { current: None });
+                }
+                let token = JoinToken {
+                    label: label.clone(),
+                    used_by: None,
+                };
+                self.join_tokens.insert(token_sha256.clone(), token);
+                Reply::Applied(self.version)
+            }
+            Command::RegisterSe {
+                token_sha256,
+                se_name,
+                cert_sha256,
+            } => {
+                let Some(token) = self.join_tokens.get_mut(token_sha256) else {
+                    return Reply::Refused(Refusal::NotFound);
+                };
+                if token.used_by.is_some() {
+                    return Reply::Refused(Refusal::Conflict { current: None });
+                }
+                token.used_by = Some(se_name.clone());
+                self.se_certs.insert(cert_sha256.clone(), se_name.clone());
+                Reply::Applied(self.version)
+            }
+            Command::AddApiToken {
+                token_sha256,
+                token,
+            } => {
+                if self.api_tokens.contains_key(token_sha256) {
+                    return Reply::Refused(Refusal::Conflict { current: None });
+                }
+                let tenant_ok = match (&token.role, &token.tenant) {
+                    (Role::Operator, None) => false,
+                    (_, Some(t)) => t == ADMIN_TENANT || self.get("tenants", t).is_some(),
+                    _ => true,
+                };
+                if !tenant_ok {
+                    let reason = match &token.tenant {
+                        None => "an operator token needs a tenant".to_string(),
+                        Some(t) => format!("no tenant named `{t}`"),
+                    };
+                    return Reply::Refused(Refusal::Invalid {
+                        errors: vec![("tenant".into(), reason)],
+                    });
+                }
+                self.api_tokens.insert(token_sha256.clone(), token.clone());
+                Reply::Applied(self.version)
+            }
+            Command::RevokeApiToken { id } => {
+                let before = self.api_tokens.len();
+                self.api_tokens.retain(|sha, _| token_id(sha) != id);
+                if self.api_tokens.len() == before {
+                    return Reply::Refused(Refusal::NotFound);
+                }
+                Reply::Applied(self.version)
+            }
+            Command::Restore { backup } => {
+                if backup.format != BACKUP_FORMAT {
+                    return Reply::Refused(Refusal::Invalid {
+                        errors: vec![(
+                            "format".into(),
+                            format!("`{}` is not `{BACKUP_FORMAT}`", backup.format),
+                        )],
+                    });
+                }
+                let floor = backup.version.max(self.version_floor);
+                let version = floor + index;
+                let objects = backup
+                    .objects
+                    .iter()
+                    .map(|(kind, objs)| {
+                        let objs = objs
+                            .iter()
+                            .map(|(name, s)| (name.clone(), Stored { version, ..s.clone() }))
+                            .collect();
+                        (kind.clone(), objs)
+                    })
+                    .collect();
+                if let Err(e) = config_of(&objects).and_then(|_| owners_exist(&objects)) {
+                    return Reply::Refused(invalid(e));
+                }
+                self.objects = objects;
+                self.version_floor = floor;
+                self.version = version;
+                if backup.ca.is_some() {
+                    self.ca = backup.ca.clone();
+                }
+                self.se_certs.extend(backup.se_certs.clone());
+                self.api_tokens.extend(backup.api_tokens.clone());
+                Reply::Applied(version)
+            }
             Command::Replace {
                 config,
                 version_floor,
@@ -229,7 +454,11 @@ impl Objects {
                 body,
                 if_version,
             } => {
-                let current = self.get(kind, name).map(|s| s.version);
+                let existing = self.get(kind, name);
+                if existing.is_some_and(|s| s.tenant != *tenant) {
+                    return Reply::Refused(Refusal::OtherTenant);
+                }
+                let current = existing.map(|s| s.version);
                 if let Some(want) = if_version {
                     if current.unwrap_or(0) != *want {
                         return Reply::Refused(Refusal::Conflict { current });
@@ -250,10 +479,15 @@ impl Objects {
                 kind,
                 name,
                 if_version,
+                tenant,
             } => {
-                let Some(current) = self.get(kind, name).map(|s| s.version) else {
+                let Some(stored) = self.get(kind, name) else {
                     return Reply::Refused(Refusal::NotFound);
                 };
+                if tenant.as_ref().is_some_and(|t| *t != stored.tenant) {
+                    return Reply::Refused(Refusal::OtherTenant);
+                }
+                let current = stored.version;
                 if if_version.is_some_and(|want| want != current) {
                     return Reply::Refused(Refusal::Conflict {
                         current: Some(current),
@@ -273,8 +507,20 @@ impl Objects {
         self.objects.get(kind)?.get(name)
     }
 
+    /// The whole state as a backup.
+    pub fn backup(&self) -> Backup {
+        Backup {
+            format: BACKUP_FORMAT.into(),
+            version: self.version,
+            objects: self.objects.clone(),
+            ca: self.ca.clone(),
+            se_certs: self.se_certs.clone(),
+            api_tokens: self.api_tokens.clone(),
+        }
+    }
+
     fn commit(&mut self, next: BTreeMap<String, BTreeMap<String, Stored>>, version: u64) -> Reply {
-        if let Err(e) = config_of(&next) {
+        if let Err(e) = config_of(&next).and_then(|_| owners_exist(&next)) {
             return Reply::Refused(invalid(e));
         }
         self.objects = next;
@@ -286,6 +532,28 @@ impl Objects {
 fn invalid(e: ConfigErrors) -> Refusal {
     Refusal::Invalid {
         errors: e.0.into_iter().map(|e| (e.path, e.reason)).collect(),
+    }
+}
+
+/// Every object's owner is the admin tenant or a listed one, and a tenant
+/// that still owns objects is not removed.
+fn owners_exist(objects: &BTreeMap<String, BTreeMap<String, Stored>>) -> Result<(), ConfigErrors> {
+    let tenants = objects.get("tenants");
+    let mut errors = Vec::new();
+    for (kind, objs) in objects {
+        for (name, s) in objs {
+            if s.tenant != ADMIN_TENANT && !tenants.is_some_and(|t| t.contains_key(&s.tenant)) {
+                errors.push(ConfigError {
+                    path: format!("{kind}[{name}]"),
+                    reason: format!("its tenant `{}` does not exist", s.tenant),
+                });
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
     }
 }
 
@@ -391,6 +659,7 @@ mod tests {
             kind: "pools".into(),
             name: name.clone(),
             if_version: None,
+            tenant: None,
         };
         let Reply::Refused(Refusal::Invalid { errors }) = o.apply(5, &del) else {
             panic!("dangling pool reference accepted")
@@ -435,6 +704,7 @@ mod tests {
                 kind: "demo_origins".into(),
                 name: "nope".into(),
                 if_version: None,
+                tenant: None,
             },
         );
         assert_eq!(r, Reply::Refused(Refusal::NotFound));

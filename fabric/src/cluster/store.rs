@@ -434,6 +434,11 @@ impl StateMachine {
         self.lock().desired.subscribe()
     }
 
+    /// Look at the applied objects without copying them.
+    pub fn peek<R>(&self, f: impl FnOnce(&Objects) -> R) -> R {
+        f(&self.lock().data)
+    }
+
     /// A copy of the objects as applied so far, and the last applied log index.
     pub fn objects(&self) -> (Objects, u64) {
         let g = self.lock();

@@ -21,6 +21,8 @@ pub struct SeSpec {
     pub group: String,
     /// Controller node addresses it may register with (any of them).
     pub controllers: Vec<SocketAddr>,
+    /// How it registers the first time (a one-time join token).
+    pub join: Option<crate::pki::JoinTicket>,
 }
 
 /// An SE host as the connector sees it.
@@ -65,14 +67,17 @@ pub trait CloudConnector: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub struct LocalProcesses {
     program: PathBuf,
+    data_dir: PathBuf,
     children: Mutex<BTreeMap<String, Child>>,
 }
 
 impl LocalProcesses {
-    /// Start SEs with `program` (usually `std::env::current_exe()`).
-    pub fn new(program: PathBuf) -> Self {
+    /// Start SEs with `program` (usually `std::env::current_exe()`), each
+    /// keeping its credentials in `data_dir/<name>`.
+    pub fn new(program: PathBuf, data_dir: PathBuf) -> Self {
         Self {
             program,
+            data_dir,
             children: Mutex::new(BTreeMap::new()),
         }
     }
@@ -108,6 +113,13 @@ impl CloudConnector for LocalProcesses {
                     .join(","),
             )
             .args(["--parent-pid", &std::process::id().to_string()])
+            .arg("--data")
+            .arg(self.data_dir.join(&spec.name))
+            .args(
+                spec.join
+                    .iter()
+                    .flat_map(|j| ["--join-token", &j.token, "--ca-sha256", &j.ca_sha256]),
+            )
             .spawn()
             .map_err(|e| CloudError::Failed(format!("starting {}: {e}", self.program.display())))?;
         children.insert(spec.name.clone(), child);
