@@ -12,11 +12,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use fabric::cluster::net::{
     ClusterStatus, Forwarded, MembershipChange, PeerClient, PeerRequest, PeerResponse,
 };
+use fabric::cluster::state::{token_id, ApiToken, Role};
 use fabric::cluster::{ClusterNode, Command as ClusterCommandOp, NodeAddr, NodeOptions};
 use fabric::controller::Controller;
 use fabric::model::Config;
@@ -58,6 +59,9 @@ enum Command {
         /// Address for Raft and `fabric ctl` (default: the SE port + 1).
         #[arg(long)]
         raft: Option<SocketAddr>,
+        /// Address of the REST API (default: the SE port + 2).
+        #[arg(long)]
+        api: Option<SocketAddr>,
         /// Wait to be added to an existing cluster (`fabric ctl cluster add`)
         /// instead of starting a new one.
         #[arg(long)]
@@ -68,6 +72,12 @@ enum Command {
         /// Raft address of any Controller node (it forwards to the leader).
         #[arg(long, default_value = "127.0.0.1:7471")]
         controller: SocketAddr,
+        /// REST API address of any Controller node (backup, restore).
+        #[arg(long, default_value = "127.0.0.1:7472")]
+        api: SocketAddr,
+        /// API token (backup and restore need an admin one).
+        #[arg(long, env = "FABRIC_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         #[command(subcommand)]
         command: CtlCommand,
     },
@@ -132,6 +142,28 @@ enum CtlCommand {
         #[arg(long, default_value = "se")]
         label: String,
     },
+    /// Create an API token; prints its secret (once) and id.
+    ApiToken {
+        /// `admin`, `operator` or `read_only`.
+        #[arg(long)]
+        role: String,
+        /// The tenant it is confined to (an operator needs one).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// A label for operators.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Write the whole desired state to FILE (through the REST API, admin token).
+    Backup {
+        /// Where to write it (created with mode 0600: it holds the CA key).
+        file: PathBuf,
+    },
+    /// Load a backup FILE into the cluster (through the REST API, admin token).
+    Restore {
+        /// A file `fabric ctl backup` wrote.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -193,6 +225,7 @@ async fn run(command: Command) -> Result<()> {
             data,
             listen,
             raft,
+            api,
             join,
         } => {
             let config = load(&config)?;
@@ -201,20 +234,32 @@ async fn run(command: Command) -> Result<()> {
             );
             let listen = listen.unwrap_or(config.controller.listen);
             let raft = raft.unwrap_or(SocketAddr::new(listen.ip(), listen.port() + 1));
+            let api = api.unwrap_or(SocketAddr::new(listen.ip(), listen.port() + 2));
             let bootstrap = (!join).then_some(config);
+            let new_cluster = bootstrap.is_some();
             let controller = start_controller(id, storage, listen, raft, bootstrap).await?;
+            let api = fabric::api::start(controller.clone(), api)
+                .await
+                .with_context(|| format!("binding the API on {api}"))?;
             eprintln!(
-                "fabric: controller node {id}: SE sessions on {listen}, raft and ctl on {raft}, data in {}",
+                "fabric: controller node {id}: SE sessions on {listen}, raft and ctl on {raft}, API on http://{api}, data in {}",
                 data.display()
             );
-            let _ = controller;
+            if new_cluster && controller.node().peek(|o| o.api_tokens.is_empty()) {
+                let file = data.join("admin.token");
+                let (secret, _) = admin_token(&controller, "bootstrap admin").await?;
+                write_secret(&file, &secret)?;
+                eprintln!("fabric: new cluster: admin API token in {}", file.display());
+            }
             shutdown_signal().await;
             Ok(())
         }
         Command::Ctl {
             controller,
+            api,
+            token,
             command,
-        } => ctl(controller, command).await,
+        } => ctl(controller, api, token, command).await,
         Command::Se {
             name,
             group,
@@ -230,7 +275,9 @@ async fn run(command: Command) -> Result<()> {
             let credentials: Arc<dyn Storage> = Arc::new(
                 FileStorage::open(&data).with_context(|| format!("opening {}", data.display()))?,
             );
-            let join = join_token.zip(ca_sha256).map(|(token, ca_sha256)| JoinTicket { token, ca_sha256 });
+            let join = join_token
+                .zip(ca_sha256)
+                .map(|(token, ca_sha256)| JoinTicket { token, ca_sha256 });
             let opts = se::agent::SeOptions {
                 name,
                 group,
@@ -304,6 +351,13 @@ async fn up(path: Option<&Path>) -> Result<()> {
     let controller =
         start_controller(1, storage, controller_addr, raft_addr, Some(config.clone())).await?;
     let dns = start_dns(&config).await?;
+    let api = fabric::api::start(
+        controller.clone(),
+        SocketAddr::new(controller_addr.ip(), controller_addr.port() + 2),
+    )
+    .await
+    .context("binding the API")?;
+    let (admin, _) = admin_token(&controller, "fabric up").await?;
 
     // The SEs keep their credentials for as long as this run: a fresh
     // directory each time, like the Controller's in-memory state.
@@ -339,6 +393,12 @@ async fn up(path: Option<&Path>) -> Result<()> {
         bail!("the virtual services did not start serving within 15 s (see the SE's log above)");
     }
     print_next_steps(&config, dns, groups.len());
+    println!("REST API on http://{api} (docs/api.md), admin token:");
+    println!("  export FABRIC_TOKEN={admin}");
+    println!(
+        "  curl -H \"Authorization: Bearer $FABRIC_TOKEN\" http://{api}/api/v1/virtual_services"
+    );
+    println!("Ctrl-C stops everything.");
     shutdown_signal().await;
     eprintln!("fabric: stopping");
     drop(cloud);
@@ -381,7 +441,12 @@ async fn start_controller(
     Ok(controller)
 }
 
-async fn ctl(controller: SocketAddr, command: CtlCommand) -> Result<()> {
+async fn ctl(
+    controller: SocketAddr,
+    api: SocketAddr,
+    token: Option<String>,
+    command: CtlCommand,
+) -> Result<()> {
     let mut client = PeerClient::new(0, controller.to_string());
     let call = |req: PeerRequest| {
         let req = PeerRequest::Client(Box::new(req));
@@ -416,7 +481,7 @@ async fn ctl(controller: SocketAddr, command: CtlCommand) -> Result<()> {
             }
         }
         CtlCommand::SeToken { label } => {
-            let token: String = (0..4).map(|_| format!("{:016x}", rt::random_u64())).collect();
+            let token = fabric::pki::new_secret();
             let ca_sha256 = match call(PeerRequest::Status).await? {
                 Forwarded::Status(s) => s.ca_sha256.context("the cluster has no CA yet")?,
                 other => bail!("unexpected answer {other:?}"),
@@ -435,6 +500,51 @@ async fn ctl(controller: SocketAddr, command: CtlCommand) -> Result<()> {
             }
             println!("--join-token {token} --ca-sha256 {ca_sha256}");
         }
+        CtlCommand::ApiToken {
+            role,
+            tenant,
+            label,
+        } => {
+            let role: Role = serde_json::from_value(serde_json::Value::String(role.clone()))
+                .map_err(|_| {
+                    anyhow!("--role must be admin, operator or read_only, not `{role}`")
+                })?;
+            if role == Role::Operator && tenant.is_none() {
+                bail!("an operator token needs --tenant");
+            }
+            let secret = fabric::pki::new_secret();
+            let sha = fabric::pki::sha256_hex(secret.as_bytes());
+            let id = token_id(&sha).to_string();
+            let write = ClusterCommandOp::AddApiToken {
+                token_sha256: sha,
+                token: ApiToken {
+                    label,
+                    role,
+                    tenant,
+                },
+            };
+            call(PeerRequest::Write(write)).await?;
+            println!("token {secret}");
+            println!("id {id}");
+        }
+        CtlCommand::Backup { file } => {
+            let token = token.context("backup needs an admin token: --token or FABRIC_TOKEN")?;
+            let body = api_call(api, "GET", "/api/v1/backup", &token, None).await?;
+            write_secret(&file, &String::from_utf8_lossy(&body))?;
+            let backup: serde_json::Value = serde_json::from_slice(&body)?;
+            println!(
+                "wrote {} (desired state version {})",
+                file.display(),
+                backup["version"]
+            );
+        }
+        CtlCommand::Restore { file } => {
+            let token = token.context("restore needs an admin token: --token or FABRIC_TOKEN")?;
+            let text =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let body = api_call(api, "POST", "/api/v1/restore", &token, Some(text)).await?;
+            println!("restored: {}", String::from_utf8_lossy(&body));
+        }
         CtlCommand::Probe => {
             let start = std::time::Instant::now();
             let r = call(PeerRequest::Write(ClusterCommandOp::Probe)).await?;
@@ -442,6 +552,70 @@ async fn ctl(controller: SocketAddr, command: CtlCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One call to the REST API; the body of a 2xx answer, else its error.
+async fn api_call(
+    api: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Vec<u8>>,
+) -> Result<bytes::Bytes> {
+    use http_body_util::BodyExt;
+    let stream = rt::connect(api)
+        .await
+        .with_context(|| format!("connecting to the API at {api}"))?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    rt::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", api.to_string())
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.unwrap_or_default(),
+        )))?;
+    let resp = send.send_request(req).await?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!(
+            "{method} {path}: {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    Ok(bytes)
+}
+
+/// Write a secret to `path`, readable by its owner only.
+fn write_secret(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// A new admin API token for the cluster `controller` belongs to.
+async fn admin_token(controller: &Controller, label: &str) -> Result<(String, String)> {
+    let token = ApiToken {
+        label: label.into(),
+        role: Role::Admin,
+        tenant: None,
+    };
+    fabric::api::create_api_token(controller, token)
+        .await
+        .context("creating an admin API token")
 }
 
 fn print_status(s: &ClusterStatus) {
@@ -489,7 +663,6 @@ fn print_next_steps(config: &Config, dns: Option<SocketAddr>, ses: usize) {
             println!("  dig @{} -p {} {} A", dns.ip(), dns.port(), s.fqdn);
         }
     }
-    println!("Ctrl-C stops everything.");
 }
 
 async fn shutdown_signal() {

@@ -122,6 +122,57 @@ async fn up_serves_http_and_dns_then_stops() {
         ResponseCode::NXDomain
     );
 
+    // The REST API with the admin token `up` printed; `fabric ctl backup` through it.
+    let api: SocketAddr = printed
+        .iter()
+        .find_map(|l| l.strip_prefix("REST API on http://"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("up prints the API address")
+        .parse()
+        .unwrap();
+    assert_eq!(api.port(), base + 7);
+    let token = printed
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("export FABRIC_TOKEN="))
+        .expect("up prints an admin token")
+        .to_string();
+    let backup = dir.join("backup.json");
+    let out = Command::new(FABRIC)
+        .args(["ctl", "--api", &api.to_string(), "backup"])
+        .arg(&backup)
+        .env("FABRIC_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&backup).unwrap();
+    assert!(
+        text.contains("fabric-backup/1") && text.contains("\"app\""),
+        "{text}"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&backup).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the backup holds the CA key: owner only");
+    }
+    let out = Command::new(FABRIC)
+        .args([
+            "ctl",
+            "--api",
+            &api.to_string(),
+            "--token",
+            "wrong",
+            "backup",
+        ])
+        .arg(dir.join("nope.json"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+
     // Malformed HTTP gets a 400 and the connection closes; the SE keeps serving.
     {
         use std::io::{Read, Write};

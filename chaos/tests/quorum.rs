@@ -1,6 +1,7 @@
 //! The Controller quorum in the simulation: three nodes, leader loss by
-//! crash (with torn unsynced writes) and by isolation, all nodes restarting,
-//! live growth from one node to three; SEs keep serving throughout.
+//! crash (with torn unsynced writes) and by isolation, clocks running fast
+//! and slow, all nodes restarting, live growth from one node to three, the
+//! REST API on every node; SEs keep serving throughout.
 //! Replay a failure with its seed:
 //! `MADSIM_TEST_SEED=<seed> RUSTFLAGS="--cfg madsim" cargo test -p chaos --target-dir target/sim --test quorum`
 //! Election times over many seeds: `./scripts/election-sim.sh 200`.
@@ -362,14 +363,23 @@ async fn concurrent_operations_under_faults_are_linearizable() {
             rt::sleep(Duration::from_millis(rng.gen_range(500..2500))).await;
             let i = rng.gen_range(0..world.controller_count());
             let down = Duration::from_millis(rng.gen_range(200..3000));
-            if rng.gen_bool(0.5) {
-                world.kill_controller_at(i, |_, tail| rt::random_u64() as usize % (tail + 1));
-                rt::sleep(down).await;
-                world.restart_controller_at(i);
-            } else {
-                world.isolate_controller_at(i, true);
-                rt::sleep(down).await;
-                world.isolate_controller_at(i, false);
+            match rng.gen_range(0..3) {
+                0 => {
+                    world.kill_controller_at(i, |_, tail| rt::random_u64() as usize % (tail + 1));
+                    rt::sleep(down).await;
+                    world.restart_controller_at(i);
+                }
+                1 => {
+                    world.isolate_controller_at(i, true);
+                    rt::sleep(down).await;
+                    world.isolate_controller_at(i, false);
+                }
+                _ => {
+                    // Its clock runs between half and twice true speed for a while.
+                    world.skew_controller_at(i, rng.gen_range(0.5..2.0));
+                    rt::sleep(down * 2).await;
+                    world.skew_controller_at(i, 1.0);
+                }
             }
         }
     };
@@ -393,4 +403,143 @@ async fn concurrent_operations_under_faults_are_linearizable() {
     }
     let regressions = world.cloud.applied_regressions();
     assert!(regressions.is_empty(), "{regressions:?}");
+}
+
+#[madsim::test]
+async fn a_new_leader_is_elected_in_time_while_clocks_run_fast_and_slow() {
+    let world = three_node_world().await;
+    let mut rng = rt::seeded_rng();
+    for i in 0..world.controller_count() {
+        use rand::Rng;
+        let rate = rng.gen_range(0.5..2.0);
+        world.skew_controller_at(i, rate);
+        // The node's clock (what its Raft timers read) runs at that rate.
+        let seen = world
+            .on_controller(i, |_| async {
+                let (t0, n0) = (rt::now(), rt::skew::now());
+                rt::sleep(Duration::from_secs(1)).await;
+                (rt::skew::now() - n0).as_secs_f64() / (rt::now() - t0).as_secs_f64()
+            })
+            .await
+            .unwrap();
+        assert!(
+            (seen - rate).abs() < 0.01,
+            "node {i}: rate {seen}, set {rate}"
+        );
+    }
+    rt::sleep(Duration::from_secs(5)).await;
+    let leader = world
+        .leader_index()
+        .expect("a leader while clocks are skewed");
+    write_at(&world, leader, put_pool(1)).await.unwrap();
+    world.kill_controller_at(leader, |_, tail| tail);
+    let took = time_to_write(&world, &others(&world, leader), 2).await;
+    println!("ELECTION_MS skew {}", took.as_millis());
+    // A clock at half speed doubles the election timeout at worst.
+    assert!(took < Duration::from_secs(3), "new leader after {took:?}");
+    assert_eq!(world.http_get("/").await.unwrap().status, 200);
+}
+
+#[madsim::test]
+async fn the_api_answers_on_any_node_and_fails_fast_without_a_quorum() {
+    use serde_json::json;
+    let world = three_node_world().await;
+    let token = world.admin_token(0).await.unwrap();
+    // A token works on a node once it has applied it.
+    world
+        .wait_until("every node knows the token", SETTLE, || async {
+            for i in 0..3 {
+                match world.api(i, "GET", "/api/v1/cluster", &token, None).await {
+                    Ok(r) if r.status == 200 => {}
+                    _ => return false,
+                }
+            }
+            true
+        })
+        .await
+        .unwrap();
+    let leader = world.leader_index().expect("a leader");
+    let follower = others(&world, leader)[0];
+
+    // A write through a follower is forwarded to the leader; every node reads it.
+    let pool = json!({"name": "api-pool", "servers": ["10.0.3.9:80"]});
+    let r = world
+        .api(follower, "POST", "/api/v1/pools", &token, Some(pool))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let version = r.body["version"].as_u64().unwrap();
+    for i in 0..3 {
+        let r = world
+            .api(i, "GET", "/api/v1/pools/api-pool", &token, None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "node {i}: {:?}", r.body);
+        assert_eq!(r.body["version"].as_u64(), Some(version));
+        assert_eq!(r.headers["x-fabric-read"], "linearizable");
+    }
+
+    // The other two nodes die: no quorum. Writes and linearizable reads
+    // fail fast with 503; a local read answers and says how stale it is.
+    for i in others(&world, follower) {
+        world.kill_controller_at(i, |_, tail| tail);
+    }
+    rt::sleep(Duration::from_secs(2)).await;
+    let start = rt::now();
+    let pool = json!({"name": "api-pool-2", "servers": ["10.0.3.10:80"]});
+    let r = world
+        .api(
+            follower,
+            "POST",
+            "/api/v1/pools",
+            &token,
+            Some(pool.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert!(r.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("nothing was written"));
+    assert!(rt::now() - start <= Duration::from_secs(4));
+    let r = world
+        .api(follower, "GET", "/api/v1/pools/api-pool", &token, None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    let r = world
+        .api(
+            follower,
+            "GET",
+            "/api/v1/pools/api-pool?consistency=local",
+            &token,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.headers["x-fabric-read"], "local");
+    let stale: u64 = r.headers["x-fabric-stale-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(stale >= 2000, "stale {stale} ms after 2 s without a leader");
+    // The SE serves all along.
+    assert_eq!(world.http_get("/").await.unwrap().status, 200);
+
+    // Back up: the write goes through again.
+    for i in others(&world, follower) {
+        world.restart_controller_at(i);
+    }
+    world
+        .wait_until("a write through the API succeeds again", SETTLE, || async {
+            matches!(
+                world.api(follower, "PUT", "/api/v1/pools/api-pool-2", &token, Some(pool.clone())).await,
+                Ok(r) if r.status == 201 || r.status == 200
+            )
+        })
+        .await
+        .unwrap();
 }

@@ -371,3 +371,78 @@ fn tls_keys_follow_the_seed() {
     assert_eq!(ca(7), ca(7));
     assert_ne!(ca(7), ca(8));
 }
+
+/// Registration: a join token works once; a second SE with the same token,
+/// an SE with a made-up token and an SE that pins another CA never get a
+/// session, and the Controller records why.
+#[madsim::test]
+async fn a_join_token_registers_one_se_and_nothing_else_gets_in() {
+    use fabric::pki::JoinTicket;
+    use fabric::platform::{CloudConnector, SeSpec};
+    let world = serving_world().await;
+    let controller = world.controller().unwrap();
+    let ticket = world
+        .on_controller(0, |c| async move { c.create_join_token("se-8").await })
+        .await
+        .unwrap()
+        .unwrap();
+    let spec = |name: &str, join: JoinTicket| SeSpec {
+        name: name.into(),
+        group: "default".into(),
+        controllers: vec![world.config.controller.listen],
+        join: Some(join),
+    };
+    let forged = JoinTicket {
+        token: fabric::pki::new_secret(),
+        ..ticket.clone()
+    };
+    let wrong_ca = JoinTicket {
+        ca_sha256: "ab".repeat(32),
+        ..ticket.clone()
+    };
+    world
+        .cloud
+        .create_se(spec("se-8", ticket.clone()))
+        .await
+        .unwrap();
+    world
+        .wait_until("se-8 registers and connects", SETTLE, || async {
+            controller
+                .ses()
+                .iter()
+                .any(|s| s.name == "se-8" && s.connected)
+        })
+        .await
+        .unwrap();
+    world.cloud.create_se(spec("se-9", ticket)).await.unwrap();
+    world.cloud.create_se(spec("se-10", forged)).await.unwrap();
+    world
+        .cloud
+        .create_se(spec("se-11", wrong_ca))
+        .await
+        .unwrap();
+    fabric::rt::sleep(Duration::from_secs(10)).await;
+    let names: Vec<String> = controller.ses().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["se-1", "se-8"], "only registered SEs have sessions");
+    let refused: Vec<(String, String)> = controller
+        .events()
+        .into_iter()
+        .filter(|e| e.kind == "se_registration_refused")
+        .map(|e| (e.object, e.reason))
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .any(|(se, why)| se == "se-9" && why.contains("already used")),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|(se, why)| se == "se-10" && why.contains("unknown join token")),
+        "{refused:?}"
+    );
+    // se-11 refuses the Controller itself (its CA does not match the pin):
+    // it never even sends its token.
+    assert!(!refused.iter().any(|(se, _)| se == "se-11"), "{refused:?}");
+}

@@ -21,8 +21,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::cluster::{ClusterError, ClusterNode, Command, Desired, Refusal};
-use crate::pki;
 use crate::model::Config;
+use crate::pki;
 use crate::proto::{self, ControllerMessage, SeConfig, SeMessage, PROTO_VERSION};
 use crate::rt;
 
@@ -77,6 +77,8 @@ struct Inner {
     desired: watch::Receiver<Arc<Desired>>,
     /// TLS settings of the SE listener and the CA fingerprint they were made for.
     tls: Mutex<Option<(String, Arc<rustls::ServerConfig>)>>,
+    /// Addresses the SE listener is bound to (named in the node certificate).
+    listen_ips: Mutex<Vec<std::net::IpAddr>>,
     ses: Mutex<BTreeMap<String, (u64, SeStatus)>>,
     events: Mutex<VecDeque<Event>>,
     next_session: Mutex<u64>,
@@ -90,6 +92,7 @@ impl Controller {
             desired: node.desired(),
             node,
             tls: Mutex::new(None),
+            listen_ips: Mutex::new(Vec::new()),
             ses: Mutex::new(BTreeMap::new()),
             events: Mutex::new(VecDeque::new()),
             next_session: Mutex::new(0),
@@ -171,6 +174,12 @@ impl Controller {
 
     /// Serve SE sessions on `listener` until it fails.
     pub async fn serve(&self, listener: rt::TcpListener) -> std::io::Result<()> {
+        // SEs verify this node by the address they dial: name it in the
+        // node's certificate as well as the Raft address.
+        let ip = listener.local_addr()?.ip();
+        if !ip.is_unspecified() {
+            lock(&self.inner.listen_ips).push(ip);
+        }
         let this = self.clone();
         rt::accept_loop(listener, MAX_SE_SESSIONS, move |stream, peer| {
             let this = this.clone();
@@ -190,7 +199,7 @@ impl Controller {
         let ca_sha256 = ca
             .fingerprint()
             .map_err(|e| ClusterError::Fatal(e.to_string()))?;
-        let secret: String = (0..4).map(|_| format!("{:016x}", rt::random_u64())).collect();
+        let secret = pki::new_secret();
         let cmd = Command::AddJoinToken {
             token_sha256: pki::sha256_hex(secret.as_bytes()),
             label: label.to_string(),
@@ -216,7 +225,7 @@ impl Controller {
                 return Ok(config.clone());
             }
         }
-        let ip = self
+        let raft_ip = self
             .inner
             .node
             .addr()
@@ -224,8 +233,12 @@ impl Controller {
             .parse::<SocketAddr>()
             .map(|a| a.ip())
             .map_err(|e| format!("node address: {e}"))?;
+        let mut ips = lock(&self.inner.listen_ips).clone();
+        if !ips.contains(&raft_ip) {
+            ips.push(raft_ip);
+        }
         let name = format!("controller-{}", self.inner.node.id());
-        let cert = ca.issue_node_cert(&name, &[ip]).map_err(|e| e.to_string())?;
+        let cert = ca.issue_node_cert(&name, &ips).map_err(|e| e.to_string())?;
         let config = ca.server_config(&cert).map_err(|e| e.to_string())?;
         *cached = Some((fp, config.clone()));
         Ok(config)
@@ -261,13 +274,20 @@ impl Controller {
     }
 
     /// Issue a certificate for a registering SE and record it through Raft.
-    async fn register(&self, se_name: &str, join_token: &str, public_key: &[u8]) -> Result<ControllerMessage, String> {
+    async fn register(
+        &self,
+        se_name: &str,
+        join_token: &str,
+        public_key: &[u8],
+    ) -> Result<ControllerMessage, String> {
         let ca = self
             .inner
             .node
             .peek(|o| o.ca.clone())
             .ok_or("the cluster has no CA yet")?;
-        let cert_pem = ca.issue_se_cert(se_name, public_key).map_err(|e| e.to_string())?;
+        let cert_pem = ca
+            .issue_se_cert(se_name, public_key)
+            .map_err(|e| e.to_string())?;
         let cmd = Command::RegisterSe {
             token_sha256: pki::sha256_hex(join_token.as_bytes()),
             se_name: se_name.to_string(),
@@ -275,14 +295,20 @@ impl Controller {
         };
         match self.inner.node.write(cmd).await {
             Ok(_) => {
-                self.event("se_registered", se_name, "join token used, certificate issued");
+                self.event(
+                    "se_registered",
+                    se_name,
+                    "join token used, certificate issued",
+                );
                 Ok(ControllerMessage::Registered {
                     cert_pem,
                     ca_pem: ca.cert_pem,
                 })
             }
             Err(ClusterError::Refused(Refusal::NotFound)) => Err("unknown join token".into()),
-            Err(ClusterError::Refused(Refusal::Conflict { .. })) => Err("join token already used".into()),
+            Err(ClusterError::Refused(Refusal::Conflict { .. })) => {
+                Err("join token already used".into())
+            }
             Err(e) => Err(e.to_string()),
         }
     }
@@ -328,7 +354,13 @@ impl Controller {
                 se_group,
                 incarnation,
                 applied_version,
-            } => (proto_version, se_name, se_group, incarnation, applied_version),
+            } => (
+                proto_version,
+                se_name,
+                se_group,
+                incarnation,
+                applied_version,
+            ),
             SeMessage::Register {
                 proto_version,
                 se_name,
@@ -356,7 +388,9 @@ impl Controller {
             }
         };
         if proto_version != PROTO_VERSION || !valid_se_name(&se_name) {
-            let reason = format!("need protocol {PROTO_VERSION} and a name of 1-64 letters, digits, '-', '_' or '.'");
+            let reason = format!(
+                "need protocol {PROTO_VERSION} and a name of 1-64 letters, digits, '-', '_' or '.'"
+            );
             let _ = proto::write_frame(&mut wr, &refuse(reason)).await;
             return;
         }
@@ -366,7 +400,8 @@ impl Controller {
             .and_then(|fp| self.inner.node.peek(|o| o.se_certs.get(fp).cloned()));
         if certified.as_deref() != Some(se_name.as_str()) {
             let reason = match certified {
-                None => "no client certificate issued by this cluster: register with a join token".to_string(),
+                None => "no client certificate issued by this cluster: register with a join token"
+                    .to_string(),
                 Some(other) => format!("this certificate was issued to {other}, not {se_name}"),
             };
             self.event("se_refused", &se_name, reason.clone());

@@ -8,6 +8,7 @@
 //! - [`controller`]: holds the desired state and pushes it to SEs.
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod cluster;
 pub mod controller;
 pub mod model;

@@ -18,8 +18,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SignatureAlgorithm,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SignatureAlgorithm,
     PKCS_ECDSA_P256_SHA256,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -87,9 +87,19 @@ fn validity(params: &mut CertificateParams, years: i64) {
     params.not_after = at(now + years * 365 * 86_400);
 }
 
+/// A new secret (join or API token): 256 bits from the world's generator, hex.
+pub fn new_secret() -> String {
+    (0..4)
+        .map(|_| format!("{:016x}", rt::random_u64()))
+        .collect()
+}
+
 /// Hex SHA-256 of a DER blob.
 pub fn sha256_hex(der: &[u8]) -> String {
-    Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
@@ -186,14 +196,18 @@ impl CaMaterial {
         let ca = pem_to_der(&self.cert_pem)?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone())?;
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| PkiError::Invalid(e.to_string()))?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| PkiError::Invalid(e.to_string()))?;
         let config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![pem_to_der(&node.cert_pem)?, ca], key_to_der(&node.key_pem)?)?;
+            .with_single_cert(
+                vec![pem_to_der(&node.cert_pem)?, ca],
+                key_to_der(&node.key_pem)?,
+            )?;
         Ok(Arc::new(config))
     }
 }
@@ -299,7 +313,9 @@ impl ServerCertVerifier for PinnedCa {
             .iter()
             .find(|c| sha256_hex(c) == self.sha256)
             .ok_or_else(|| {
-                rustls::Error::General("the Controller's CA does not match the pinned fingerprint".into())
+                rustls::Error::General(
+                    "the Controller's CA does not match the pinned fingerprint".into(),
+                )
             })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
@@ -374,9 +390,8 @@ mod tests {
         s.read_exact(&mut buf).await.unwrap();
 
         // A wrong pin is refused.
-        let wrong = tokio_rustls::TlsConnector::from(
-            registration_client_config(&"0".repeat(64)).unwrap(),
-        );
+        let wrong =
+            tokio_rustls::TlsConnector::from(registration_client_config(&"0".repeat(64)).unwrap());
         let (a, b) = tokio::io::duplex(1 << 16);
         let (c, _) = tokio::join!(wrong.connect(server_name(ip), a), server.accept(b));
         assert!(c.is_err());

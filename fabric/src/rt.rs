@@ -217,6 +217,85 @@ unsafe impl Sync for RtSleep {}
 
 impl hyper::rt::Sleep for RtSleep {}
 
+/// Clock-rate skew of simulated nodes. The simulation has one clock; a node
+/// set to rate `r` sees `r` seconds pass on its clock per true second, in
+/// the timers that decide elections and heartbeats (openraft's runtime,
+/// `rt::raft`). On real hosts the rate is always 1 and this is
+/// `Instant::now()`.
+pub mod skew {
+    use std::time::{Duration, Instant};
+
+    #[cfg(madsim)]
+    mod table {
+        use std::cell::RefCell;
+        use std::time::Instant;
+
+        /// A node's clock from `since_true` on: `since_node + elapsed * rate`.
+        #[derive(Debug, Clone, Copy)]
+        pub struct Rate {
+            pub since_true: Instant,
+            pub since_node: Instant,
+            pub rate: f64,
+        }
+
+        impl Rate {
+            pub fn node_time(&self, now: Instant) -> Instant {
+                self.since_node + (now - self.since_true).mul_f64(self.rate)
+            }
+        }
+
+        thread_local! {
+            // madsim runs each seed on a thread of its own: a fresh table per run.
+            pub static RATES: RefCell<Vec<(madsim::task::NodeId, Rate)>> =
+                const { RefCell::new(Vec::new()) };
+        }
+
+        pub fn of(node: madsim::task::NodeId) -> Option<Rate> {
+            RATES.with(|r| r.borrow().iter().find(|(n, _)| *n == node).map(|(_, r)| *r))
+        }
+
+        pub fn current() -> Option<Rate> {
+            of(madsim::plugin::node())
+        }
+    }
+
+    /// Make simulated node `node`'s clock run at `rate` (0.1 to 10) from now
+    /// on, continuing from the time it shows now.
+    #[cfg(madsim)]
+    pub fn set_rate(node: madsim::task::NodeId, rate: f64) {
+        let now = Instant::now();
+        let since_node = table::of(node).map_or(now, |r| r.node_time(now));
+        let entry = table::Rate {
+            since_true: now,
+            since_node,
+            rate: rate.clamp(0.1, 10.0),
+        };
+        table::RATES.with(|r| {
+            let mut r = r.borrow_mut();
+            r.retain(|(n, _)| *n != node);
+            r.push((node, entry));
+        });
+    }
+
+    /// This node's clock now.
+    pub fn now() -> Instant {
+        #[cfg(madsim)]
+        if let Some(r) = table::current() {
+            return r.node_time(Instant::now());
+        }
+        Instant::now()
+    }
+
+    /// How long `d` on this node's clock takes on the true clock.
+    pub fn true_duration(d: Duration) -> Duration {
+        #[cfg(madsim)]
+        if let Some(r) = table::current() {
+            return d.div_f64(r.rate);
+        }
+        d
+    }
+}
+
 /// Deterministic randomness for ring (TLS keys and handshakes) in the
 /// simulation. ring draws from getrandom 0.2, which calls
 /// `syscall(SYS_getrandom, ..)` directly and so bypasses madsim's `getrandom`

@@ -102,19 +102,26 @@ async fn register(opts: &SeOptions, controller: SocketAddr) -> Result<Credential
     proto::write_frame(&mut wr, &req)
         .await
         .map_err(|e| e.to_string())?;
-    let reply = rt::timeout(CONNECT_TIMEOUT * 3, proto::read_frame::<_, ControllerMessage>(&mut rd))
-        .await
-        .map_err(|_| "no answer to the registration in time".to_string())?
-        .map_err(|e| e.to_string())?;
+    let reply = rt::timeout(
+        CONNECT_TIMEOUT * 3,
+        proto::read_frame::<_, ControllerMessage>(&mut rd),
+    )
+    .await
+    .map_err(|_| "no answer to the registration in time".to_string())?
+    .map_err(|e| e.to_string())?;
     let (cert_pem, ca_pem) = match reply {
         Some(ControllerMessage::Registered { cert_pem, ca_pem }) => (cert_pem, ca_pem),
-        Some(ControllerMessage::Refused { reason }) => return Err(format!("registration refused: {reason}")),
+        Some(ControllerMessage::Refused { reason }) => {
+            return Err(format!("registration refused: {reason}"))
+        }
         other => return Err(format!("unexpected answer to the registration: {other:?}")),
     };
-    if pki::fingerprint(&ca_pem).map_err(|e| e.to_string())? != join.ca_sha256.to_ascii_lowercase() {
+    if pki::fingerprint(&ca_pem).map_err(|e| e.to_string())? != join.ca_sha256.to_ascii_lowercase()
+    {
         return Err("the Controller sent a CA that does not match the pinned fingerprint".into());
     }
-    let tls = pki::se_client_config(&ca_pem, &cert_pem, &key.to_pem()).map_err(|e| e.to_string())?;
+    let tls =
+        pki::se_client_config(&ca_pem, &cert_pem, &key.to_pem()).map_err(|e| e.to_string())?;
     let storage = &*opts.credentials;
     write_text(storage, KEY_FILE, &key.to_pem())?;
     write_text(storage, CA_FILE, &ca_pem)?;
@@ -161,12 +168,22 @@ pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::
             }
         }
         let Some(creds) = &credentials else {
-            let jitter = Duration::from_millis(rt::random_u64() % (backoff.as_millis() as u64 / 2 + 1));
+            let jitter =
+                Duration::from_millis(rt::random_u64() % (backoff.as_millis() as u64 / 2 + 1));
             rt::sleep(backoff + jitter).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
             continue;
         };
-        match session(&opts, controller, creds, incarnation, &mut plane, applied.as_ref()).await {
+        match session(
+            &opts,
+            controller,
+            creds,
+            incarnation,
+            &mut plane,
+            applied.as_ref(),
+        )
+        .await
+        {
             Ok(()) => tracing::info!(se = %opts.name, "controller session closed"),
             Err(e) => tracing::warn!(se = %opts.name, error = %e, "controller session failed"),
         }

@@ -25,13 +25,11 @@ pub mod cloud;
 pub mod world;
 
 /// Install a global tracing subscriber (filter from `RUST_LOG`, else
-/// errors only), once per process. Every world does this first: without a
-/// subscriber, a world with three Controllers behaved differently in the
-/// second of two runs of the same seed in one process (madsim's determinism
-/// check failed; docs/runtime.md), with one it does not.
+/// errors only, without openraft's, which expected faults fill), once per
+/// process. `RUST_LOG=debug` with a replay shows the full trace.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error,openraft=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

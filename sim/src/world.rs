@@ -210,6 +210,10 @@ impl WorldBuilder {
                         let listener = rt::TcpListener::bind(any(se_port))
                             .await
                             .expect("controller port free");
+                        let api = rt::TcpListener::bind(any(se_port + 2))
+                            .await
+                            .expect("API port free");
+                        rt::spawn(fabric::api::serve(controller.clone(), api));
                         if id == 1 {
                             rt::spawn(async move {
                                 if let Err(e) = node.bootstrap_with(members, config).await {
@@ -335,6 +339,47 @@ pub struct HttpReply {
     pub body: String,
 }
 
+/// What the client saw of one REST API call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiReply {
+    /// Status code.
+    pub status: u16,
+    /// Response headers.
+    pub headers: http::HeaderMap,
+    /// The JSON body (Null if it was not JSON).
+    pub body: serde_json::Value,
+}
+
+async fn api_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> Result<ApiReply> {
+    use http_body_util::BodyExt;
+    let stream = rt::connect(addr).await?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    rt::spawn(conn);
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+    let resp = send.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    Ok(ApiReply {
+        status,
+        headers,
+        body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    })
+}
+
 /// What the client saw of one DNS answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsReply {
@@ -431,6 +476,57 @@ impl World {
         node.spawn(f(c))
             .await
             .map_err(|e| anyhow!("controller node {i} task failed: {e}"))
+    }
+
+    /// Address of controller node `i`'s REST API.
+    pub fn api_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(
+            controller_ip(i as u64 + 1),
+            self.config.controller.listen.port() + 2,
+        )
+    }
+
+    /// A new admin API token (written through controller node `i`).
+    pub async fn admin_token(&self, i: usize) -> Result<String> {
+        let token = fabric::cluster::state::ApiToken {
+            label: "sim".into(),
+            role: fabric::cluster::state::Role::Admin,
+            tenant: None,
+        };
+        self.on_controller(i, move |c| async move {
+            fabric::api::create_api_token(&c, token).await
+        })
+        .await?
+        .map(|(secret, _)| secret)
+        .map_err(|e| anyhow!("{e}"))
+    }
+
+    /// One REST API call from the client to controller node `i` (5 s limit).
+    pub async fn api(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<ApiReply> {
+        let addr = self.api_addr(i);
+        let (method, path, token) = (method.to_string(), path.to_string(), token.to_string());
+        self.on_client(move |_| async move {
+            rt::timeout(
+                Duration::from_secs(5),
+                api_call(addr, &method, &path, &token, body),
+            )
+            .await
+            .context("API call timed out")?
+        })
+        .await
+    }
+
+    /// Make controller node `i`'s clock run at `rate` (1.0: true time), as
+    /// its Raft timers see it (`fabric::rt::skew`).
+    pub fn skew_controller_at(&self, i: usize, rate: f64) {
+        rt::skew::set_rate(self.controllers[i].node, rate);
     }
 
     /// Cut controller node `i` off the network (both ways), or heal it.

@@ -393,7 +393,15 @@ impl Objects {
                     .map(|(kind, objs)| {
                         let objs = objs
                             .iter()
-                            .map(|(name, s)| (name.clone(), Stored { version, ..s.clone() }))
+                            .map(|(name, s)| {
+                                (
+                                    name.clone(),
+                                    Stored {
+                                        version,
+                                        ..s.clone()
+                                    },
+                                )
+                            })
                             .collect();
                         (kind.clone(), objs)
                     })

@@ -603,6 +603,7 @@ mod tests {
                 kind: "pools".into(),
                 name: format!("p{index}"),
                 if_version: None,
+                tenant: None,
             }),
         }
     }

@@ -51,17 +51,20 @@ impl Sub<RtInstant> for RtInstant {
     }
 }
 impl openraft::Instant for RtInstant {
+    /// This node's clock, which the simulation may skew (`rt::skew`).
     fn now() -> Self {
-        Self(rt::now())
+        Self(rt::skew::now())
     }
 }
 
-// The conversion is tokio's `From<std::time::Instant>` on hosts and the
-// identity in the simulation.
-#[allow(clippy::useless_conversion)]
+/// Sleep for `d` of this node's clock.
+fn sleep(d: Duration) -> tokio::time::Sleep {
+    tokio::time::sleep(rt::skew::true_duration(d))
+}
+
+/// Sleep until this node's clock shows `deadline`.
 fn sleep_until(deadline: RtInstant) -> tokio::time::Sleep {
-    // Real tokio: `From<std::time::Instant>`; madsim: the identity conversion.
-    tokio::time::sleep_until(deadline.0.into())
+    sleep(deadline.0.saturating_duration_since(rt::skew::now()))
 }
 
 pin_project_lite::pin_project! {
@@ -115,7 +118,7 @@ impl AsyncRuntime for RtRuntime {
     }
 
     fn sleep(duration: Duration) -> Self::Sleep {
-        tokio::time::sleep(duration)
+        sleep(duration)
     }
 
     fn sleep_until(deadline: Self::Instant) -> Self::Sleep {
@@ -128,7 +131,7 @@ impl AsyncRuntime for RtRuntime {
     ) -> Self::Timeout<R, F> {
         RtTimeout {
             future,
-            sleep: tokio::time::sleep(duration),
+            sleep: sleep(duration),
             duration,
         }
     }
@@ -137,7 +140,7 @@ impl AsyncRuntime for RtRuntime {
         deadline: Self::Instant,
         future: F,
     ) -> Self::Timeout<R, F> {
-        let duration = deadline.0.saturating_duration_since(rt::now());
+        let duration = deadline.0.saturating_duration_since(rt::skew::now());
         RtTimeout {
             future,
             sleep: sleep_until(deadline),
