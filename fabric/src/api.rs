@@ -36,7 +36,9 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::cluster::state::{is_list_kind, token_id, ApiToken, Backup, Role, Stored, ADMIN_TENANT};
+use crate::cluster::state::{
+    is_list_kind, key_of, token_id, ApiToken, Backup, Role, Stored, ADMIN_TENANT,
+};
 use crate::cluster::{ClusterError, Command, Objects, Refusal};
 use crate::controller::Controller;
 use crate::pki::sha256_hex;
@@ -273,6 +275,27 @@ fn forbid_write(p: &Principal, kind: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The caller of a write on `kind`, if it may write there and `kind` is a
+/// list kind (`list`) or a singleton (`!list`) as the route needs.
+fn writer(
+    c: &Controller,
+    headers: &HeaderMap,
+    kind: &str,
+    list: bool,
+) -> Result<Principal, ApiError> {
+    let p = authenticate(c, headers)?;
+    if check_kind(kind)? != list {
+        let hint = if list {
+            format!("`{kind}` is a single object: PUT or DELETE /api/v1/{kind}")
+        } else {
+            format!("`{kind}` is a list: POST /api/v1/{kind}, or PUT or DELETE /api/v1/{kind}/NAME")
+        };
+        return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, hint));
+    }
+    forbid_write(&p, kind)?;
+    Ok(p)
+}
+
 fn check_kind(kind: &str) -> Result<bool, ApiError> {
     is_list_kind(kind)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no kind of object `{kind}`")))
@@ -506,19 +529,9 @@ async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let p = authenticate(&c, &headers)?;
-    if !check_kind(&kind)? {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("`{kind}` is a single object: PUT it"),
-        ));
-    }
-    forbid_write(&p, &kind)?;
+    let p = writer(&c, &headers, &kind, true)?;
     let body = parse_body(&body)?;
-    let name = body
-        .get("name")
-        .or_else(|| body.get("fqdn"))
-        .and_then(Value::as_str)
+    let name = key_of(&body)
         .filter(|n| !n.is_empty())
         .ok_or_else(|| {
             ApiError::new(
@@ -527,7 +540,8 @@ async fn create(
             )
         })?
         .to_string();
-    write_object(&c, &p, &kind, &name, body, Some(0), params.tenant.as_ref()).await
+    let tenant = params.tenant.as_ref();
+    write_object(&c, &p, &kind, &name, body, Some(0), tenant).await
 }
 
 async fn put_one(
@@ -537,36 +551,18 @@ async fn put_one(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let p = authenticate(&c, &headers)?;
-    if !check_kind(&kind)? {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("`{kind}` is a single object: PUT /api/v1/{kind}"),
-        ));
-    }
-    forbid_write(&p, &kind)?;
+    let p = writer(&c, &headers, &kind, true)?;
     let if_version = condition(&headers)?;
     let body = parse_body(&body)?;
-    let key = body
-        .get("name")
-        .or_else(|| body.get("fqdn"))
-        .and_then(Value::as_str);
+    let key = key_of(&body);
     if key != Some(name.as_str()) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("the object's name ({key:?}) must be the name in the path (`{name}`)"),
         ));
     }
-    write_object(
-        &c,
-        &p,
-        &kind,
-        &name,
-        body,
-        if_version,
-        params.tenant.as_ref(),
-    )
-    .await
+    let tenant = params.tenant.as_ref();
+    write_object(&c, &p, &kind, &name, body, if_version, tenant).await
 }
 
 async fn put_singleton(
@@ -575,14 +571,7 @@ async fn put_singleton(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let p = authenticate(&c, &headers)?;
-    if check_kind(&kind)? {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("PUT /api/v1/{kind}/NAME, or POST /api/v1/{kind}"),
-        ));
-    }
-    forbid_write(&p, &kind)?;
+    let p = writer(&c, &headers, &kind, false)?;
     let if_version = condition(&headers)?;
     let body = parse_body(&body)?;
     write_object(&c, &p, &kind, "", body, if_version, None).await
@@ -595,7 +584,6 @@ async fn delete_object(
     name: &str,
     headers: &HeaderMap,
 ) -> ApiResult {
-    forbid_write(p, kind)?;
     let if_version = condition(headers)?;
     let cmd = Command::Delete {
         kind: kind.to_string(),
@@ -621,8 +609,7 @@ async fn delete_one(
     Path((kind, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let p = authenticate(&c, &headers)?;
-    check_kind(&kind)?;
+    let p = writer(&c, &headers, &kind, true)?;
     delete_object(&c, &p, &kind, &name, &headers).await
 }
 
@@ -631,13 +618,7 @@ async fn delete_singleton(
     Path(kind): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let p = authenticate(&c, &headers)?;
-    if check_kind(&kind)? {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("DELETE /api/v1/{kind}/NAME"),
-        ));
-    }
+    let p = writer(&c, &headers, &kind, false)?;
     delete_object(&c, &p, &kind, "", &headers).await
 }
 

@@ -95,6 +95,11 @@ impl Api {
         }
     }
 
+    /// A call with a token and no extra headers.
+    async fn send(&self, method: &str, path: &str, token: &str, body: &str) -> Reply {
+        self.call(method, path, Some(token), &[], Some(body)).await
+    }
+
     async fn get(&self, path: &str, token: &str) -> Reply {
         self.call("GET", path, Some(token), &[], None).await
     }
@@ -156,13 +161,7 @@ async fn tokens_roles_and_tenants() {
 
     // A tenant, and tokens confined to it.
     let r = api
-        .call(
-            "POST",
-            "/api/v1/tenants",
-            Some(&admin),
-            &[],
-            Some(r#"{"name":"blue"}"#),
-        )
+        .send("POST", "/api/v1/tenants", &admin, r#"{"name":"blue"}"#)
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let blue = api.token(Role::Operator, Some("blue")).await;
@@ -171,12 +170,44 @@ async fn tokens_roles_and_tenants() {
 
     // The operator creates a pool: it belongs to blue.
     let pool = r#"{"name":"blue-web","servers":["127.0.0.1:9101"]}"#;
-    let r = api
-        .call("POST", "/api/v1/pools", Some(&blue), &[], Some(pool))
-        .await;
+    let r = api.send("POST", "/api/v1/pools", &blue, pool).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     assert_eq!(r.body["tenant"], "blue");
     let tag = etag(&r);
+
+    // A tenant uses the admin's shared objects, not another tenant's.
+    let r = api
+        .send("POST", "/api/v1/tenants", &admin, r#"{"name":"red"}"#)
+        .await;
+    assert_eq!(r.status, 201);
+    let red_pool = r#"{"name":"red-web","servers":["127.0.0.1:9301"]}"#;
+    let r = api
+        .send("POST", "/api/v1/pools?tenant=red", &admin, red_pool)
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let vs = |pool: &str| {
+        format!(r#"{{"name":"blue-vs","vip":"127.0.0.30","port":80,"pool":"{pool}"}}"#)
+    };
+    let r = api
+        .send("POST", "/api/v1/virtual_services", &blue, &vs("red-web"))
+        .await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert!(r.body["details"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("another tenant"));
+    let r = api
+        .send("POST", "/api/v1/virtual_services", &blue, &vs("blue-web"))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = api
+        .send("DELETE", "/api/v1/virtual_services/blue-vs", &blue, "")
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    for path in ["/api/v1/pools/red-web", "/api/v1/tenants/red"] {
+        let r = api.send("DELETE", path, &admin, "").await;
+        assert_eq!(r.status, 200, "{path}: {:?}", r.body);
+    }
 
     // Each sees what it may: blue only its own; the admin and a global reader everything.
     assert_eq!(names(&api.get("/api/v1/pools", &blue).await), ["blue-web"]);
@@ -224,13 +255,7 @@ async fn tokens_roles_and_tenants() {
     }
     let body = format!(r#"{{"name":"{other}","servers":["127.0.0.1:9102"]}}"#);
     let r = api
-        .call(
-            "PUT",
-            &format!("/api/v1/pools/{other}"),
-            Some(&blue),
-            &[],
-            Some(&body),
-        )
+        .send("PUT", &format!("/api/v1/pools/{other}"), &blue, &body)
         .await;
     assert_eq!(r.status, 409, "{:?}", r.body);
     assert_eq!(api.version().await, before);
@@ -247,21 +272,13 @@ async fn tokens_roles_and_tenants() {
     let sha = fabric::pki::sha256_hex(blue_ro.as_bytes());
     let id = fabric::cluster::state::token_id(&sha);
     let r = api
-        .call(
-            "DELETE",
-            &format!("/api/v1/tokens/{id}"),
-            Some(&admin),
-            &[],
-            None,
-        )
+        .send("DELETE", &format!("/api/v1/tokens/{id}"), &admin, "")
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(api.get("/api/v1/pools", &blue_ro).await.status, 401);
 
     // A tenant that still owns objects cannot be removed.
-    let r = api
-        .call("DELETE", "/api/v1/tenants/blue", Some(&admin), &[], None)
-        .await;
+    let r = api.send("DELETE", "/api/v1/tenants/blue", &admin, "").await;
     assert_eq!(r.status, 422, "{:?}", r.body);
 
     // Optimistic concurrency: a stale If-Match is 412; the current one wins.
@@ -320,9 +337,7 @@ async fn tokens_roles_and_tenants() {
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let r = api
-        .call("DELETE", "/api/v1/tenants/blue", Some(&admin), &[], None)
-        .await;
+    let r = api.send("DELETE", "/api/v1/tenants/blue", &admin, "").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     // Tokens of a removed tenant see nothing.
     assert_eq!(
@@ -413,12 +428,11 @@ async fn bad_input_gets_4xx_and_changes_nothing() {
     }
     // Validation errors name the field.
     let r = api
-        .call(
+        .send(
             "POST",
             "/api/v1/pools",
-            Some(&admin),
-            &[],
-            Some(r#"{"name":"p","servers":"nope"}"#),
+            &admin,
+            r#"{"name":"p","servers":"nope"}"#,
         )
         .await;
     assert!(
@@ -434,9 +448,7 @@ async fn bad_input_gets_4xx_and_changes_nothing() {
         r#"{{"name":"{}"}}"#,
         "x".repeat(fabric::api::MAX_BODY_BYTES + 1)
     );
-    let r = api
-        .call("POST", "/api/v1/pools", Some(&admin), &[], Some(&big))
-        .await;
+    let r = api.send("POST", "/api/v1/pools", &admin, &big).await;
     assert_eq!(r.status, 413);
     assert_eq!(
         api.version().await,
@@ -450,22 +462,15 @@ async fn a_backup_restored_into_a_fresh_cluster_serves_the_same_virtual_services
     let api = cluster().await;
     let admin = api.token(Role::Admin, None).await;
     let r = api
-        .call(
-            "POST",
-            "/api/v1/tenants",
-            Some(&admin),
-            &[],
-            Some(r#"{"name":"green"}"#),
-        )
+        .send("POST", "/api/v1/tenants", &admin, r#"{"name":"green"}"#)
         .await;
     assert_eq!(r.status, 201);
     let r = api
-        .call(
+        .send(
             "POST",
             "/api/v1/pools?tenant=green",
-            Some(&admin),
-            &[],
-            Some(r#"{"name":"green-web","servers":["127.0.0.1:9201"]}"#),
+            &admin,
+            r#"{"name":"green-web","servers":["127.0.0.1:9201"]}"#,
         )
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
@@ -477,12 +482,11 @@ async fn a_backup_restored_into_a_fresh_cluster_serves_the_same_virtual_services
     let fresh = cluster().await;
     let fresh_admin = fresh.token(Role::Admin, None).await;
     let r = fresh
-        .call(
+        .send(
             "POST",
             "/api/v1/restore",
-            Some(&fresh_admin),
-            &[],
-            Some(&backup.body.to_string()),
+            &fresh_admin,
+            &backup.body.to_string(),
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);

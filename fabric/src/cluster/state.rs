@@ -249,8 +249,8 @@ pub struct JoinToken {
     pub used_by: Option<String>,
 }
 
-/// The key field of objects in a list section.
-fn key_of(body: &Value) -> Option<&str> {
+/// The key field of objects in a list section (`name`, `fqdn` for GSLB services).
+pub fn key_of(body: &Value) -> Option<&str> {
     body.get("name")
         .or_else(|| body.get("fqdn"))
         .and_then(Value::as_str)
@@ -543,8 +543,9 @@ fn invalid(e: ConfigErrors) -> Refusal {
     }
 }
 
-/// Every object's owner is the admin tenant or a listed one, and a tenant
-/// that still owns objects is not removed.
+/// Every object's owner is the admin tenant or a listed one, a tenant that
+/// still owns objects is not removed, and no object refers to another
+/// tenant's (see [`REFERENCES`]).
 fn owners_exist(objects: &BTreeMap<String, BTreeMap<String, Stored>>) -> Result<(), ConfigErrors> {
     let tenants = objects.get("tenants");
     let mut errors = Vec::new();
@@ -558,12 +559,44 @@ fn owners_exist(objects: &BTreeMap<String, BTreeMap<String, Stored>>) -> Result<
             }
         }
     }
+    for (kind, field, target) in REFERENCES {
+        for (name, s) in objects.get(*kind).into_iter().flatten() {
+            let refs: Vec<&str> = match s.body.get(*field) {
+                Some(Value::String(n)) => vec![n.as_str()],
+                Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+                _ => Vec::new(),
+            };
+            for r in refs {
+                let owner = objects
+                    .get(*target)
+                    .and_then(|o| o.get(r))
+                    .map(|t| &t.tenant);
+                if owner.is_some_and(|t| *t != s.tenant && t != ADMIN_TENANT) {
+                    errors.push(ConfigError {
+                        path: format!("{kind}[{name}].{field}"),
+                        reason: format!("`{r}` belongs to another tenant"),
+                    });
+                }
+            }
+        }
+    }
     if errors.is_empty() {
         Ok(())
     } else {
         Err(ConfigErrors(errors))
     }
 }
+
+/// References between objects: (kind, field, kind referred to); a list
+/// field refers to each of its items. An object may refer to objects of
+/// its own tenant and to the admin tenant's (shared), not to another
+/// tenant's.
+const REFERENCES: &[(&str, &str, &str)] = &[
+    ("virtual_services", "pool", "pools"),
+    ("virtual_services", "se_group", "se_groups"),
+    ("pools", "health_monitor", "health_monitors"),
+    ("gslb_services", "members", "virtual_services"),
+];
 
 /// Build and validate a config from stored objects.
 pub fn config_of(
