@@ -446,3 +446,75 @@ async fn a_join_token_registers_one_se_and_nothing_else_gets_in() {
     // it never even sends its token.
     assert!(!refused.iter().any(|(se, _)| se == "se-11"), "{refused:?}");
 }
+
+/// A self-signed certificate for `name`: (PEM, DER, key PEM).
+fn certificate(name: &str) -> (String, Vec<u8>, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), cert.der().to_vec(), key.serialize_pem())
+}
+
+/// TLS termination in the simulation: the slice's virtual service on 443
+/// with a certificate, HTTP/2 and HTTP/1.1 by ALPN, and a certificate
+/// pushed by the Controller that new handshakes get.
+#[madsim::test]
+async fn tls_termination_serves_h2_and_http1_and_reloads_its_certificate() {
+    let started = fabric::rt::now();
+    let (cert, der, key) = certificate("app.fabric.test");
+    let config = sim::world::SLICE_CONFIG
+        .replace("port = 80\n", "port = 443\n")
+        .replace(
+            "pool = \"web\"\n",
+            "pool = \"web\"\ntls = { certificates = [\"app-cert\"] }\n",
+        )
+        + &format!(
+            "\n[[certificates]]\nname = \"app-cert\"\ncert_pem = '''\n{cert}'''\nkey_pem = '''\n{key}'''\n"
+        );
+    let world = World::builder().config(&config).build().await.unwrap();
+    world
+        .wait_until("the TLS VIP serves", SETTLE, || async {
+            matches!(world.https_get("app.fabric.test", "/", true).await, Ok(r) if r.reply.status == 200)
+        })
+        .await
+        .unwrap();
+
+    let mut origins = BTreeSet::new();
+    for _ in 0..4 {
+        let r = world.https_get("app.fabric.test", "/", true).await.unwrap();
+        assert_eq!(r.alpn.as_deref(), Some(&b"h2"[..]));
+        assert_eq!(r.cert_der, der);
+        assert_eq!(r.reply.status, 200, "{r:?}");
+        assert_eq!(r.reply.se.as_deref(), Some("se-1"));
+        origins.insert(r.reply.origin.unwrap());
+    }
+    assert_eq!(origins.len(), 2, "round robin over HTTP/2: {origins:?}");
+    let r = world
+        .https_get("app.fabric.test", "/", false)
+        .await
+        .unwrap();
+    assert_eq!(r.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(r.reply.status, 200);
+    // Plain HTTP on the TLS port is not served.
+    assert!(!matches!(world.http_get("/").await, Ok(r) if r.status == 200));
+
+    // The Controller pushes a new certificate: new handshakes present it.
+    let (cert2, der2, key2) = certificate("app.fabric.test");
+    let controller = world.controller().unwrap();
+    let mut changed = world.config.clone();
+    changed.certificates[0].cert_pem = cert2;
+    changed.certificates[0].key_pem = key2;
+    controller.apply(changed).await.unwrap();
+    world
+        .wait_until("new handshakes get the new certificate", SETTLE, || async {
+            matches!(world.https_get("app.fabric.test", "/", true).await, Ok(r) if r.cert_der == der2 && r.reply.status == 200)
+        })
+        .await
+        .unwrap();
+    report(
+        "tls_termination_serves_h2_and_http1_and_reloads_its_certificate",
+        started,
+    );
+}

@@ -342,16 +342,26 @@ struct ObjectView<'a> {
     name: &'a str,
     version: u64,
     tenant: &'a str,
-    spec: &'a Value,
+    spec: std::borrow::Cow<'a, Value>,
 }
 
+/// What a private key reads as: keys are write-only.
+pub const REDACTED: &str = "<redacted>";
+
 fn view<'a>(kind: &'a str, name: &'a str, s: &'a Stored) -> ObjectView<'a> {
+    let spec = if kind == "certificates" {
+        let mut spec = s.body.clone();
+        spec["key_pem"] = Value::String(REDACTED.into());
+        std::borrow::Cow::Owned(spec)
+    } else {
+        std::borrow::Cow::Borrowed(&s.body)
+    };
     ObjectView {
         kind,
         name,
         version: s.version,
         tenant: &s.tenant,
-        spec: &s.body,
+        spec,
     }
 }
 

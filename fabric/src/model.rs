@@ -45,6 +45,39 @@ pub struct Config {
     /// tenant always exists and is not listed).
     #[serde(default)]
     pub tenants: Vec<Tenant>,
+    /// TLS certificates with their keys, which virtual services offer.
+    #[serde(default)]
+    pub certificates: Vec<Certificate>,
+}
+
+/// A TLS certificate and its private key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    /// Unique name, referred to by `virtual_services[].tls.certificates`.
+    pub name: String,
+    /// The certificate chain, PEM, leaf first.
+    pub cert_pem: String,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: String,
+}
+
+impl fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Certificate")
+            .field("name", &self.name)
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// TLS termination of a virtual service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsTls {
+    /// Names of the certificates it offers. The client's SNI name picks the
+    /// first one valid for it; without SNI, or when none is, the first.
+    pub certificates: Vec<String>,
 }
 
 /// A tenant. Its operators see and change only the objects it owns.
@@ -363,10 +396,14 @@ pub struct VirtualService {
     pub se_group: String,
     /// The virtual IP clients connect to.
     pub vip: IpAddr,
-    /// The port on the VIP (HTTP/1.1 for now).
+    /// The port on the VIP.
     pub port: u16,
     /// Name of the pool it balances over.
     pub pool: String,
+    /// TLS termination: clients speak TLS (1.2 or 1.3) and then HTTP/1.1 or
+    /// HTTP/2 (ALPN); servers are spoken to in HTTP/1.1 as without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<VsTls>,
 }
 
 fn default_group() -> String {
@@ -530,11 +567,38 @@ impl Config {
             validate_pool(i, p, &monitors, &mut err);
         }
 
+        let certs = unique_names(
+            self.certificates.iter().map(|c| &c.name),
+            "certificates",
+            &mut err,
+        );
+        for (i, c) in self.certificates.iter().enumerate() {
+            if let Err(e) = crate::pki::certified_key(&c.cert_pem, &c.key_pem) {
+                err(format!("certificates[{i}]"), e.to_string());
+            }
+        }
         let vs_names = unique_names(
             self.virtual_services.iter().map(|v| &v.name),
             "virtual_services",
             &mut err,
         );
+        for (i, v) in self.virtual_services.iter().enumerate() {
+            let Some(tls) = &v.tls else { continue };
+            if tls.certificates.is_empty() {
+                err(
+                    format!("virtual_services[{i}].tls.certificates"),
+                    "needs at least one certificate".into(),
+                );
+            }
+            for (j, c) in tls.certificates.iter().enumerate() {
+                if !certs.contains(c.as_str()) {
+                    err(
+                        format!("virtual_services[{i}].tls.certificates[{j}]"),
+                        format!("no certificate named `{c}`"),
+                    );
+                }
+            }
+        }
         let mut vips: BTreeMap<(IpAddr, u16), &str> = BTreeMap::new();
         for (i, v) in self.virtual_services.iter().enumerate() {
             if v.port == 0 {
@@ -930,6 +994,47 @@ mod tests {
             "fqdn = \"app.elsewhere.test\"",
         ));
         assert_eq!(e[0].path, "gslb_services[0].fqdn");
+    }
+
+    #[test]
+    fn certificates_are_checked_and_referenced_by_name() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["app.fabric.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut config = Config::example();
+        config.certificates.push(Certificate {
+            name: "app".into(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        });
+        config.virtual_services[0].tls = Some(VsTls {
+            certificates: vec!["app".into()],
+        });
+        config.validate().unwrap();
+        assert!(!format!("{:?}", config.certificates[0]).contains("PRIVATE KEY"));
+
+        let mut bad = config.clone();
+        bad.certificates[0].key_pem = other.serialize_pem();
+        let e = bad.validate().unwrap_err().0;
+        assert_eq!(e[0].path, "certificates[0]");
+        assert!(e[0].reason.contains("key"), "{}", e[0].reason);
+        bad.certificates[0].cert_pem = "not a certificate".into();
+        assert_eq!(bad.validate().unwrap_err().0[0].path, "certificates[0]");
+
+        let mut dangling = config.clone();
+        dangling.virtual_services[0].tls = Some(VsTls {
+            certificates: vec!["ghost".into()],
+        });
+        let e = dangling.validate().unwrap_err().0;
+        assert_eq!(e[0].path, "virtual_services[0].tls.certificates[0]");
+        dangling.virtual_services[0].tls = Some(VsTls {
+            certificates: vec![],
+        });
+        let e = dangling.validate().unwrap_err().0;
+        assert_eq!(e[0].path, "virtual_services[0].tls.certificates");
     }
 
     #[test]

@@ -115,6 +115,26 @@ fn key_to_der(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
         .map_err(|e| PkiError::Invalid(format!("key PEM: {e}")))
 }
 
+/// A certificate chain (PEM, leaf first) and its private key (PEM: PKCS#8,
+/// PKCS#1 or SEC1) as rustls serves them; an error says what is wrong
+/// (unparsable, empty, unsupported key, key not matching the certificate).
+pub fn certified_key(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<rustls::sign::CertifiedKey, PkiError> {
+    use rustls::pki_types::pem::PemObject;
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PkiError::Invalid(format!("certificate PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(PkiError::Invalid("no certificate in the PEM".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| PkiError::Invalid(format!("key PEM: {e}")))?;
+    rustls::sign::CertifiedKey::from_der(chain, key, &provider())
+        .map_err(|e| PkiError::Invalid(format!("certificate and key: {e}")))
+}
+
 /// SHA-256 fingerprint (hex) of a PEM certificate's DER.
 pub fn fingerprint(cert_pem: &str) -> Result<String, PkiError> {
     Ok(sha256_hex(&pem_to_der(cert_pem)?))
@@ -289,6 +309,81 @@ pub fn registration_client_config(ca_sha256: &str) -> Result<Arc<ClientConfig>, 
     Ok(Arc::new(config))
 }
 
+/// TLS client settings that accept **any** server certificate, offering
+/// `alpn`, with TLS 1.3 (or only 1.2). For drills, benchmarks and tests that
+/// look at which certificate a virtual service presents; never for the SE's
+/// link to the Controller.
+pub fn insecure_client_config(alpn: &[&[u8]], tls12_only: bool) -> Arc<ClientConfig> {
+    let provider = provider();
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
+        &[&rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .expect("ring supports TLS 1.2 and 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// Accepts any server certificate (signatures are still checked).
+#[derive(Debug)]
+struct AnyCert(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_signature(&self.0, message, cert, dss, false)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_signature(&self.0, message, cert, dss, true)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn verify_signature(
+    provider: &CryptoProvider,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+    tls13: bool,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    let algs = &provider.signature_verification_algorithms;
+    if tls13 {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+    } else {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+    }
+}
+
 /// The server name to verify a Controller by: its IP address.
 pub fn server_name(ip: IpAddr) -> ServerName<'static> {
     ServerName::IpAddress(ip.into())
@@ -334,12 +429,7 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_signature(&self.provider, message, cert, dss, false)
     }
 
     fn verify_tls13_signature(
@@ -348,12 +438,7 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_signature(&self.provider, message, cert, dss, true)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::rt;
 
-use crate::model::{Algorithm, Config, HealthMonitor, Server};
+use crate::model::{Algorithm, Certificate, Config, HealthMonitor, Server};
 
 /// Version of this protocol; bumped on any incompatible change.
 pub const PROTO_VERSION: u32 = 2;
@@ -173,6 +173,9 @@ pub struct SeVirtualService {
     /// The pool's health monitor, resolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_monitor: Option<HealthMonitor>,
+    /// TLS termination: the certificates to offer, resolved, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Vec<Certificate>>,
 }
 
 impl SeConfig {
@@ -197,6 +200,13 @@ impl SeConfig {
                         .as_ref()
                         .and_then(|m| config.health_monitor(m))
                         .cloned(),
+                    tls: vs.tls.as_ref().map(|t| {
+                        t.certificates
+                            .iter()
+                            .filter_map(|name| config.certificates.iter().find(|c| c.name == *name))
+                            .cloned()
+                            .collect()
+                    }),
                 })
             })
             .collect();

@@ -361,6 +361,53 @@ async fn tokens_roles_and_tenants() {
 type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str, u16);
 
 #[tokio::test]
+async fn private_keys_are_write_only() {
+    let api = cluster().await;
+    let admin = api.token(Role::Admin, None).await;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["app.fabric.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let body = serde_json::json!({
+        "name": "app-cert",
+        "cert_pem": cert.pem(),
+        "key_pem": key.serialize_pem(),
+    });
+    let r = api
+        .send("POST", "/api/v1/certificates", &admin, &body.to_string())
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["spec"]["key_pem"], fabric::api::REDACTED);
+    let r = api.get("/api/v1/certificates/app-cert", &admin).await;
+    assert_eq!(r.body["spec"]["key_pem"], fabric::api::REDACTED);
+    assert_eq!(r.body["spec"]["cert_pem"], cert.pem());
+    let listed = api.get("/api/v1/certificates", &admin).await;
+    assert!(!listed.body.to_string().contains("PRIVATE KEY"));
+    // A virtual service offers it by name.
+    let vs = api.get("/api/v1/virtual_services/app", &admin).await;
+    let mut spec = vs.body["spec"].clone();
+    spec["tls"] = serde_json::json!({"certificates": ["app-cert"]});
+    let r = api
+        .send(
+            "PUT",
+            "/api/v1/virtual_services/app",
+            &admin,
+            &spec.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let config = api.controller.desired().config.clone().unwrap();
+    let se = fabric::proto::SeConfig::for_group(&config, "default", 1);
+    let offered = se.virtual_services[0].tls.as_ref().unwrap();
+    assert_eq!(
+        offered[0].key_pem,
+        key.serialize_pem(),
+        "the SE gets the key"
+    );
+}
+
+#[tokio::test]
 async fn bad_input_gets_4xx_and_changes_nothing() {
     let api = cluster().await;
     let admin = api.token(Role::Admin, None).await;

@@ -58,6 +58,15 @@ pub enum ApplyError {
         #[source]
         source: L2Error,
     },
+    /// The TLS settings could not be built (a certificate that does not parse
+    /// or does not match its key).
+    #[error("virtual service `{vs}`: TLS: {reason}")]
+    Tls {
+        /// Virtual service.
+        vs: String,
+        /// Why.
+        reason: String,
+    },
     /// The config lists one VIP and port twice.
     #[error("virtual service `{0}`: VIP and port used twice in one config")]
     Duplicate(String),
@@ -206,7 +215,29 @@ impl DataPlane {
             }
         }
 
-        // Phase 1: everything that can fail, undone on failure.
+        // Phase 1: everything that can fail, undone on failure. TLS
+        // settings first (building them changes nothing).
+        let mut tls = BTreeMap::new();
+        for (key, vs) in &wanted {
+            if self
+                .listeners
+                .get(key)
+                .is_some_and(|l| l.spec.tls == vs.tls)
+            {
+                continue;
+            }
+            let config =
+                match &vs.tls {
+                    None => None,
+                    Some(certs) => Some(crate::tls::server_config(certs).map_err(|reason| {
+                        ApplyError::Tls {
+                            vs: vs.name.clone(),
+                            reason,
+                        }
+                    })?),
+                };
+            tls.insert(*key, config);
+        }
         let mut prepared = Vec::new();
         for (key, vs) in &wanted {
             if self.listeners.contains_key(key) {
@@ -242,8 +273,13 @@ impl DataPlane {
             let vs = wanted[key];
             if !same_servers(&listener.spec, vs) {
                 listener.vs.set_servers(server_set(&self.pools, vs));
-                listener.spec = vs.clone();
             }
+            if let Some(config) = tls.remove(key) {
+                // A certificate reload: new connections get the new
+                // settings, open ones keep theirs.
+                listener.vs.set_tls(config);
+            }
+            listener.spec = vs.clone();
         }
         for (key, vs, listener) in prepared {
             let service = Arc::new(VirtualService::new(
@@ -251,6 +287,7 @@ impl DataPlane {
                 self.se_name.clone(),
                 server_set(&self.pools, vs),
             ));
+            service.set_tls(tls.remove(&key).flatten());
             let for_task = service.clone();
             let task = rt::spawn(async move {
                 let result =
@@ -385,6 +422,7 @@ mod tests {
             hash_header: None,
             servers: vec![Server::from("127.0.0.1:9".parse::<SocketAddr>().unwrap())],
             health_monitor: None,
+            tls: None,
         }
     }
 

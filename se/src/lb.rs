@@ -416,6 +416,11 @@ impl ServerSet {
         self.backends.is_empty()
     }
 
+    /// The servers' addresses, in order.
+    pub fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.backends.iter().map(|b| b.state.addr)
+    }
+
     /// The shared state of the server at `addr`, if the set has it.
     pub fn state(&self, addr: SocketAddr) -> Option<&ServerState> {
         self.backends

@@ -3,7 +3,8 @@
 //! - [`agent`]: the session with the Controller; applies each pushed config
 //!   and keeps serving the last one while the Controller is unreachable.
 //! - [`dataplane`]: listeners per virtual service, swapped atomically.
-//! - [`proxy`]: the HTTP/1.1 reverse proxy of one virtual service.
+//! - [`proxy`]: the HTTP reverse proxy of one virtual service.
+//! - [`tls`]: TLS termination settings (certificates by SNI, ALPN).
 //! - [`lb`]: load-balancing selection over a server set.
 //! - [`health`]: active and passive health monitoring, reported to the Controller.
 //! - [`origin`]: a small built-in HTTP server for examples and drills.
@@ -15,6 +16,7 @@ pub mod health;
 pub mod lb;
 pub mod origin;
 pub mod proxy;
+pub mod tls;
 
 /// Response header naming the SE that served a request, so clients and the
 /// chaos suite can tell which SE answered for a VIP.

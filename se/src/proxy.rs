@@ -1,4 +1,6 @@
-//! The HTTP/1.1 reverse proxy of one virtual service.
+//! The HTTP reverse proxy of one virtual service: HTTP/1.1 in the clear, or
+//! TLS (rustls, [`crate::tls`]) and then HTTP/1.1 or HTTP/2 as ALPN decides.
+//! Servers are spoken to in HTTP/1.1 either way.
 //!
 //! Each request picks a server from the virtual service's current
 //! [`ServerSet`] by the client's address and the request's headers. A server
@@ -9,12 +11,13 @@
 //! server's `fall` (passive health). When no server is eligible the answer is
 //! 503. Responses carry [`SE_HEADER`](crate::SE_HEADER) naming this SE.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fabric::model::Algorithm;
@@ -24,6 +27,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1 as client_http1;
 use hyper::server::conn::http1 as server_http1;
+use hyper::server::conn::http2 as server_http2;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -44,13 +48,88 @@ pub const MAX_CONNECT_ATTEMPTS: usize = 4;
 /// Body of a proxied response: the server's, or one we made.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+/// Time a client has to finish the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most HTTP/2 streams one client connection may have open.
+pub const MAX_H2_STREAMS: u32 = 256;
+/// Most idle keep-alive connections kept per server.
+pub const MAX_IDLE_PER_SERVER: usize = 32;
+/// How long an idle connection to a server is kept for reuse (below the
+/// usual servers' keep-alive timeouts, so they rarely close one under us).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Idle HTTP/1.1 connections to servers, reused by later requests: at most
+/// [`MAX_IDLE_PER_SERVER`] per server, none older than [`IDLE_TIMEOUT`].
+#[derive(Default)]
+pub struct ServerPool {
+    idle: Mutex<BTreeMap<SocketAddr, VecDeque<(Instant, Sender)>>>,
+}
+
+type Sender = client_http1::SendRequest<Incoming>;
+
+impl ServerPool {
+    /// The most recently used idle connection to `server` that can take a
+    /// request now, if any.
+    fn take(&self, server: SocketAddr) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let queue = idle.get_mut(&server)?;
+        while let Some((since, sender)) = queue.pop_back() {
+            if rt::now().saturating_duration_since(since) < IDLE_TIMEOUT && sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Keep `sender` for reuse once its response is done (a connection that
+    /// closes meanwhile is dropped).
+    fn give_back(self: &Arc<Self>, server: SocketAddr, mut sender: Sender) {
+        let pool = self.clone();
+        rt::spawn(async move {
+            if rt::timeout(RESPONSE_TIMEOUT, sender.ready())
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
+                let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+                let queue = idle.entry(server).or_default();
+                if queue.len() >= MAX_IDLE_PER_SERVER {
+                    queue.pop_front();
+                }
+                queue.push_back((rt::now(), sender));
+            }
+        });
+    }
+
+    /// Idle connections kept now, over all servers.
+    pub fn idle(&self) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.values().map(VecDeque::len).sum()
+    }
+
+    /// Drop idle connections to servers not in `keep`.
+    pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|addr, _| keep(addr));
+    }
+}
+
 /// A virtual service as the data plane serves it.
-#[derive(Debug)]
 pub struct VirtualService {
     /// Name of the virtual service.
     pub name: String,
     se_name: Arc<str>,
     servers: RwLock<Arc<ServerSet>>,
+    tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
+    pool: Arc<ServerPool>,
+}
+
+impl std::fmt::Debug for VirtualService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtualService")
+            .field("name", &self.name)
+            .field("tls", &self.tls().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl VirtualService {
@@ -60,7 +139,24 @@ impl VirtualService {
             name,
             se_name,
             servers: RwLock::new(Arc::new(servers)),
+            tls: RwLock::new(None),
+            pool: Arc::default(),
         }
+    }
+
+    /// Its idle connections to servers.
+    pub fn pool(&self) -> &ServerPool {
+        &self.pool
+    }
+
+    /// The TLS settings new connections get (None: plain HTTP/1.1).
+    pub fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Swap the TLS settings (a certificate reload); open connections keep theirs.
+    pub fn set_tls(&self, tls: Option<Arc<rustls::ServerConfig>>) {
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
     }
 
     /// The server set requests use now.
@@ -71,18 +167,58 @@ impl VirtualService {
             .clone()
     }
 
-    /// Swap in a new server set; requests already past their pick keep the old one.
+    /// Swap in a new server set; requests already past their pick keep the
+    /// old one. Idle connections to servers no longer in it are closed.
     pub fn set_servers(&self, servers: ServerSet) {
+        let addrs: std::collections::BTreeSet<SocketAddr> = servers.addrs().collect();
         *self.servers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(servers);
+        self.pool.retain(|a| addrs.contains(a));
     }
 }
 
 /// Serve one client connection of `vs`. Malformed requests get hyper's 4xx
-/// answer (400, 431 for oversized headers) and the connection closes.
+/// answer (400, 431 for oversized headers) and the connection closes; a
+/// client that does not complete a TLS handshake in time, or sends garbage,
+/// is dropped.
 pub async fn serve_connection(vs: Arc<VirtualService>, stream: rt::TcpStream, peer: SocketAddr) {
+    let Some(tls) = vs.tls() else {
+        return serve_http1(vs, stream, peer, false).await;
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+    let stream = match rt::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(vs = %vs.name, %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(vs = %vs.name, %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let service = service_fn(move |req| {
+            let vs = vs.clone();
+            async move { Ok::<_, Infallible>(handle(&vs, req, peer, true).await) }
+        });
+        let _ = server_http2::Builder::new(rt::Exec)
+            .timer(rt::Timer)
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .max_concurrent_streams(MAX_H2_STREAMS)
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    } else {
+        serve_http1(vs, stream, peer, true).await
+    }
+}
+
+async fn serve_http1<S>(vs: Arc<VirtualService>, stream: S, peer: SocketAddr, tls: bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let service = service_fn(move |req| {
         let vs = vs.clone();
-        async move { Ok::<_, Infallible>(handle(&vs, req, peer).await) }
+        async move { Ok::<_, Infallible>(handle(&vs, req, peer, tls).await) }
     });
     let _ = server_http1::Builder::new()
         .timer(rt::Timer)
@@ -96,6 +232,7 @@ async fn handle(
     vs: &VirtualService,
     mut req: Request<Incoming>,
     peer: SocketAddr,
+    tls: bool,
 ) -> Response<ProxyBody> {
     if head_bytes(&req) > MAX_HEADER_BYTES {
         let mut resp = error_response(
@@ -107,7 +244,8 @@ async fn handle(
         tag(&mut resp, &vs.se_name);
         return resp;
     }
-    add_forwarded_for(&mut req, peer);
+    add_forwarded_for(&mut req, peer, tls);
+    to_http1(&mut req);
     let servers = vs.servers();
     let mut tried: Vec<SocketAddr> = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
     let mut failures = Vec::new();
@@ -124,28 +262,55 @@ async fn handle(
             break;
         };
         let server = picked.addr();
-        let mut sender = match open(server).await {
-            Ok(sender) => sender,
-            Err(e) => {
-                picked.state().on_request_failed(&e.to_string());
-                failures.push(format!("{server}: {e}"));
-                tried.push(server);
-                continue;
-            }
+        let mut sender = match vs.pool.take(server) {
+            Some(sender) => sender,
+            None => match open(server).await {
+                Ok(sender) => sender,
+                Err(e) => {
+                    picked.state().on_request_failed(&e.to_string());
+                    failures.push(format!("{server}: {e}"));
+                    tried.push(server);
+                    continue;
+                }
+            },
         };
-        let mut resp = match rt::timeout(RESPONSE_TIMEOUT, sender.send_request(req)).await {
+        let mut sent = rt::timeout(RESPONSE_TIMEOUT, sender.try_send_request(req)).await;
+        if let Ok(Err(e)) = &mut sent {
+            if let Some(back) = e.take_message() {
+                // The idle connection had closed before the request went
+                // out: it goes out again on a new connection.
+                match open(server).await {
+                    Ok(fresh) => {
+                        sender = fresh;
+                        sent = rt::timeout(RESPONSE_TIMEOUT, sender.try_send_request(back)).await;
+                    }
+                    Err(e) => {
+                        picked.state().on_request_failed(&e.to_string());
+                        failures.push(format!("{server}: {e}"));
+                        tried.push(server);
+                        req = back;
+                        continue;
+                    }
+                }
+            }
+        }
+        let mut resp = match sent {
             Ok(Ok(resp)) => {
                 picked.state().on_request_succeeded();
-                // The request stays in flight on the server until its body is done.
+                // The request stays in flight on the server until its body
+                // is done; then the connection goes back to the pool.
+                let pool = vs.pool.clone();
                 resp.map(|body| {
                     Guarded {
                         body,
                         _picked: picked,
+                        back: Some((pool, server, sender)),
                     }
                     .boxed()
                 })
             }
             Ok(Err(e)) => {
+                let e = e.into_error();
                 picked.state().on_request_failed(&format!("http: {e}"));
                 error_response(
                     StatusCode::BAD_GATEWAY,
@@ -181,10 +346,20 @@ async fn handle(
 }
 
 /// A response body that keeps its request counted in flight on the server
-/// until the body ends or is dropped.
+/// until the body ends or is dropped, and then hands the connection back
+/// to the pool (which keeps it only if the response was read to the end).
 struct Guarded<B> {
     body: B,
     _picked: Picked,
+    back: Option<(Arc<ServerPool>, SocketAddr, Sender)>,
+}
+
+impl<B> Drop for Guarded<B> {
+    fn drop(&mut self) {
+        if let Some((pool, server, sender)) = self.back.take() {
+            pool.give_back(server, sender);
+        }
+    }
 }
 
 impl<B: Body + Unpin> Body for Guarded<B> {
@@ -220,8 +395,34 @@ fn head_bytes<B>(req: &Request<B>) -> usize {
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
-fn add_forwarded_for(req: &mut Request<Incoming>, peer: SocketAddr) {
+/// Make a request (HTTP/2, or HTTP/1.0) one that HTTP/1.1 to a server can
+/// carry: the authority becomes the Host header, the target its origin form.
+fn to_http1<B>(req: &mut Request<B>) {
+    if req.version() == http::Version::HTTP_11 {
+        return;
+    }
+    *req.version_mut() = http::Version::HTTP_11;
+    if let Some(authority) = req.uri().authority().cloned() {
+        if !req.headers().contains_key(http::header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+    }
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    if let Ok(uri) = target.parse() {
+        *req.uri_mut() = uri;
+    }
+}
+
+fn add_forwarded_for(req: &mut Request<Incoming>, peer: SocketAddr, tls: bool) {
     let headers = req.headers_mut();
+    let proto = if tls { "https" } else { "http" };
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prior) => format!("{prior}, {}", peer.ip()),
         None => peer.ip().to_string(),

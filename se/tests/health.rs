@@ -69,6 +69,7 @@ fn config(
             hash_header: None,
             servers,
             health_monitor,
+            tls: None,
         }],
     }
 }

@@ -339,6 +339,17 @@ pub struct HttpReply {
     pub body: String,
 }
 
+/// What the client saw of one request over TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsReply {
+    /// The HTTP exchange.
+    pub reply: HttpReply,
+    /// The certificate the SE presented (DER).
+    pub cert_der: Vec<u8>,
+    /// The protocol ALPN chose, if any.
+    pub alpn: Option<Vec<u8>>,
+}
+
 /// What the client saw of one REST API call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiReply {
@@ -600,6 +611,84 @@ impl World {
                 origin: header(se::origin::ORIGIN_HEADER),
                 body: String::from_utf8_lossy(resp.body()).into_owned(),
             })
+        })
+        .await
+    }
+
+    /// `GET path` over TLS on the first virtual service's VIP, asking for
+    /// `sni` and offering `h2` and `http/1.1` (`h2`) or only `http/1.1`; any
+    /// certificate is accepted and returned with the reply.
+    pub async fn https_get(&self, sni: &str, path: &str, h2: bool) -> Result<TlsReply> {
+        use http_body_util::BodyExt;
+        let vip = self.vip();
+        let (sni, path) = (sni.to_string(), path.to_string());
+        self.on_client(move |port| async move {
+            let owner = port
+                .resolve(vip.ip())
+                .await
+                .ok_or_else(|| anyhow!("nobody answers ARP for {}", vip.ip()))?;
+            let alpn: &[&[u8]] = if h2 {
+                &[b"h2", b"http/1.1"]
+            } else {
+                &[b"http/1.1"]
+            };
+            let config = fabric::pki::insecure_client_config(alpn, false);
+            let exchange = async {
+                let tcp = rt::connect(SocketAddr::new(owner, vip.port())).await?;
+                let name = rustls::pki_types::ServerName::try_from(sni.clone())?;
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await?;
+                let session = tls.get_ref().1;
+                let cert_der = session
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.to_vec())
+                    .unwrap_or_default();
+                let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+                let io = hyper_util::rt::TokioIo::new(tls);
+                let body = http_body_util::Empty::<bytes::Bytes>::new();
+                let resp = if alpn.as_deref() == Some(b"h2") {
+                    let (mut send, conn) =
+                        hyper::client::conn::http2::handshake(rt::Exec, io).await?;
+                    rt::spawn(conn);
+                    let req = http::Request::get(format!("https://{sni}{path}")).body(body)?;
+                    send.send_request(req).await?
+                } else {
+                    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
+                    rt::spawn(conn);
+                    let req = http::Request::get(path.as_str())
+                        .header("host", &sni)
+                        .body(body)?;
+                    send.send_request(req).await?
+                };
+                let header = |name: &str| {
+                    resp.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                let (status, se, origin) = (
+                    resp.status().as_u16(),
+                    header(se::SE_HEADER),
+                    header(se::origin::ORIGIN_HEADER),
+                );
+                let body = resp.into_body().collect().await?.to_bytes();
+                let reply = HttpReply {
+                    status,
+                    se,
+                    origin,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                };
+                Ok::<_, anyhow::Error>(TlsReply {
+                    reply,
+                    cert_der,
+                    alpn,
+                })
+            };
+            rt::timeout(Duration::from_secs(5), exchange)
+                .await
+                .context("HTTPS request timed out")?
         })
         .await
     }

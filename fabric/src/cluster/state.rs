@@ -561,7 +561,7 @@ fn owners_exist(objects: &BTreeMap<String, BTreeMap<String, Stored>>) -> Result<
     }
     for (kind, field, target) in REFERENCES {
         for (name, s) in objects.get(*kind).into_iter().flatten() {
-            let refs: Vec<&str> = match s.body.get(*field) {
+            let refs: Vec<&str> = match s.body.pointer(field) {
                 Some(Value::String(n)) => vec![n.as_str()],
                 Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
                 _ => Vec::new(),
@@ -573,7 +573,7 @@ fn owners_exist(objects: &BTreeMap<String, BTreeMap<String, Stored>>) -> Result<
                     .map(|t| &t.tenant);
                 if owner.is_some_and(|t| *t != s.tenant && t != ADMIN_TENANT) {
                     errors.push(ConfigError {
-                        path: format!("{kind}[{name}].{field}"),
+                        path: format!("{kind}[{name}]{}", field.replace('/', ".")),
                         reason: format!("`{r}` belongs to another tenant"),
                     });
                 }
@@ -587,15 +587,16 @@ fn owners_exist(objects: &BTreeMap<String, BTreeMap<String, Stored>>) -> Result<
     }
 }
 
-/// References between objects: (kind, field, kind referred to); a list
-/// field refers to each of its items. An object may refer to objects of
+/// References between objects: (kind, JSON pointer to the field, kind
+/// referred to); a list field refers to each of its items. An object may refer to objects of
 /// its own tenant and to the admin tenant's (shared), not to another
 /// tenant's.
 const REFERENCES: &[(&str, &str, &str)] = &[
-    ("virtual_services", "pool", "pools"),
-    ("virtual_services", "se_group", "se_groups"),
-    ("pools", "health_monitor", "health_monitors"),
-    ("gslb_services", "members", "virtual_services"),
+    ("virtual_services", "/pool", "pools"),
+    ("virtual_services", "/se_group", "se_groups"),
+    ("virtual_services", "/tls/certificates", "certificates"),
+    ("pools", "/health_monitor", "health_monitors"),
+    ("gslb_services", "/members", "virtual_services"),
 ];
 
 /// Build and validate a config from stored objects.

@@ -1,0 +1,199 @@
+//! TLS termination end to end on loopback: certificates chosen by SNI, ALPN
+//! to HTTP/2 or HTTP/1.1, HTTP/2 clients proxied to HTTP/1.1 servers, a
+//! certificate reload that keeps open connections, garbage and bad
+//! certificates refused.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fabric::model::{Algorithm, Certificate, Server};
+use fabric::platform::LoopbackL2;
+use fabric::proto::{SeConfig, SeVirtualService};
+use fabric::rt;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName};
+use se::dataplane::{ApplyError, DataPlane};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+fn self_signed(name: &str, dns: &[&str]) -> Certificate {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let params =
+        rcgen::CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    Certificate {
+        name: name.into(),
+        cert_pem: params.self_signed(&key).unwrap().pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+fn der(c: &Certificate) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(c.cert_pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+type Tls = tokio_rustls::client::TlsStream<rt::TcpStream>;
+
+/// A TLS connection to `vip` asking for `sni` (None: by IP, so no SNI),
+/// offering `alpn`, with TLS 1.3 or only 1.2; any certificate is accepted
+/// (the tests look at which one came).
+async fn connect(vip: SocketAddr, sni: Option<&str>, alpn: &[&[u8]], tls12_only: bool) -> Tls {
+    let config = fabric::pki::insecure_client_config(alpn, tls12_only);
+    let name = match sni {
+        Some(n) => ServerName::try_from(n.to_string()).unwrap(),
+        None => ServerName::IpAddress(vip.ip().into()),
+    };
+    let tcp = rt::connect(vip).await.unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+fn presented(tls: &Tls) -> Vec<u8> {
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn alpn(tls: &Tls) -> Option<Vec<u8>> {
+    tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
+}
+
+/// One GET over HTTP/2 on an open sender: status, SE tag, body.
+async fn h2_get(
+    sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    authority: &str,
+) -> (u16, String, String) {
+    let req = http::Request::builder()
+        .uri(format!("https://{authority}/"))
+        .body(Empty::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let se = resp.headers()[se::SE_HEADER].to_str().unwrap().to_string();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, se, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn h2(tls: Tls) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    let (sender, conn) = hyper::client::conn::http2::handshake(rt::Exec, TokioIo::new(tls))
+        .await
+        .unwrap();
+    rt::spawn(conn);
+    sender
+}
+
+async fn h1_get(tls: Tls, host: &str) -> u16 {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    rt::spawn(conn);
+    let req = http::Request::builder()
+        .uri("/")
+        .header("host", host)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    sender.send_request(req).await.unwrap().status().as_u16()
+}
+
+fn config(version: u64, port: u16, origin: SocketAddr, certs: &[Certificate]) -> SeConfig {
+    SeConfig {
+        version,
+        virtual_services: vec![SeVirtualService {
+            name: "secure".into(),
+            vip: LOCALHOST,
+            port,
+            pool: "web".into(),
+            algorithm: Algorithm::RoundRobin,
+            hash_header: None,
+            servers: vec![Server::from(origin)],
+            health_monitor: None,
+            tls: Some(certs.to_vec()),
+        }],
+    }
+}
+
+#[tokio::test]
+async fn tls_termination_by_sni_with_h2_and_http1_and_a_live_certificate_reload() {
+    let origin_listener = rt::TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
+        .await
+        .unwrap();
+    let origin = origin_listener.local_addr().unwrap();
+    rt::spawn(se::origin::serve("origin-1".into(), origin_listener));
+    let port = {
+        let l = rt::TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
+            .await
+            .unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let vip = SocketAddr::new(LOCALHOST, port);
+    let a = self_signed("a", &["a.test"]);
+    let b = self_signed("b", &["*.b.test"]);
+    let mut plane = DataPlane::new("se-tls", Arc::new(LoopbackL2));
+    plane
+        .apply(&config(1, port, origin, &[a.clone(), b.clone()]))
+        .await
+        .unwrap();
+
+    // SNI a.test, ALPN h2: certificate a, HTTP/2 to the client, HTTP/1.1 to the origin.
+    let tls = connect(vip, Some("a.test"), &[b"h2", b"http/1.1"], false).await;
+    assert_eq!(presented(&tls), der(&a));
+    assert_eq!(alpn(&tls).as_deref(), Some(&b"h2"[..]));
+    let mut open_h2 = h2(tls).await;
+    let (status, se_name, body) = h2_get(&mut open_h2, "a.test").await;
+    assert_eq!((status, se_name.as_str()), (200, "se-tls"));
+    assert_eq!(body, "hello from origin-1\n");
+
+    // SNI under the wildcard, HTTP/1.1 only, TLS 1.2: certificate b.
+    let tls = connect(vip, Some("x.b.test"), &[b"http/1.1"], true).await;
+    assert_eq!(presented(&tls), der(&b));
+    assert_eq!(alpn(&tls).as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(h1_get(tls, "x.b.test").await, 200);
+
+    // No SNI and no ALPN: the first certificate, HTTP/1.1.
+    let tls = connect(vip, None, &[], false).await;
+    assert_eq!(presented(&tls), der(&a));
+    assert_eq!(alpn(&tls), None);
+    assert_eq!(h1_get(tls, "127.0.0.1").await, 200);
+
+    // Garbage instead of a ClientHello: dropped; the listener serves on.
+    let mut raw = rt::connect(vip).await.unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff garbage")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = rt::timeout(Duration::from_secs(5), raw.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was not closed");
+
+    // A certificate that does not parse: refused whole, version 1 serves on.
+    let broken = Certificate {
+        key_pem: b.key_pem.clone(),
+        ..a.clone()
+    };
+    let e = plane
+        .apply(&config(2, port, origin, &[broken]))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApplyError::Tls { .. }), "{e}");
+    assert_eq!(plane.applied_version(), 1);
+
+    // Reload: a new certificate for a.test. New handshakes get it; the
+    // HTTP/2 connection opened before keeps working.
+    let a2 = self_signed("a2", &["a.test"]);
+    plane
+        .apply(&config(3, port, origin, &[a2.clone(), b.clone()]))
+        .await
+        .unwrap();
+    let tls = connect(vip, Some("a.test"), &[b"h2"], false).await;
+    assert_eq!(presented(&tls), der(&a2));
+    let (status, _, _) = h2_get(&mut open_h2, "a.test").await;
+    assert_eq!(status, 200, "the connection opened before the reload");
+    let mut fresh = h2(tls).await;
+    assert_eq!(h2_get(&mut fresh, "a.test").await.0, 200);
+}
