@@ -297,8 +297,8 @@ pub fn registration_client_config(ca_sha256: &str) -> Result<Arc<ClientConfig>, 
             "the CA fingerprint must be 64 hex digits (SHA-256)".into(),
         ));
     }
-    let verifier = PinnedCa {
-        sha256: want,
+    let verifier = ServerCheck {
+        pinned_ca_sha256: Some(want),
         provider: provider(),
     };
     let config = ClientConfig::builder_with_provider(provider())
@@ -324,64 +324,13 @@ pub fn insecure_client_config(alpn: &[&[u8]], tls12_only: bool) -> Arc<ClientCon
         .with_protocol_versions(versions)
         .expect("ring supports TLS 1.2 and 1.3")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_custom_certificate_verifier(Arc::new(ServerCheck {
+            pinned_ca_sha256: None,
+            provider,
+        }))
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
-}
-
-/// Accepts any server certificate (signatures are still checked).
-#[derive(Debug)]
-struct AnyCert(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_signature(&self.0, message, cert, dss, false)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_signature(&self.0, message, cert, dss, true)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn verify_signature(
-    provider: &CryptoProvider,
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-    tls13: bool,
-) -> Result<HandshakeSignatureValid, rustls::Error> {
-    let algs = &provider.signature_verification_algorithms;
-    if tls13 {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
-    } else {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
-    }
 }
 
 /// The server name to verify a Controller by: its IP address.
@@ -389,13 +338,16 @@ pub fn server_name(ip: IpAddr) -> ServerName<'static> {
     ServerName::IpAddress(ip.into())
 }
 
+/// Checks a server's certificate against a pinned CA (SE registration), or
+/// not at all (`insecure_client_config`); handshake signatures are checked
+/// either way.
 #[derive(Debug)]
-struct PinnedCa {
-    sha256: String,
+struct ServerCheck {
+    pinned_ca_sha256: Option<String>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinnedCa {
+impl ServerCertVerifier for ServerCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -404,9 +356,12 @@ impl ServerCertVerifier for PinnedCa {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(pin) = &self.pinned_ca_sha256 else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let ca = intermediates
             .iter()
-            .find(|c| sha256_hex(c) == self.sha256)
+            .find(|c| sha256_hex(c) == *pin)
             .ok_or_else(|| {
                 rustls::Error::General(
                     "the Controller's CA does not match the pinned fingerprint".into(),
@@ -429,7 +384,8 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_signature(&self.provider, message, cert, dss, false)
+        let algs = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
     }
 
     fn verify_tls13_signature(
@@ -438,7 +394,8 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_signature(&self.provider, message, cert, dss, true)
+        let algs = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

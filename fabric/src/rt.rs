@@ -87,6 +87,68 @@ pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
+pin_project_lite::pin_project! {
+    /// A stream whose `flush` does nothing when nothing was written since
+    /// the last one. madsim's simulated TCP sends one message per flush,
+    /// empty or not, and a long-lived connection that hyper flushes while
+    /// idle piled them up: each request on a reused connection waited
+    /// longer than the one before (docs/runtime.md). On real sockets an
+    /// empty flush is free, so this changes nothing there.
+    #[derive(Debug)]
+    pub struct FlushOnWrite<S> {
+        #[pin]
+        inner: S,
+        dirty: bool,
+    }
+}
+
+impl<S> FlushOnWrite<S> {
+    /// Wrap `inner`.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            dirty: false,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead> tokio::io::AsyncRead for FlushOnWrite<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.project().inner.poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite> tokio::io::AsyncWrite for FlushOnWrite<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let n = std::task::ready!(this.inner.poll_write(cx, buf))?;
+        *this.dirty |= n > 0;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if !*this.dirty {
+            return Poll::Ready(Ok(()));
+        }
+        std::task::ready!(this.inner.poll_flush(cx))?;
+        *this.dirty = false;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
 /// A UDP socket with one API in both worlds.
 #[derive(Debug)]
 pub struct UdpSocket(tokio::net::UdpSocket);

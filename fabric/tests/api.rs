@@ -100,6 +100,19 @@ impl Api {
         self.call(method, path, Some(token), &[], Some(body)).await
     }
 
+    /// A call with a token and one conditional header (If-Match, If-None-Match).
+    async fn send_if(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        header: (&str, &str),
+        body: &str,
+    ) -> Reply {
+        self.call(method, path, Some(token), &[header], Some(body))
+            .await
+    }
+
     async fn get(&self, path: &str, token: &str) -> Reply {
         self.call("GET", path, Some(token), &[], None).await
     }
@@ -283,57 +296,26 @@ async fn tokens_roles_and_tenants() {
 
     // Optimistic concurrency: a stale If-Match is 412; the current one wins.
     let update = r#"{"name":"blue-web","servers":["127.0.0.1:9101","127.0.0.1:9103"]}"#;
-    let r = api
-        .call(
-            "PUT",
-            "/api/v1/pools/blue-web",
-            Some(&blue),
-            &[("if-match", "\"1\"")],
-            Some(update),
-        )
-        .await;
+    let put_blue = |header| api.send_if("PUT", "/api/v1/pools/blue-web", &blue, header, update);
+    let r = put_blue(("if-match", "\"1\"")).await;
     assert_eq!(r.status, 412, "{:?}", r.body);
-    let r = api
-        .call(
-            "PUT",
-            "/api/v1/pools/blue-web",
-            Some(&blue),
-            &[("if-match", &tag)],
-            Some(update),
-        )
-        .await;
+    let r = put_blue(("if-match", &tag)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_ne!(etag(&r), tag);
-    let r = api
-        .call(
-            "PUT",
-            "/api/v1/pools/blue-web",
-            Some(&blue),
-            &[("if-match", &tag)],
-            Some(update),
-        )
-        .await;
+    let r = put_blue(("if-match", &tag)).await;
     assert_eq!(r.status, 412, "the old version no longer matches");
-    let r = api
-        .call(
-            "PUT",
-            "/api/v1/pools/blue-web",
-            Some(&blue),
-            &[("if-none-match", "*")],
-            Some(update),
-        )
-        .await;
+    let r = put_blue(("if-none-match", "*")).await;
     assert_eq!(r.status, 409, "create-only on an existing object");
 
     // Delete with the current version; then the tenant can go.
     let current = etag(&api.get("/api/v1/pools/blue-web", &blue).await);
     let r = api
-        .call(
+        .send_if(
             "DELETE",
             "/api/v1/pools/blue-web",
-            Some(&blue),
-            &[("if-match", &current)],
-            None,
+            &blue,
+            ("if-match", &current),
+            "",
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);

@@ -477,7 +477,8 @@ where
     let stream = rt::timeout(CONNECT_TIMEOUT, rt::connect(server))
         .await
         .map_err(|_| UpstreamError::ConnectTimeout)??;
-    let (sender, conn) = client_http1::handshake(TokioIo::new(stream)).await?;
+    let (sender, conn) =
+        client_http1::handshake(TokioIo::new(rt::FlushOnWrite::new(stream))).await?;
     rt::spawn(async move {
         let _ = conn.await;
     });
