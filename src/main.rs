@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 use fabric::cluster::net::{
     ClusterStatus, Forwarded, MembershipChange, PeerClient, PeerRequest, PeerResponse,
 };
-use fabric::cluster::state::{token_id, ApiToken, Role};
+use fabric::cluster::state::{ApiToken, Role};
 use fabric::cluster::{ClusterNode, Command as ClusterCommandOp, NodeAddr, NodeOptions};
 use fabric::controller::Controller;
 use fabric::model::Config;
@@ -441,6 +441,15 @@ async fn start_controller(
     Ok(controller)
 }
 
+/// One request to a Controller node's Raft/ctl port, forwarded to the
+/// leader where it must be; the leader's answer.
+async fn forward(client: &mut PeerClient, req: PeerRequest) -> Result<Forwarded> {
+    match client.call(&PeerRequest::Client(Box::new(req))).await? {
+        PeerResponse::Forwarded(r) => Ok(r?),
+        _ => bail!("unexpected answer from the controller"),
+    }
+}
+
 async fn ctl(
     controller: SocketAddr,
     api: SocketAddr,
@@ -448,15 +457,6 @@ async fn ctl(
     command: CtlCommand,
 ) -> Result<()> {
     let mut client = PeerClient::new(0, controller.to_string());
-    let call = |req: PeerRequest| {
-        let req = PeerRequest::Client(Box::new(req));
-        async move {
-            match client.call(&req).await? {
-                PeerResponse::Forwarded(r) => Ok::<_, anyhow::Error>(r?),
-                _ => bail!("unexpected answer from {controller}"),
-            }
-        }
-    };
     match command {
         CtlCommand::Cluster { command } => {
             let req = match command {
@@ -474,30 +474,19 @@ async fn ctl(
                     PeerRequest::Membership(MembershipChange::Remove { id })
                 }
             };
-            match call(req).await? {
+            match forward(&mut client, req).await? {
                 Forwarded::Status(s) => print_status(&s),
                 Forwarded::Voters(v) => println!("voters: {v:?}"),
                 other => println!("{other:?}"),
             }
         }
         CtlCommand::SeToken { label } => {
-            let token = fabric::pki::new_secret();
-            let ca_sha256 = match call(PeerRequest::Status).await? {
+            let ca_sha256 = match forward(&mut client, PeerRequest::Status).await? {
                 Forwarded::Status(s) => s.ca_sha256.context("the cluster has no CA yet")?,
                 other => bail!("unexpected answer {other:?}"),
             };
-            let mut client = PeerClient::new(0, controller.to_string());
-            let write = PeerRequest::Client(Box::new(PeerRequest::Write(
-                ClusterCommandOp::AddJoinToken {
-                    token_sha256: fabric::pki::sha256_hex(token.as_bytes()),
-                    label,
-                },
-            )));
-            match client.call(&write).await? {
-                PeerResponse::Forwarded(Ok(_)) => {}
-                PeerResponse::Forwarded(Err(e)) => bail!("{e}"),
-                _ => bail!("unexpected answer from {controller}"),
-            }
+            let (token, write) = ClusterCommandOp::new_join_token(&label);
+            forward(&mut client, PeerRequest::Write(write)).await?;
             println!("--join-token {token} --ca-sha256 {ca_sha256}");
         }
         CtlCommand::ApiToken {
@@ -512,18 +501,12 @@ async fn ctl(
             if role == Role::Operator && tenant.is_none() {
                 bail!("an operator token needs --tenant");
             }
-            let secret = fabric::pki::new_secret();
-            let sha = fabric::pki::sha256_hex(secret.as_bytes());
-            let id = token_id(&sha).to_string();
-            let write = ClusterCommandOp::AddApiToken {
-                token_sha256: sha,
-                token: ApiToken {
-                    label,
-                    role,
-                    tenant,
-                },
-            };
-            call(PeerRequest::Write(write)).await?;
+            let (secret, id, write) = ClusterCommandOp::new_api_token(ApiToken {
+                label,
+                role,
+                tenant,
+            });
+            forward(&mut client, PeerRequest::Write(write)).await?;
             println!("token {secret}");
             println!("id {id}");
         }
@@ -547,7 +530,7 @@ async fn ctl(
         }
         CtlCommand::Probe => {
             let start = std::time::Instant::now();
-            let r = call(PeerRequest::Write(ClusterCommandOp::Probe)).await?;
+            let r = forward(&mut client, PeerRequest::Write(ClusterCommandOp::Probe)).await?;
             println!("committed in {:?}: {r:?}", start.elapsed());
         }
     }
@@ -562,13 +545,6 @@ async fn api_call(
     token: &str,
     body: Option<Vec<u8>>,
 ) -> Result<bytes::Bytes> {
-    use http_body_util::BodyExt;
-    let stream = rt::connect(api)
-        .await
-        .with_context(|| format!("connecting to the API at {api}"))?;
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    rt::spawn(conn);
     let req = hyper::Request::builder()
         .method(method)
         .uri(path)
@@ -578,9 +554,11 @@ async fn api_call(
         .body(http_body_util::Full::new(bytes::Bytes::from(
             body.unwrap_or_default(),
         )))?;
-    let resp = send.send_request(req).await?;
+    let resp = se::proxy::fetch(api, req)
+        .await
+        .with_context(|| format!("calling the API at {api}"))?;
     let status = resp.status();
-    let bytes = resp.into_body().collect().await?.to_bytes();
+    let bytes = resp.into_body();
     if !status.is_success() {
         bail!(
             "{method} {path}: {status}: {}",

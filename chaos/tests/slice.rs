@@ -449,12 +449,9 @@ async fn a_join_token_registers_one_se_and_nothing_else_gets_in() {
 
 /// A self-signed certificate for `name`: (PEM, DER, key PEM).
 fn certificate(name: &str) -> (String, Vec<u8>, String) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    (cert.pem(), cert.der().to_vec(), key.serialize_pem())
+    let c = fabric::pki::self_signed("app-cert", &[name]).unwrap();
+    let der = fabric::pki::leaf_der(&c.cert_pem).unwrap();
+    (c.cert_pem, der, c.key_pem)
 }
 
 /// TLS termination in the simulation: the slice's virtual service on 443

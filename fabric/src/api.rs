@@ -709,15 +709,8 @@ pub async fn create_api_token(
     c: &Controller,
     token: ApiToken,
 ) -> Result<(String, String), ClusterError> {
-    let secret = crate::pki::new_secret();
-    let sha = sha256_hex(secret.as_bytes());
-    let id = token_id(&sha).to_string();
-    c.node()
-        .write(Command::AddApiToken {
-            token_sha256: sha,
-            token,
-        })
-        .await?;
+    let (secret, id, cmd) = Command::new_api_token(token);
+    c.node().write(cmd).await?;
     Ok((secret, id))
 }
 

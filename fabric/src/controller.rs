@@ -199,11 +199,7 @@ impl Controller {
         let ca_sha256 = ca
             .fingerprint()
             .map_err(|e| ClusterError::Fatal(e.to_string()))?;
-        let secret = pki::new_secret();
-        let cmd = Command::AddJoinToken {
-            token_sha256: pki::sha256_hex(secret.as_bytes()),
-            label: label.to_string(),
-        };
+        let (secret, cmd) = Command::new_join_token(label);
         self.inner.node.write(cmd).await?;
         Ok(pki::JoinTicket {
             token: secret,

@@ -998,18 +998,11 @@ mod tests {
 
     #[test]
     fn certificates_are_checked_and_referenced_by_name() {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["app.fabric.test".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let other = crate::pki::self_signed("other", &["other.test"]).unwrap();
         let mut config = Config::example();
-        config.certificates.push(Certificate {
-            name: "app".into(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        });
+        config
+            .certificates
+            .push(crate::pki::self_signed("app", &["app.fabric.test"]).unwrap());
         config.virtual_services[0].tls = Some(VsTls {
             certificates: vec!["app".into()],
         });
@@ -1017,7 +1010,7 @@ mod tests {
         assert!(!format!("{:?}", config.certificates[0]).contains("PRIVATE KEY"));
 
         let mut bad = config.clone();
-        bad.certificates[0].key_pem = other.serialize_pem();
+        bad.certificates[0].key_pem = other.key_pem;
         let e = bad.validate().unwrap_err().0;
         assert_eq!(e[0].path, "certificates[0]");
         assert!(e[0].reason.contains("key"), "{}", e[0].reason);

@@ -135,6 +135,24 @@ pub fn certified_key(
         .map_err(|e| PkiError::Invalid(format!("certificate and key: {e}")))
 }
 
+/// A self-signed certificate for `dns_names` with a new P-256 key, as the
+/// config object `name`: for demos, drills and tests.
+pub fn self_signed(name: &str, dns_names: &[&str]) -> Result<crate::model::Certificate, PkiError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let names = dns_names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let cert = CertificateParams::new(names)?.self_signed(&key)?;
+    Ok(crate::model::Certificate {
+        name: name.to_string(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// The DER of the first certificate in `cert_pem`.
+pub fn leaf_der(cert_pem: &str) -> Result<Vec<u8>, PkiError> {
+    Ok(pem_to_der(cert_pem)?.to_vec())
+}
+
 /// SHA-256 fingerprint (hex) of a PEM certificate's DER.
 pub fn fingerprint(cert_pem: &str) -> Result<String, PkiError> {
     Ok(sha256_hex(&pem_to_der(cert_pem)?))

@@ -346,16 +346,8 @@ type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str, u16);
 async fn private_keys_are_write_only() {
     let api = cluster().await;
     let admin = api.token(Role::Admin, None).await;
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["app.fabric.test".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let body = serde_json::json!({
-        "name": "app-cert",
-        "cert_pem": cert.pem(),
-        "key_pem": key.serialize_pem(),
-    });
+    let cert = fabric::pki::self_signed("app-cert", &["app.fabric.test"]).unwrap();
+    let body = serde_json::to_value(&cert).unwrap();
     let r = api
         .send("POST", "/api/v1/certificates", &admin, &body.to_string())
         .await;
@@ -363,7 +355,7 @@ async fn private_keys_are_write_only() {
     assert_eq!(r.body["spec"]["key_pem"], fabric::api::REDACTED);
     let r = api.get("/api/v1/certificates/app-cert", &admin).await;
     assert_eq!(r.body["spec"]["key_pem"], fabric::api::REDACTED);
-    assert_eq!(r.body["spec"]["cert_pem"], cert.pem());
+    assert_eq!(r.body["spec"]["cert_pem"], cert.cert_pem);
     let listed = api.get("/api/v1/certificates", &admin).await;
     assert!(!listed.body.to_string().contains("PRIVATE KEY"));
     // A virtual service offers it by name.
@@ -382,11 +374,7 @@ async fn private_keys_are_write_only() {
     let config = api.controller.desired().config.clone().unwrap();
     let se = fabric::proto::SeConfig::for_group(&config, "default", 1);
     let offered = se.virtual_services[0].tls.as_ref().unwrap();
-    assert_eq!(
-        offered[0].key_pem,
-        key.serialize_pem(),
-        "the SE gets the key"
-    );
+    assert_eq!(offered[0].key_pem, cert.key_pem, "the SE gets the key");
 }
 
 #[tokio::test]

@@ -81,17 +81,8 @@ impl ResolvesServerCert for BySni {
 mod tests {
     use super::*;
 
-    pub(crate) fn self_signed(name: &str, dns: &[&str]) -> Certificate {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let params =
-            rcgen::CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Certificate {
-            name: name.into(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
+    fn self_signed(name: &str, dns: &[&str]) -> Certificate {
+        pki::self_signed(name, dns).unwrap()
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fabric::model::{Algorithm, Certificate};
+use fabric::model::Algorithm;
 use fabric::rt;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -74,19 +74,6 @@ async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     }
 }
 
-fn self_signed() -> Certificate {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["app.test".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    Certificate {
-        name: "app".into(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    }
-}
-
 /// The first bytes a real client sends: a TLS ClientHello offering h2.
 async fn client_hello() -> Vec<u8> {
     let (client, mut server) = tokio::io::duplex(1 << 16);
@@ -116,7 +103,9 @@ async fn random_bytes_never_crash_the_http_or_tls_listener() {
         "se-fuzz".into(),
         ServerSet::standalone(Algorithm::RoundRobin, &[]),
     ));
-    tls.set_tls(Some(se::tls::server_config(&[self_signed()]).unwrap()));
+    tls.set_tls(Some(
+        se::tls::server_config(&[fabric::pki::self_signed("app", &["app.test"]).unwrap()]).unwrap(),
+    ));
     let plain_addr = listener_for(plain).await;
     let tls_addr = listener_for(tls).await;
     let hello = client_hello().await;

@@ -14,29 +14,18 @@ use fabric::proto::{SeConfig, SeVirtualService};
 use fabric::rt;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use se::dataplane::{ApplyError, DataPlane};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 fn self_signed(name: &str, dns: &[&str]) -> Certificate {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let params =
-        rcgen::CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>())
-            .unwrap();
-    Certificate {
-        name: name.into(),
-        cert_pem: params.self_signed(&key).unwrap().pem(),
-        key_pem: key.serialize_pem(),
-    }
+    fabric::pki::self_signed(name, dns).unwrap()
 }
 
 fn der(c: &Certificate) -> Vec<u8> {
-    use rustls::pki_types::pem::PemObject;
-    CertificateDer::from_pem_slice(c.cert_pem.as_bytes())
-        .unwrap()
-        .to_vec()
+    fabric::pki::leaf_der(&c.cert_pem).unwrap()
 }
 
 type Tls = tokio_rustls::client::TlsStream<rt::TcpStream>;

@@ -368,11 +368,6 @@ async fn api_call(
     token: &str,
     body: Option<serde_json::Value>,
 ) -> Result<ApiReply> {
-    use http_body_util::BodyExt;
-    let stream = rt::connect(addr).await?;
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    rt::spawn(conn);
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let req = http::Request::builder()
         .method(method)
@@ -380,14 +375,11 @@ async fn api_call(
         .header("host", addr.to_string())
         .header("authorization", format!("Bearer {token}"))
         .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
-    let resp = send.send_request(req).await?;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await?.to_bytes();
+    let resp = se::proxy::fetch(addr, req).await?;
     Ok(ApiReply {
-        status,
-        headers,
-        body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: serde_json::from_slice(resp.body()).unwrap_or(serde_json::Value::Null),
     })
 }
 

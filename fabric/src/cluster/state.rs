@@ -122,6 +122,35 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// A new one-time SE join token labelled `label`: its secret (given to
+    /// the SE once) and the command that records its hash.
+    pub fn new_join_token(label: &str) -> (String, Command) {
+        let secret = crate::pki::new_secret();
+        let cmd = Command::AddJoinToken {
+            token_sha256: crate::pki::sha256_hex(secret.as_bytes()),
+            label: label.to_string(),
+        };
+        (secret, cmd)
+    }
+
+    /// A new API token: its secret (shown once), its id, and the command
+    /// that records its hash.
+    pub fn new_api_token(token: ApiToken) -> (String, String, Command) {
+        let secret = crate::pki::new_secret();
+        let token_sha256 = crate::pki::sha256_hex(secret.as_bytes());
+        let id = token_id(&token_sha256).to_string();
+        (
+            secret,
+            id,
+            Command::AddApiToken {
+                token_sha256,
+                token,
+            },
+        )
+    }
+}
+
 /// Why a command changed nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(rename_all = "snake_case", tag = "error")]
