@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # HTTP/1.1 reverse proxy, keep-alive, small responses: our SE beside HAProxy
-# (nbthread 1), same backends, same load generator, same run.
-#   ./benches/http-proxy.sh            (DUR=10s CONNS=64 PASSES=2)
+# (nbthread 1) and nginx (1 worker), same backends, same load generator,
+# same run. Ours adds X-Forwarded-For/-Proto and its SE header to every
+# request and response; the peers, configured as in shared/peers, add none.
+#   ./benches/http-proxy.sh            (DUR=10s CONNS=64 PASSES=3)
 # Needs ./scripts/install-peers.sh (haproxy, nginx-light, wrk, bc). Placement
 # as in shared/peers/http/01-http-proxy.sh "P1": the proxy alone on CPU0; the
 # nginx backends (2 listeners, 100-byte body) and wrk share CPU1. The figure
@@ -11,7 +13,7 @@
 # Writes target/bench/http-proxy.json and prints a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DUR=${DUR:-10s}; CONNS=${CONNS:-64}; PASSES=${PASSES:-2}
+DUR=${DUR:-10s}; CONNS=${CONNS:-64}; PASSES=${PASSES:-3}
 for tool in haproxy nginx wrk bc taskset; do
   command -v "$tool" >/dev/null || { echo "missing $tool: run ./scripts/install-peers.sh" >&2; exit 2; }
 done
@@ -23,13 +25,19 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -f "$W/nginx.pid" ] && kill "$(cat "$W/nginx.pid")" 2>/dev/null || true
   [ -f "$W/haproxy.pid" ] && kill "$(cat "$W/haproxy.pid")" 2>/dev/null || true
+  [ -f "$W/nginx-px.pid" ] && kill "$(cat "$W/nginx-px.pid")" 2>/dev/null || true
   sleep 0.3; rm -rf "$W"
 }
 trap cleanup EXIT
 CLK=$(getconf CLK_TCK)
 BODY=$(printf 'x%.0s' $(seq 1 99))
-cpu_ticks() { local t=0 p s f; for p in "$@"; do for s in /proc/"$p"/task/*/stat; do
-  f=$(sed 's/.*) //' "$s"); set -- $f; t=$((t + ${12} + ${13})); done; done; echo $t; }
+# cpu_ticks [user|sys] PID...: CPU ticks (user+sys unless asked) of PIDs' threads.
+cpu_ticks() { local t=0 p s f which=all
+  case $1 in user|sys) which=$1; shift;; esac
+  for p in "$@"; do for s in /proc/"$p"/task/*/stat; do
+    f=$(sed 's/.*) //' "$s"); set -- $f
+    case $which in user) t=$((t + ${12}));; sys) t=$((t + ${13}));; *) t=$((t + ${12} + ${13}));; esac
+  done; done; echo $t; }
 
 mkdir -p "$W/nginx"
 cat > "$W/nginx.conf" <<NG
@@ -43,6 +51,21 @@ http {
   keepalive_requests 1000000;
   server { listen 127.0.0.1:18081; listen 127.0.0.1:18082; default_type text/plain;
     location / { return 200 "$BODY\n"; } }
+}
+NG
+mkdir -p "$W/nginx-px"
+cat > "$W/nginx-px.conf" <<NG
+worker_processes 1;
+pid $W/nginx-px.pid;
+error_log $W/nginx-px.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $W/nginx-px; proxy_temp_path $W/nginx-px; fastcgi_temp_path $W/nginx-px; uwsgi_temp_path $W/nginx-px; scgi_temp_path $W/nginx-px;
+  keepalive_requests 1000000;
+  upstream be { server 127.0.0.1:18081; server 127.0.0.1:18082; keepalive 128; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:18083;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering on; } }
 }
 NG
 cat > "$W/haproxy.cfg" <<HA
@@ -88,8 +111,10 @@ taskset -c 1 nginx -c "$W/nginx.conf" -p "$W/nginx" >/dev/null 2>&1
 sleep 0.5
 backend=$(pgrep -P "$(cat "$W/nginx.pid")" | tr '\n' ' ')
 taskset -c 0 haproxy -D -f "$W/haproxy.cfg"
+taskset -c 0 nginx -c "$W/nginx-px.conf" -p "$W/nginx-px" >/dev/null 2>&1
 sleep 0.5
 haproxy_pid=$(cat "$W/haproxy.pid")
+nginx_px=$(pgrep -P "$(cat "$W/nginx-px.pid")" | head -1)
 
 taskset -c 1 "$bin" controller --config "$W/fabric.toml" --data "$W/ctl" >"$W/controller.log" 2>&1 &
 pids+=($!)
@@ -102,36 +127,63 @@ se_pid=$!; pids+=($se_pid)
 for _ in $(seq 1 100); do curl -sf -o /dev/null http://127.0.0.20:18090/ && break; sleep 0.1; done
 curl -sf -o /dev/null http://127.0.0.20:18090/ || { echo "the SE does not serve; log:"; cat "$W/se.log"; exit 1; }
 curl -sf -o /dev/null http://127.0.0.1:18080/ || { echo "HAProxy does not serve"; exit 1; }
+curl -sf -o /dev/null http://127.0.0.1:18083/ || { echo "the nginx proxy does not serve"; exit 1; }
 
 # run LABEL PID URL -> "req/s proxy_cpu_pct p50 p99"
 run() {
   local label=$1 pid=$2 url=$3 t0 t1 s0 s1 out
-  t0=$(cpu_ticks "$pid"); s0=$(date +%s.%N)
+  t0=$(cpu_ticks "$pid"); u0=$(cpu_ticks user "$pid"); s0=$(date +%s.%N)
   out=$(taskset -c 1 timeout 60 wrk -t1 -c"$CONNS" -d"$DUR" --latency "$url")
-  t1=$(cpu_ticks "$pid"); s1=$(date +%s.%N)
+  t1=$(cpu_ticks "$pid"); u1=$(cpu_ticks user "$pid"); s1=$(date +%s.%N)
   local rps cpu p50 p99 errs
   rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
   p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
   p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
   errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
   cpu=$(echo "($t1 - $t0) / $CLK / ($s1 - $s0) * 100" | bc -l)
-  printf '%s %.0f %.1f %s %s %s\n' "$label" "$rps" "$cpu" "$p50" "$p99" "${errs:-none}" >>"$W/runs.txt"
+  user=$(echo "($u1 - $u0) * 100 / ($t1 - $t0 + 0.001)" | bc -l)
+  printf '%s %.0f %.1f %s %s %.0f %s\n' "$label" "$rps" "$cpu" "$p50" "$p99" "$user" "${errs:-none}" >>"$W/runs.txt"
 }
 for pass in $(seq 1 "$PASSES"); do
   run haproxy "$haproxy_pid" http://127.0.0.1:18080/
+  run nginx "$nginx_px" http://127.0.0.1:18083/
   run fabric "$se_pid" http://127.0.0.20:18090/
 done
+# PERF=1: one more run of each under `perf` (not counted): syscalls per
+# request for both proxies, and where the SE's time goes, in
+# target/bench/http-proxy.perf.txt.
+if [ -n "${PERF:-}" ]; then
+  mkdir -p target/bench
+  out=target/bench/http-proxy.perf.txt; : > "$out"
+  for which in haproxy fabric; do
+    if [ $which = haproxy ]; then pid=$haproxy_pid url=http://127.0.0.1:18080/; else pid=$se_pid url=http://127.0.0.20:18090/; fi
+    perf stat -e raw_syscalls:sys_enter -p "$pid" -o "$W/stat.$which" -- sleep "${DUR%s}" 2>/dev/null &
+    sp=$!
+    n=$(taskset -c 1 timeout 60 wrk -t1 -c"$CONNS" -d"$DUR" "$url" | awk '/requests in/ {print $1}')
+    wait $sp || true
+    calls=$(awk '/raw_syscalls/ {gsub(",", "", $1); print $1}' "$W/stat.$which")
+    echo "$which: $calls syscalls for $n requests: $(echo "scale=2; $calls / $n" | bc) per request" | tee -a "$out"
+  done
+  perf record -q -g -p "$se_pid" -o "$W/perf.data" -- sleep "${DUR%s}" 2>/dev/null &
+  perf_pid=$!
+  taskset -c 1 timeout 60 wrk -t1 -c"$CONNS" -d"$DUR" http://127.0.0.20:18090/ >/dev/null
+  wait $perf_pid || true
+  { perf report -i "$W/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12
+    perf report -i "$W/perf.data" --no-children --sort sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -80
+    perf report -i "$W/perf.data" --children --sort sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -80
+  } >> "$out" || true
+fi
 
 mkdir -p target/bench
 hv=$(haproxy -v | head -1 | awk '{print $3}')
-echo "| proxy | pass | req/s | proxy CPU | req/s per proxy core-s | p50 | p99 | errors |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| proxy | pass | req/s | proxy CPU | of it in user space | req/s per proxy core-s | p50 | p99 | errors |"
+echo "|---|---|---|---|---|---|---|---|---|"
 awk '{ n[$1]++; per = $2 / ($3 / 100); sum[$1] += per;
-       printf "| %s | %d | %d | %.0f%% | %d | %s | %s | %s |\n", $1, n[$1], $2, $3, per, $4, $5, $6 }
-     END { printf "\nmean req/s per proxy core-s: haproxy %d, fabric %d, ratio fabric/haproxy %.2f\n",
-           sum["haproxy"]/n["haproxy"], sum["fabric"]/n["fabric"], (sum["fabric"]/n["fabric"])/(sum["haproxy"]/n["haproxy"]) }' "$W/runs.txt"
+       printf "| %s | %d | %d | %.0f%% | %d%% | %d | %s | %s | %s |\n", $1, n[$1], $2, $3, $6, per, $4, $5, $7 }
+     END { h = sum["haproxy"]/n["haproxy"]; x = sum["nginx"]/n["nginx"]; f = sum["fabric"]/n["fabric"];
+           printf "\nmean req/s per proxy core-s: haproxy %d, nginx %d, fabric %d; fabric/haproxy %.2f, fabric/nginx %.2f\n", h, x, f, f/h, f/x }' "$W/runs.txt"
 awk -v hv="$hv" -v dur="$DUR" -v conns="$CONNS" 'BEGIN { printf "{\"haproxy_version\": \"%s\", \"duration\": \"%s\", \"connections\": %d, \"runs\": [", hv, dur, conns }
-     { printf "%s{\"proxy\": \"%s\", \"rps\": %d, \"proxy_cpu_pct\": %.1f, \"rps_per_core_s\": %d, \"p50\": \"%s\", \"p99\": \"%s\"}",
-       (NR > 1 ? ", " : ""), $1, $2, $3, $2 / ($3 / 100), $4, $5 }
+     { printf "%s{\"proxy\": \"%s\", \"rps\": %d, \"proxy_cpu_pct\": %.1f, \"rps_per_core_s\": %d, \"p50\": \"%s\", \"p99\": \"%s\", \"user_pct\": %d}",
+       (NR > 1 ? ", " : ""), $1, $2, $3, $2 / ($3 / 100), $4, $5, $6 }
      END { print "]}" }' "$W/runs.txt" > target/bench/http-proxy.json
 echo "(haproxy $hv, wrk -t1 -c$CONNS -d$DUR, JSON in target/bench/http-proxy.json)"

@@ -80,6 +80,81 @@ pub struct VsTls {
     pub certificates: Vec<String>,
 }
 
+/// HTTP settings of a virtual service: time and size limits, and the
+/// headers the SE adds for servers. Every field has a default; changes reach
+/// new client connections, open ones keep the settings they started with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VsHttp {
+    /// Time a client has to send a whole request head once it started one
+    /// (slow clients get 408).
+    pub header_timeout_ms: u64,
+    /// Time a keep-alive client connection may idle between requests.
+    pub client_idle_timeout_ms: u64,
+    /// Time allowed to connect to a server.
+    pub connect_timeout_ms: u64,
+    /// Time a server has to start its response (then 504).
+    pub response_timeout_ms: u64,
+    /// Longest pause inside a request or response body.
+    pub body_idle_timeout_ms: u64,
+    /// Longest pause in an upgraded (WebSocket) connection.
+    pub tunnel_idle_timeout_ms: u64,
+    /// Largest request head (request line and headers); larger gets 431.
+    pub max_header_bytes: u32,
+    /// Add `X-Forwarded-For` and `X-Forwarded-Proto` (replacing a client's
+    /// own `X-Forwarded-Proto`).
+    pub x_forwarded_for: bool,
+    /// Add `Forwarded: for=...;proto=...` (RFC 7239).
+    pub forwarded: bool,
+}
+
+impl Default for VsHttp {
+    fn default() -> Self {
+        Self {
+            header_timeout_ms: 10_000,
+            client_idle_timeout_ms: 60_000,
+            connect_timeout_ms: 2_000,
+            response_timeout_ms: 30_000,
+            body_idle_timeout_ms: 30_000,
+            tunnel_idle_timeout_ms: 300_000,
+            max_header_bytes: 64 * 1024,
+            x_forwarded_for: true,
+            forwarded: false,
+        }
+    }
+}
+
+impl VsHttp {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn validate(&self, at: &str, err: &mut impl FnMut(String, String)) {
+        let timeouts = [
+            ("header_timeout_ms", self.header_timeout_ms),
+            ("client_idle_timeout_ms", self.client_idle_timeout_ms),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("response_timeout_ms", self.response_timeout_ms),
+            ("body_idle_timeout_ms", self.body_idle_timeout_ms),
+            ("tunnel_idle_timeout_ms", self.tunnel_idle_timeout_ms),
+        ];
+        for (name, ms) in timeouts {
+            if !(1..=3_600_000).contains(&ms) {
+                err(
+                    format!("{at}.{name}"),
+                    "must be between 1 and 3600000 (one hour)".into(),
+                );
+            }
+        }
+        if !(1024..=1024 * 1024).contains(&self.max_header_bytes) {
+            err(
+                format!("{at}.max_header_bytes"),
+                "must be between 1024 and 1048576".into(),
+            );
+        }
+    }
+}
+
 /// A tenant. Its operators see and change only the objects it owns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -404,6 +479,9 @@ pub struct VirtualService {
     /// HTTP/2 (ALPN); servers are spoken to in HTTP/1.1 as without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<VsTls>,
+    /// HTTP limits and added headers (defaults when left out).
+    #[serde(default, skip_serializing_if = "VsHttp::is_default")]
+    pub http: VsHttp,
 }
 
 fn default_group() -> String {
@@ -601,6 +679,7 @@ impl Config {
         }
         let mut vips: BTreeMap<(IpAddr, u16), &str> = BTreeMap::new();
         for (i, v) in self.virtual_services.iter().enumerate() {
+            v.http.validate(&format!("virtual_services[{i}].http"), &mut err);
             if v.port == 0 {
                 err(
                     format!("virtual_services[{i}].port"),

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::rt;
 
-use crate::model::{Algorithm, Certificate, Config, HealthMonitor, Server};
+use crate::model::{Algorithm, Certificate, Config, HealthMonitor, Server, VsHttp};
 
 /// Version of this protocol; bumped on any incompatible change.
 pub const PROTO_VERSION: u32 = 2;
@@ -176,6 +176,9 @@ pub struct SeVirtualService {
     /// TLS termination: the certificates to offer, resolved, in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Vec<Certificate>>,
+    /// HTTP limits and added headers.
+    #[serde(default)]
+    pub http: VsHttp,
 }
 
 impl SeConfig {
@@ -207,6 +210,7 @@ impl SeConfig {
                             .cloned()
                             .collect()
                     }),
+                    http: vs.http,
                 })
             })
             .collect();

@@ -274,6 +274,9 @@ impl DataPlane {
             if !same_servers(&listener.spec, vs) {
                 listener.vs.set_servers(server_set(&self.pools, vs));
             }
+            if listener.spec.http != vs.http {
+                listener.vs.set_http(vs.http);
+            }
             if let Some(config) = tls.remove(key) {
                 // A certificate reload: new connections get the new
                 // settings, open ones keep theirs.
@@ -288,6 +291,7 @@ impl DataPlane {
                 server_set(&self.pools, vs),
             ));
             service.set_tls(tls.remove(&key).flatten());
+            service.set_http(vs.http);
             let for_task = service.clone();
             let task = rt::spawn(async move {
                 let result =
@@ -423,6 +427,7 @@ mod tests {
             servers: vec![Server::from("127.0.0.1:9".parse::<SocketAddr>().unwrap())],
             health_monitor: None,
             tls: None,
+            http: Default::default(),
         }
     }
 

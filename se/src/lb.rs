@@ -196,6 +196,9 @@ pub struct PickContext<'a> {
     pub client: IpAddr,
     /// The request's headers (consistent hashing on a header).
     pub headers: Option<&'a HeaderMap>,
+    /// The value of the set's [`hash_header`](ServerSet::hash_header) when
+    /// the caller looked it up itself (it wins over `headers`).
+    pub header_value: Option<&'a [u8]>,
     /// Randomness for power of two choices, from the world's generator.
     pub random: u64,
 }
@@ -206,6 +209,7 @@ impl<'a> PickContext<'a> {
         Self {
             client,
             headers: None,
+            header_value: None,
             random: 0,
         }
     }
@@ -282,6 +286,11 @@ impl ServerSet {
                 .iter()
                 .map(|a| (Server::from(*a), Arc::new(ServerState::new("-", *a, None)))),
         )
+    }
+
+    /// The header consistent hashing keys on, if any.
+    pub fn hash_header(&self) -> Option<&HeaderName> {
+        self.hash_header.as_ref()
     }
 
     /// The next server for a request, skipping those in `exclude` (tried
@@ -382,8 +391,11 @@ impl ServerSet {
         let from_header = self
             .hash_header
             .as_ref()
-            .and_then(|name| ctx.headers?.get(name))
-            .and_then(|value| hash_input(value.as_bytes()));
+            .and_then(|name| {
+                ctx.header_value
+                    .or_else(|| Some(ctx.headers?.get(name)?.as_bytes()))
+            })
+            .and_then(hash_input);
         match from_header {
             Some(input) => hash64(input, 0),
             None => hash_ip(ctx.client),

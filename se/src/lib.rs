@@ -4,6 +4,8 @@
 //!   and keeps serving the last one while the Controller is unreachable.
 //! - [`dataplane`]: listeners per virtual service, swapped atomically.
 //! - [`proxy`]: the HTTP reverse proxy of one virtual service.
+//! - [`relay`], [`h1`]: its HTTP/1.x side, heads parsed and bodies relayed
+//!   byte for byte to pooled server connections.
 //! - [`tls`]: TLS termination settings (certificates by SNI, ALPN).
 //! - [`lb`]: load-balancing selection over a server set.
 //! - [`health`]: active and passive health monitoring, reported to the Controller.
@@ -12,10 +14,12 @@
 
 pub mod agent;
 pub mod dataplane;
+pub mod h1;
 pub mod health;
 pub mod lb;
 pub mod origin;
 pub mod proxy;
+pub mod relay;
 pub mod tls;
 
 /// Response header naming the SE that served a request, so clients and the

@@ -20,13 +20,12 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fabric::model::Algorithm;
+use fabric::model::{Algorithm, VsHttp};
 use fabric::rt;
 use http::{HeaderValue, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1 as client_http1;
-use hyper::server::conn::http1 as server_http1;
 use hyper::server::conn::http2 as server_http2;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -121,6 +120,8 @@ pub struct VirtualService {
     servers: RwLock<Arc<ServerSet>>,
     tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
     pool: Arc<ServerPool>,
+    conns: crate::relay::ConnPool,
+    http: RwLock<VsHttp>,
 }
 
 impl std::fmt::Debug for VirtualService {
@@ -141,12 +142,40 @@ impl VirtualService {
             servers: RwLock::new(Arc::new(servers)),
             tls: RwLock::new(None),
             pool: Arc::default(),
+            conns: crate::relay::ConnPool::default(),
+            http: RwLock::new(VsHttp::default()),
         }
     }
 
-    /// Its idle connections to servers.
+    /// The same with other HTTP settings.
+    pub fn with_http(self, http: VsHttp) -> Self {
+        self.set_http(http);
+        self
+    }
+
+    /// Its HTTP settings (limits, added headers) for new connections.
+    pub fn http(&self) -> VsHttp {
+        *self.http.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Change its HTTP settings; open connections keep theirs.
+    pub fn set_http(&self, http: VsHttp) {
+        *self.http.write().unwrap_or_else(|p| p.into_inner()) = http;
+    }
+
+    /// The SE it runs on.
+    pub fn se_name(&self) -> &str {
+        &self.se_name
+    }
+
+    /// Idle HTTP/1.1 connections to servers kept for its HTTP/2 clients.
     pub fn pool(&self) -> &ServerPool {
         &self.pool
+    }
+
+    /// Idle connections to servers kept for its HTTP/1.x clients.
+    pub fn conn_pool(&self) -> &crate::relay::ConnPool {
+        &self.conns
     }
 
     /// The TLS settings new connections get (None: plain HTTP/1.1).
@@ -173,6 +202,7 @@ impl VirtualService {
         let addrs: std::collections::BTreeSet<SocketAddr> = servers.addrs().collect();
         *self.servers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(servers);
         self.pool.retain(|a| addrs.contains(a));
+        self.conns.retain(|a| addrs.contains(a));
     }
 }
 
@@ -182,7 +212,7 @@ impl VirtualService {
 /// is dropped.
 pub async fn serve_connection(vs: Arc<VirtualService>, stream: rt::TcpStream, peer: SocketAddr) {
     let Some(tls) = vs.tls() else {
-        return serve_http1(vs, stream, peer, false).await;
+        return crate::relay::serve(vs, stream, peer, false).await;
     };
     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
     let stream = match rt::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
@@ -208,24 +238,8 @@ pub async fn serve_connection(vs: Arc<VirtualService>, stream: rt::TcpStream, pe
             .serve_connection(TokioIo::new(stream), service)
             .await;
     } else {
-        serve_http1(vs, stream, peer, true).await
+        crate::relay::serve(vs, stream, peer, true).await
     }
-}
-
-async fn serve_http1<S>(vs: Arc<VirtualService>, stream: S, peer: SocketAddr, tls: bool)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let service = service_fn(move |req| {
-        let vs = vs.clone();
-        async move { Ok::<_, Infallible>(handle(&vs, req, peer, tls).await) }
-    });
-    let _ = server_http1::Builder::new()
-        .timer(rt::Timer)
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
 }
 
 async fn handle(
@@ -256,6 +270,7 @@ async fn handle(
         let ctx = PickContext {
             client: peer.ip(),
             headers: Some(req.headers()),
+            header_value: None,
             random: if draws { rt::random_u64() } else { 0 },
         };
         let Some(picked) = servers.pick(&ctx, &tried) else {

@@ -70,6 +70,7 @@ fn config(
             servers,
             health_monitor,
             tls: None,
+            http: Default::default(),
         }],
     }
 }

@@ -99,14 +99,14 @@ async fn keep_alive_connections_are_reused() {
         1,
         "20 requests, one connection"
     );
-    assert_eq!(vs.pool().idle(), 1);
+    assert_eq!(vs.conn_pool().idle(), 1);
 
     // Concurrent requests need more connections; the pool keeps at most its bound.
     let burst = (0..MAX_IDLE_PER_SERVER + 8).map(|_| get(vip));
     let statuses = futures_join_all(burst).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     rt::sleep(Duration::from_millis(50)).await;
-    assert!(vs.pool().idle() <= MAX_IDLE_PER_SERVER);
+    assert!(vs.conn_pool().idle() <= MAX_IDLE_PER_SERVER);
 }
 
 #[tokio::test]
@@ -119,7 +119,7 @@ async fn servers_that_close_connections_cost_no_failed_request() {
         rt::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 10);
-    assert_eq!(vs.pool().idle(), 0);
+    assert_eq!(vs.conn_pool().idle(), 0);
 
     // Closes connections that idle 100 ms: a request after that gets a new one.
     let (server, accepted) = counting_server(false, Some(Duration::from_millis(100))).await;

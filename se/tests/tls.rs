@@ -104,6 +104,7 @@ fn config(version: u64, port: u16, origin: SocketAddr, certs: &[Certificate]) ->
             servers: vec![Server::from(origin)],
             health_monitor: None,
             tls: Some(certs.to_vec()),
+            http: Default::default(),
         }],
     }
 }

@@ -498,6 +498,7 @@ fn random_sets_and_requests_never_panic_and_pick_only_eligible_servers() {
             let ctx = PickContext {
                 client: IpAddr::from(rng.gen::<[u8; 16]>()),
                 headers: Some(&headers),
+                header_value: None,
                 random: rng.gen(),
             };
             let exclude: Vec<SocketAddr> = (0..rng.gen_range(0..3))

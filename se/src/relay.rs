@@ -1,0 +1,627 @@
+//! The HTTP/1.x reverse proxy's connection loop: client requests relayed to
+//! pooled server connections byte for byte, around the pure head and body
+//! handling of [`crate::h1`].
+//!
+//! Per request: read the head (bounded in size and time), pick a server,
+//! send the rewritten head with whatever body bytes already arrived in one
+//! write, stream the rest of the body, read the response head, send it with
+//! the body bytes that came with it in one write, stream the rest. Nothing
+//! is buffered beyond one read, so memory per connection is bounded and a
+//! request or response of any size streams through.
+//!
+//! Failure handling, in the order a request meets it:
+//! - a server that refuses the connection is skipped for the next eligible
+//!   one (the request was not sent), up to [`MAX_CONNECT_ATTEMPTS`];
+//! - a reused idle connection that the server had closed is replayed once
+//!   on a new connection, only when the whole request was in that one
+//!   write; requests whose body streams go on new connections only;
+//! - a server that fails after the request went out gets 502, one that
+//!   does not answer in time 504, never a retry; a response that breaks
+//!   off after its head closes the client connection.
+//!
+//! `Upgrade` requests that a server answers 101 (WebSocket) become a
+//! tunnel: bytes both ways until either side closes or the tunnel is idle
+//! for [`Limits::tunnel_idle`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fabric::model::{Algorithm, VsHttp};
+use fabric::rt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::h1::{self, BodyEnd, Forwarding, Framing, HeadError, ResponseRewrite};
+use crate::lb::{PickContext, Picked};
+use crate::proxy::{VirtualService, MAX_CONNECT_ATTEMPTS};
+
+/// Time and size limits of one HTTP/1.x client connection, from its
+/// virtual service's [`VsHttp`] when the connection started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Time a client has to send a whole request head once it started
+    /// one (slow clients are cut off: 408).
+    pub header: Duration,
+    /// Time a keep-alive client connection may sit idle between requests.
+    pub client_idle: Duration,
+    /// Time allowed to open a connection to a server.
+    pub connect: Duration,
+    /// Time a server has to start its response once the request is sent.
+    pub response: Duration,
+    /// Longest pause inside a body, either way.
+    pub body_idle: Duration,
+    /// Longest pause in an upgraded (WebSocket) tunnel.
+    pub tunnel_idle: Duration,
+    /// Largest request or response head.
+    pub max_head: usize,
+}
+
+impl From<&VsHttp> for Limits {
+    fn from(h: &VsHttp) -> Self {
+        let ms = Duration::from_millis;
+        Self {
+            header: ms(h.header_timeout_ms),
+            client_idle: ms(h.client_idle_timeout_ms),
+            connect: ms(h.connect_timeout_ms),
+            response: ms(h.response_timeout_ms),
+            body_idle: ms(h.body_idle_timeout_ms),
+            tunnel_idle: ms(h.tunnel_idle_timeout_ms),
+            max_head: h.max_header_bytes as usize,
+        }
+    }
+}
+
+/// Bytes read from a socket per read call (and the buffer's initial size).
+const READ_CHUNK: usize = 16 * 1024;
+
+/// An open connection to a server with what it sent and no one read yet.
+pub struct Upstream {
+    stream: rt::TcpStream,
+    buf: Vec<u8>,
+}
+
+/// Idle connections to servers, reused by later requests: at most
+/// [`crate::proxy::MAX_IDLE_PER_SERVER`] per server, none idle longer than
+/// [`crate::proxy::IDLE_TIMEOUT`]. Taking and giving back are a lock and a
+/// queue operation, no task.
+#[derive(Default)]
+pub struct ConnPool {
+    idle: Mutex<BTreeMap<SocketAddr, VecDeque<(Instant, Upstream)>>>,
+}
+
+impl ConnPool {
+    fn take(&self, server: SocketAddr) -> Option<Upstream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let queue = idle.get_mut(&server)?;
+        let now = rt::now();
+        while let Some((since, conn)) = queue.pop_back() {
+            if now.saturating_duration_since(since) < crate::proxy::IDLE_TIMEOUT {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, server: SocketAddr, conn: Upstream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let queue = idle.entry(server).or_default();
+        if queue.len() >= crate::proxy::MAX_IDLE_PER_SERVER {
+            queue.pop_front();
+        }
+        queue.push_back((rt::now(), conn));
+    }
+
+    /// Idle connections kept now, over all servers.
+    pub fn idle(&self) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.values().map(VecDeque::len).sum()
+    }
+
+    /// Drop idle connections to servers not in `keep`.
+    pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|addr, _| keep(addr));
+    }
+}
+
+async fn connect(server: SocketAddr, limits: &Limits) -> io::Result<Upstream> {
+    let stream = rt::timeout(limits.connect, rt::connect(server))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    Ok(Upstream {
+        stream,
+        buf: Vec::with_capacity(READ_CHUNK),
+    })
+}
+
+/// Read once from `stream`, appending to `buf`; `Ok(0)` at end of stream.
+async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+    stream.read_buf(buf).await
+}
+
+async fn read_timed<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    limit: Duration,
+) -> io::Result<usize> {
+    rt::timeout(limit, read_some(stream, buf))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "timed out"))?
+}
+
+async fn write_all<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
+/// Move the body bytes at the start of `buf` that `end` accepts into
+/// `out`; returns how many.
+fn take_body(end: &mut BodyEnd, buf: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<usize, h1::ChunkError> {
+    let n = end.feed(buf)?;
+    out.extend_from_slice(&buf[..n]);
+    buf.drain(..n);
+    Ok(n)
+}
+
+/// Why streaming a body stopped early.
+enum BodyError {
+    /// The sending side broke off, misframed, or paused too long.
+    Source,
+    /// The receiving side failed.
+    Sink,
+}
+
+/// Stream the rest of a body from `src` (with `srcbuf` holding what was
+/// read already) to `dst` until `end` says it is complete; `UntilClose`
+/// bodies end when `src` closes.
+async fn relay_body<R, W>(
+    src: &mut R,
+    srcbuf: &mut Vec<u8>,
+    dst: &mut W,
+    end: &mut BodyEnd,
+    idle: Duration,
+    scratch: &mut Vec<u8>,
+) -> Result<(), BodyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        if end.is_done() {
+            return Ok(());
+        }
+        srcbuf.clear();
+        match read_timed(src, srcbuf, idle).await {
+            Ok(0) if *end == BodyEnd::UntilClose => return Ok(()),
+            Ok(0) | Err(_) => return Err(BodyError::Source),
+            Ok(_) => {}
+        }
+        scratch.clear();
+        take_body(end, srcbuf, scratch).map_err(|_| BodyError::Source)?;
+        write_all(dst, scratch).await.map_err(|_| BodyError::Sink)?;
+    }
+}
+
+/// One client connection and its buffers (reused request after request).
+struct Conn<S> {
+    vs: Arc<VirtualService>,
+    limits: Limits,
+    client: S,
+    peer: SocketAddr,
+    se_name: Vec<u8>,
+    /// Client bytes read and not yet relayed.
+    inbuf: Vec<u8>,
+    /// The request for the server: head and first body bytes.
+    out: Vec<u8>,
+    /// The response for the client: head and first body bytes.
+    resp: Vec<u8>,
+    /// Body bytes on their way.
+    scratch: Vec<u8>,
+}
+
+/// Serve one HTTP/1.x client connection of `vs` (plain, or TLS already
+/// terminated: `tls`).
+pub async fn serve<S>(vs: Arc<VirtualService>, client: S, peer: SocketAddr, tls: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let http = vs.http();
+    let fwd = Forwarding {
+        client: peer.ip(),
+        tls,
+        x_forwarded: http.x_forwarded_for,
+        forwarded: http.forwarded,
+    };
+    let mut conn = Conn {
+        limits: Limits::from(&http),
+        se_name: vs.se_name().as_bytes().to_vec(),
+        vs,
+        client,
+        peer,
+        inbuf: Vec::with_capacity(READ_CHUNK),
+        out: Vec::with_capacity(1024),
+        resp: Vec::with_capacity(READ_CHUNK),
+        scratch: Vec::new(),
+    };
+    let mut first = true;
+    loop {
+        let servers = conn.vs.servers();
+        let Some(head) = conn.read_head(&fwd, &servers, first).await else {
+            return;
+        };
+        first = false;
+        let hash_value = head.hash_value.map(|(a, b)| conn.inbuf[a..b].to_vec());
+        conn.inbuf.drain(..head.len);
+        if head.expect_continue
+            && head.framing != Framing::Empty
+            && conn.inbuf.is_empty()
+            && write_all(&mut conn.client, b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+        {
+            return;
+        }
+        // The head for the server, then the body bytes that came with it.
+        let mut req_end = BodyEnd::new(head.framing);
+        if take_body(&mut req_end, &mut conn.inbuf, &mut conn.out).is_err() {
+            let e = HeadError::Framing("malformed chunked body");
+            conn.refuse(&e).await;
+            return;
+        }
+        let outcome = conn
+            .exchange(&servers, &head, &mut req_end, hash_value.as_deref())
+            .await;
+        match outcome {
+            Exchange::KeepAlive if head.keep_alive && req_end.is_done() => continue,
+            Exchange::KeepAlive | Exchange::Close => {
+                let _ = conn.client.shutdown().await;
+                return;
+            }
+            Exchange::Gone => return,
+        }
+    }
+}
+
+/// How a request ended for the client connection.
+enum Exchange {
+    /// A complete response went out; the connection may serve another.
+    KeepAlive,
+    /// Answered, but the connection must close.
+    Close,
+    /// The connection broke, or became a tunnel that ended.
+    Gone,
+}
+
+/// Why no response came from a server.
+enum Failed {
+    /// Connecting failed (the request was not sent: try another server).
+    Connect(io::Error),
+    /// A reused connection was closed by the server before it answered.
+    Stale,
+    /// Sending the request or reading the response failed.
+    Broken(String),
+    /// No response head in time.
+    Timeout,
+    /// The client broke off while its body streamed.
+    Client,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// The next request head (its rewritten form in `out`), or `None` when
+    /// the connection is done (closed, idle too long, or refused a bad head).
+    async fn read_head(
+        &mut self,
+        fwd: &Forwarding,
+        servers: &crate::lb::ServerSet,
+        first: bool,
+    ) -> Option<h1::RequestHead> {
+        let hash_header = servers.hash_header().map(|h| h.as_str());
+        // The client may idle before it starts a head, and then has
+        // `limits.header` to finish it.
+        let mut deadline =
+            (first || !self.inbuf.is_empty()).then(|| rt::now() + self.limits.header);
+        loop {
+            match h1::parse_request(
+                &self.inbuf,
+                self.limits.max_head,
+                fwd,
+                hash_header,
+                &mut self.out,
+            ) {
+                Ok(Some(head)) => return Some(head),
+                Ok(None) => {}
+                Err(e) => {
+                    self.refuse(&e).await;
+                    return None;
+                }
+            }
+            let wait = match deadline {
+                Some(d) => d.saturating_duration_since(rt::now()),
+                None => self.limits.client_idle,
+            };
+            match read_timed(&mut self.client, &mut self.inbuf, wait).await {
+                Ok(0) => return None,
+                Ok(_) => {
+                    deadline.get_or_insert_with(|| rt::now() + self.limits.header);
+                }
+                Err(e) if e.kind() == io::ErrorKind::TimedOut && !self.inbuf.is_empty() => {
+                    let message = "request head not received in time";
+                    h1::own_response(408, message, &self.se_name, true, &mut self.resp);
+                    let _ = write_all(&mut self.client, &self.resp).await;
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    async fn refuse(&mut self, e: &HeadError) {
+        tracing::debug!(peer = %self.peer, error = %e, "request refused");
+        h1::own_response(e.status(), &e.to_string(), &self.se_name, true, &mut self.resp);
+        let _ = write_all(&mut self.client, &self.resp).await;
+        let _ = self.client.shutdown().await;
+    }
+
+    /// Answer with an error of our own; the connection stays open if the
+    /// request was read to its end.
+    async fn answer(&mut self, status: u16, message: &str, close: bool) -> Exchange {
+        h1::own_response(status, message, &self.se_name, close, &mut self.resp);
+        match write_all(&mut self.client, &self.resp).await {
+            Ok(()) if close => Exchange::Close,
+            Ok(()) => Exchange::KeepAlive,
+            Err(_) => Exchange::Gone,
+        }
+    }
+
+    /// Send the request in `out` to a server of `servers` and relay the response.
+    async fn exchange(
+        &mut self,
+        servers: &crate::lb::ServerSet,
+        head: &h1::RequestHead,
+        req_end: &mut BodyEnd,
+        hash_value: Option<&[u8]>,
+    ) -> Exchange {
+        // The whole request is in `out`: it may go on a reused connection
+        // and be replayed if that one turns out closed.
+        let whole = req_end.is_done();
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut tried = [unspecified; MAX_CONNECT_ATTEMPTS];
+        let mut attempts = 0;
+        let draws = servers.algorithm() == Algorithm::PowerOfTwoChoices;
+        let mut failures: Vec<String> = Vec::new();
+        while attempts < MAX_CONNECT_ATTEMPTS {
+            let ctx = PickContext {
+                client: self.peer.ip(),
+                headers: None,
+                header_value: hash_value,
+                random: if draws { rt::random_u64() } else { 0 },
+            };
+            let Some(picked) = servers.pick(&ctx, &tried[..attempts]) else {
+                break;
+            };
+            let server = picked.addr();
+            match self.send(server, whole, req_end).await {
+                Ok(upstream) => return self.relay_response(picked, upstream, head).await,
+                Err(Failed::Connect(e)) => {
+                    picked.state().on_request_failed(&e.to_string());
+                    failures.push(format!("{server}: {e}"));
+                    tried[attempts] = server;
+                    attempts += 1;
+                }
+                Err(Failed::Stale) => unreachable!("send replays stale connections"),
+                Err(Failed::Client) => return Exchange::Gone,
+                Err(Failed::Timeout) => {
+                    picked.state().on_request_failed("response timed out");
+                    let message = format!("server {server} did not answer in time");
+                    return self.answer(504, &message, !req_end.is_done()).await;
+                }
+                Err(Failed::Broken(why)) => {
+                    picked.state().on_request_failed(&why);
+                    let message = format!("server {server} failed: {why}");
+                    return self.answer(502, &message, !req_end.is_done()).await;
+                }
+            }
+        }
+        let close = !req_end.is_done();
+        if attempts == 0 {
+            tracing::debug!(vs = %self.vs.name, "no eligible server");
+            self.answer(503, "no server of the pool is available", close)
+                .await
+        } else {
+            tracing::warn!(vs = %self.vs.name, ?failures, "no server reachable");
+            self.answer(502, "no server of the pool is reachable", close)
+                .await
+        }
+    }
+
+    /// Send the request to `server` (streaming the rest of its body) and
+    /// wait until its response head has arrived; the connection is returned
+    /// with the response's bytes in its buffer.
+    async fn send(
+        &mut self,
+        server: SocketAddr,
+        whole: bool,
+        req_end: &mut BodyEnd,
+    ) -> Result<Upstream, Failed> {
+        let pool = self.vs.conn_pool();
+        if whole {
+            if let Some(mut upstream) = pool.take(server) {
+                match self.try_send(&mut upstream, req_end).await {
+                    Ok(()) => return Ok(upstream),
+                    Err(Failed::Stale) => {} // replayed below on a new connection
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let mut upstream = connect(server, &self.limits)
+            .await
+            .map_err(Failed::Connect)?;
+        match self.try_send(&mut upstream, req_end).await {
+            Ok(()) => Ok(upstream),
+            Err(Failed::Stale) => Err(Failed::Broken("connection closed".into())),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn try_send(&mut self, upstream: &mut Upstream, req_end: &mut BodyEnd) -> Result<(), Failed> {
+        upstream.buf.clear();
+        if let Err(e) = write_all(&mut upstream.stream, &self.out).await {
+            return Err(if req_end.is_done() { Failed::Stale } else { Failed::Broken(e.to_string()) });
+        }
+        if !req_end.is_done() {
+            match relay_body(
+                &mut self.client,
+                &mut self.inbuf,
+                &mut upstream.stream,
+                req_end,
+                self.limits.body_idle,
+                &mut self.scratch,
+            )
+            .await
+            {
+                Ok(()) => {}
+                Err(BodyError::Source) => return Err(Failed::Client),
+                Err(BodyError::Sink) => return Err(Failed::Broken("server stopped reading".into())),
+            }
+        }
+        match read_timed(&mut upstream.stream, &mut upstream.buf, self.limits.response).await {
+            Ok(0) => Err(Failed::Stale),
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(Failed::Timeout),
+            Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) => {
+                Err(Failed::Stale)
+            }
+            Err(e) => Err(Failed::Broken(e.to_string())),
+        }
+    }
+
+    /// Relay the response whose first bytes are in `upstream.buf`.
+    async fn relay_response(
+        &mut self,
+        picked: Picked,
+        mut upstream: Upstream,
+        head: &h1::RequestHead,
+    ) -> Exchange {
+        let server = picked.addr();
+        let rw = ResponseRewrite {
+            is_head: head.is_head,
+            upgrade: head.upgrade,
+            close: !head.keep_alive,
+            http10_keep_alive: head.http10 && head.keep_alive,
+            se_name: &self.se_name,
+        };
+        let deadline = rt::now() + self.limits.response;
+        let resp = loop {
+            match h1::parse_response(&upstream.buf, self.limits.max_head, &rw, &mut self.resp) {
+                Ok(Some(resp)) if resp.is_interim() => {
+                    upstream.buf.drain(..resp.len);
+                    if write_all(&mut self.client, &self.resp).await.is_err() {
+                        return Exchange::Gone;
+                    }
+                    continue;
+                }
+                Ok(Some(resp)) => break resp,
+                Ok(None) => {}
+                Err(e) => {
+                    picked.state().on_request_failed(&format!("bad response: {e}"));
+                    let message = format!("server {server} sent a bad response: {e}");
+                    return self.answer(502, &message, false).await;
+                }
+            }
+            let wait = deadline.saturating_duration_since(rt::now());
+            match read_timed(&mut upstream.stream, &mut upstream.buf, wait).await {
+                Ok(n) if n > 0 => {}
+                Ok(_) | Err(_) => {
+                    picked.state().on_request_failed("response broke off in its head");
+                    let message = format!("server {server} failed: response broke off");
+                    return self.answer(502, &message, false).await;
+                }
+            }
+        };
+        picked.state().on_request_succeeded();
+        upstream.buf.drain(..resp.len);
+        let mut end = BodyEnd::new(resp.framing);
+        if take_body(&mut end, &mut upstream.buf, &mut self.resp).is_err() {
+            return Exchange::Gone;
+        }
+        if write_all(&mut self.client, &self.resp).await.is_err() {
+            return Exchange::Gone;
+        }
+        if resp.status == 101 {
+            let rest = std::mem::take(&mut upstream.buf);
+            tunnel(&mut self.client, &mut self.inbuf, &mut upstream.stream, &rest, self.limits.tunnel_idle).await;
+            return Exchange::Gone;
+        }
+        if !end.is_done() {
+            let relayed = relay_body(
+                &mut upstream.stream,
+                &mut upstream.buf,
+                &mut self.client,
+                &mut end,
+                self.limits.body_idle,
+                &mut self.scratch,
+            )
+            .await;
+            match relayed {
+                Ok(()) => {}
+                Err(BodyError::Source) => {
+                    picked.state().on_request_failed("response body broke off");
+                    return Exchange::Gone;
+                }
+                Err(BodyError::Sink) => return Exchange::Gone,
+            }
+        }
+        if resp.keep_alive && upstream.buf.is_empty() {
+            self.vs.conn_pool().give_back(server, upstream);
+        }
+        drop(picked);
+        if resp.framing == Framing::UntilClose {
+            Exchange::Close
+        } else {
+            Exchange::KeepAlive
+        }
+    }
+}
+
+/// Bytes both ways between a client and a server that switched protocols,
+/// until either closes or nothing moves for `idle`. `to_server` and
+/// `to_client` are bytes that arrived before the switch.
+async fn tunnel<C, U>(client: &mut C, to_server: &mut Vec<u8>, server: &mut U, to_client: &[u8], idle: Duration)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    if !to_client.is_empty() && write_all(client, to_client).await.is_err() {
+        return;
+    }
+    if !to_server.is_empty() && write_all(server, to_server).await.is_err() {
+        return;
+    }
+    let mut a = vec![0u8; READ_CHUNK];
+    let mut b = vec![0u8; READ_CHUNK];
+    loop {
+        let moved = rt::timeout(idle, async {
+            tokio::select! {
+                r = client.read(&mut a) => match r {
+                    Ok(n) if n > 0 => write_all(server, &a[..n]).await.is_ok(),
+                    _ => false,
+                },
+                r = server.read(&mut b) => match r {
+                    Ok(n) if n > 0 => write_all(client, &b[..n]).await.is_ok(),
+                    _ => false,
+                },
+            }
+        })
+        .await;
+        if !matches!(moved, Ok(true)) {
+            let _ = client.shutdown().await;
+            let _ = server.shutdown().await;
+            return;
+        }
+    }
+}
