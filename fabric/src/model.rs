@@ -78,6 +78,14 @@ pub struct VsTls {
     /// Names of the certificates it offers. The client's SNI name picks the
     /// first one valid for it; without SNI, or when none is, the first.
     pub certificates: Vec<String>,
+    /// Let clients resume sessions (TLS 1.3 tickets, TLS 1.2 tickets and
+    /// session IDs). Off: every connection is a full handshake.
+    #[serde(default = "yes")]
+    pub session_resumption: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// HTTP settings of a virtual service: time and size limits, and the
@@ -679,7 +687,8 @@ impl Config {
         }
         let mut vips: BTreeMap<(IpAddr, u16), &str> = BTreeMap::new();
         for (i, v) in self.virtual_services.iter().enumerate() {
-            v.http.validate(&format!("virtual_services[{i}].http"), &mut err);
+            v.http
+                .validate(&format!("virtual_services[{i}].http"), &mut err);
             if v.port == 0 {
                 err(
                     format!("virtual_services[{i}].port"),
@@ -1084,6 +1093,7 @@ mod tests {
             .push(crate::pki::self_signed("app", &["app.fabric.test"]).unwrap());
         config.virtual_services[0].tls = Some(VsTls {
             certificates: vec!["app".into()],
+            session_resumption: true,
         });
         config.validate().unwrap();
         assert!(!format!("{:?}", config.certificates[0]).contains("PRIVATE KEY"));
@@ -1099,14 +1109,53 @@ mod tests {
         let mut dangling = config.clone();
         dangling.virtual_services[0].tls = Some(VsTls {
             certificates: vec!["ghost".into()],
+            session_resumption: true,
         });
         let e = dangling.validate().unwrap_err().0;
         assert_eq!(e[0].path, "virtual_services[0].tls.certificates[0]");
         dangling.virtual_services[0].tls = Some(VsTls {
             certificates: vec![],
+            session_resumption: true,
         });
         let e = dangling.validate().unwrap_err().0;
         assert_eq!(e[0].path, "virtual_services[0].tls.certificates");
+    }
+
+    #[test]
+    fn http_settings_default_and_are_range_checked() {
+        let config: Config = toml::from_str(
+            r#"
+            [controller]
+            listen = "127.0.0.1:7000"
+            [[se_groups]]
+            name = "default"
+            [[pools]]
+            name = "web"
+            servers = ["127.0.0.1:9000"]
+            [[virtual_services]]
+            name = "app"
+            vip = "127.0.0.10"
+            port = 80
+            pool = "web"
+            http = { header_timeout_ms = 0, max_header_bytes = 10, forwarded = true }
+            "#,
+        )
+        .unwrap();
+        let http = config.virtual_services[0].http;
+        assert!(http.forwarded && http.x_forwarded_for);
+        assert_eq!(
+            http.client_idle_timeout_ms,
+            VsHttp::default().client_idle_timeout_ms
+        );
+        let e = config.validate().unwrap_err().0;
+        let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "virtual_services[0].http.header_timeout_ms",
+                "virtual_services[0].http.max_header_bytes"
+            ]
+        );
     }
 
     #[test]

@@ -176,9 +176,16 @@ pub struct SeVirtualService {
     /// TLS termination: the certificates to offer, resolved, in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Vec<Certificate>>,
+    /// With `tls`: whether clients may resume sessions.
+    #[serde(default = "resumption_default")]
+    pub tls_resumption: bool,
     /// HTTP limits and added headers.
     #[serde(default)]
     pub http: VsHttp,
+}
+
+fn resumption_default() -> bool {
+    true
 }
 
 impl SeConfig {
@@ -210,6 +217,7 @@ impl SeConfig {
                             .cloned()
                             .collect()
                     }),
+                    tls_resumption: vs.tls.as_ref().is_none_or(|t| t.session_resumption),
                     http: vs.http,
                 })
             })

@@ -222,20 +222,19 @@ impl DataPlane {
             if self
                 .listeners
                 .get(key)
-                .is_some_and(|l| l.spec.tls == vs.tls)
+                .is_some_and(|l| l.spec.tls == vs.tls && l.spec.tls_resumption == vs.tls_resumption)
             {
                 continue;
             }
-            let config =
-                match &vs.tls {
-                    None => None,
-                    Some(certs) => Some(crate::tls::server_config(certs).map_err(|reason| {
-                        ApplyError::Tls {
-                            vs: vs.name.clone(),
-                            reason,
-                        }
-                    })?),
-                };
+            let config = match &vs.tls {
+                None => None,
+                Some(certs) => Some(crate::tls::server_config(certs, vs.tls_resumption).map_err(
+                    |reason| ApplyError::Tls {
+                        vs: vs.name.clone(),
+                        reason,
+                    },
+                )?),
+            };
             tls.insert(*key, config);
         }
         let mut prepared = Vec::new();
@@ -427,6 +426,7 @@ mod tests {
             servers: vec![Server::from("127.0.0.1:9".parse::<SocketAddr>().unwrap())],
             health_monitor: None,
             tls: None,
+            tls_resumption: true,
             http: Default::default(),
         }
     }

@@ -274,13 +274,17 @@ pub fn parse_request(
         }
         let ours = (fwd.x_forwarded && h.name.eq_ignore_ascii_case("x-forwarded-proto"))
             || is_hop_by_hop(h.name)
-            || listed.iter().any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()));
+            || listed
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()));
         if !ours {
             push_header(out, h.name.as_bytes(), h.value);
         }
     }
     if !http10 && hosts != 1 {
-        return Err(HeadError::Malformed("an HTTP/1.1 request needs exactly one Host"));
+        return Err(HeadError::Malformed(
+            "an HTTP/1.1 request needs exactly one Host",
+        ));
     }
     if hosts > 1 {
         return Err(HeadError::Malformed("more than one Host"));
@@ -450,7 +454,9 @@ pub fn parse_response(
     );
     for h in resp.headers.iter() {
         let hop = is_hop_by_hop(h.name)
-            || listed.iter().any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()))
+            || listed
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()))
             || h.name.eq_ignore_ascii_case(crate::SE_HEADER);
         if !hop {
             push_header(out, h.name.as_bytes(), h.value);
@@ -595,7 +601,8 @@ impl Chunked {
             match self.state {
                 ChunkState::Done => return Ok(i),
                 ChunkState::Data => {
-                    let take = (buf.len() - i).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                    let take =
+                        (buf.len() - i).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
                     i += take;
                     self.remaining -= take as u64;
                     if self.remaining == 0 {

@@ -161,7 +161,11 @@ async fn write_all<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io::R
 
 /// Move the body bytes at the start of `buf` that `end` accepts into
 /// `out`; returns how many.
-fn take_body(end: &mut BodyEnd, buf: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<usize, h1::ChunkError> {
+fn take_body(
+    end: &mut BodyEnd,
+    buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<usize, h1::ChunkError> {
     let n = end.feed(buf)?;
     out.extend_from_slice(&buf[..n]);
     buf.drain(..n);
@@ -362,7 +366,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     async fn refuse(&mut self, e: &HeadError) {
         tracing::debug!(peer = %self.peer, error = %e, "request refused");
-        h1::own_response(e.status(), &e.to_string(), &self.se_name, true, &mut self.resp);
+        h1::own_response(
+            e.status(),
+            &e.to_string(),
+            &self.se_name,
+            true,
+            &mut self.resp,
+        );
         let _ = write_all(&mut self.client, &self.resp).await;
         let _ = self.client.shutdown().await;
     }
@@ -468,10 +478,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    async fn try_send(&mut self, upstream: &mut Upstream, req_end: &mut BodyEnd) -> Result<(), Failed> {
+    async fn try_send(
+        &mut self,
+        upstream: &mut Upstream,
+        req_end: &mut BodyEnd,
+    ) -> Result<(), Failed> {
         upstream.buf.clear();
         if let Err(e) = write_all(&mut upstream.stream, &self.out).await {
-            return Err(if req_end.is_done() { Failed::Stale } else { Failed::Broken(e.to_string()) });
+            return Err(if req_end.is_done() {
+                Failed::Stale
+            } else {
+                Failed::Broken(e.to_string())
+            });
         }
         if !req_end.is_done() {
             match relay_body(
@@ -486,14 +504,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             {
                 Ok(()) => {}
                 Err(BodyError::Source) => return Err(Failed::Client),
-                Err(BodyError::Sink) => return Err(Failed::Broken("server stopped reading".into())),
+                Err(BodyError::Sink) => {
+                    return Err(Failed::Broken("server stopped reading".into()))
+                }
             }
         }
-        match read_timed(&mut upstream.stream, &mut upstream.buf, self.limits.response).await {
+        match read_timed(
+            &mut upstream.stream,
+            &mut upstream.buf,
+            self.limits.response,
+        )
+        .await
+        {
             Ok(0) => Err(Failed::Stale),
             Ok(_) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(Failed::Timeout),
-            Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                ) =>
+            {
                 Err(Failed::Stale)
             }
             Err(e) => Err(Failed::Broken(e.to_string())),
@@ -528,7 +559,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Ok(Some(resp)) => break resp,
                 Ok(None) => {}
                 Err(e) => {
-                    picked.state().on_request_failed(&format!("bad response: {e}"));
+                    picked
+                        .state()
+                        .on_request_failed(&format!("bad response: {e}"));
                     let message = format!("server {server} sent a bad response: {e}");
                     return self.answer(502, &message, false).await;
                 }
@@ -537,7 +570,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             match read_timed(&mut upstream.stream, &mut upstream.buf, wait).await {
                 Ok(n) if n > 0 => {}
                 Ok(_) | Err(_) => {
-                    picked.state().on_request_failed("response broke off in its head");
+                    picked
+                        .state()
+                        .on_request_failed("response broke off in its head");
                     let message = format!("server {server} failed: response broke off");
                     return self.answer(502, &message, false).await;
                 }
@@ -554,7 +589,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         if resp.status == 101 {
             let rest = std::mem::take(&mut upstream.buf);
-            tunnel(&mut self.client, &mut self.inbuf, &mut upstream.stream, &rest, self.limits.tunnel_idle).await;
+            tunnel(
+                &mut self.client,
+                &mut self.inbuf,
+                &mut upstream.stream,
+                &rest,
+                self.limits.tunnel_idle,
+            )
+            .await;
             return Exchange::Gone;
         }
         if !end.is_done() {
@@ -591,8 +633,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 /// Bytes both ways between a client and a server that switched protocols,
 /// until either closes or nothing moves for `idle`. `to_server` and
 /// `to_client` are bytes that arrived before the switch.
-async fn tunnel<C, U>(client: &mut C, to_server: &mut Vec<u8>, server: &mut U, to_client: &[u8], idle: Duration)
-where
+async fn tunnel<C, U>(
+    client: &mut C,
+    to_server: &mut Vec<u8>,
+    server: &mut U,
+    to_client: &[u8],
+    idle: Duration,
+) where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {

@@ -26,7 +26,10 @@ use rustls::ServerConfig;
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// rustls settings for a virtual service offering `certificates` (in order).
-pub fn server_config(certificates: &[Certificate]) -> Result<Arc<ServerConfig>, String> {
+pub fn server_config(
+    certificates: &[Certificate],
+    resumption: bool,
+) -> Result<Arc<ServerConfig>, String> {
     let mut keys = Vec::with_capacity(certificates.len());
     for c in certificates {
         let key = pki::certified_key(&c.cert_pem, &c.key_pem)
@@ -43,7 +46,12 @@ pub fn server_config(certificates: &[Certificate]) -> Result<Arc<ServerConfig>, 
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(BySni { keys }));
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+    if resumption {
+        config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+    } else {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(config))
 }
 
@@ -122,10 +130,10 @@ mod tests {
             cert_pem: "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n".into(),
             ..good.clone()
         };
-        assert!(server_config(std::slice::from_ref(&good)).is_ok());
-        assert!(server_config(&[]).is_err());
-        let e = server_config(&[mismatched]).unwrap_err();
+        assert!(server_config(std::slice::from_ref(&good), true).is_ok());
+        assert!(server_config(&[], true).is_err());
+        let e = server_config(&[mismatched], true).unwrap_err();
         assert!(e.contains("certificate `a`"), "{e}");
-        assert!(server_config(&[garbage]).is_err());
+        assert!(server_config(&[garbage], true).is_err());
     }
 }

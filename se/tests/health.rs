@@ -70,6 +70,7 @@ fn config(
             servers,
             health_monitor,
             tls: None,
+            tls_resumption: true,
             http: Default::default(),
         }],
     }

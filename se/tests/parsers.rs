@@ -104,7 +104,11 @@ async fn random_bytes_never_crash_the_http_or_tls_listener() {
         ServerSet::standalone(Algorithm::RoundRobin, &[]),
     ));
     tls.set_tls(Some(
-        se::tls::server_config(&[fabric::pki::self_signed("app", &["app.test"]).unwrap()]).unwrap(),
+        se::tls::server_config(
+            &[fabric::pki::self_signed("app", &["app.test"]).unwrap()],
+            true,
+        )
+        .unwrap(),
     ));
     let plain_addr = listener_for(plain).await;
     let tls_addr = listener_for(tls).await;

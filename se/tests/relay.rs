@@ -158,7 +158,9 @@ async fn read_response(stream: &mut rt::TcpStream, pending: &mut Vec<u8>) -> Opt
         head,
         body: Vec::new(),
     };
-    let len: usize = raw.header("content-length").map_or(0, |v| v.parse().unwrap());
+    let len: usize = raw
+        .header("content-length")
+        .map_or(0, |v| v.parse().unwrap());
     while pending.len() < len {
         let mut buf = [0u8; 16384];
         let n = rt::timeout(Duration::from_secs(5), stream.read(&mut buf))
@@ -214,7 +216,10 @@ async fn bodies_stream_through_by_length_and_chunked() {
     let mut pending = Vec::new();
     // 300 kB by length: more than any one read.
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    let head = format!("PUT /len HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len());
+    let head = format!(
+        "PUT /len HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
     c.write_all(head.as_bytes()).await.unwrap();
     c.write_all(&body).await.unwrap();
     let r = read_response(&mut c, &mut pending).await.unwrap();
@@ -231,7 +236,9 @@ async fn bodies_stream_through_by_length_and_chunked() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body, b"hello world!");
     // A 1 MiB response streams back on the same connection.
-    c.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    c.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let r = read_response(&mut c, &mut pending).await.unwrap();
     assert_eq!(r.body.len(), 1 << 20);
 }
@@ -310,9 +317,14 @@ async fn slow_clients_get_408_and_idle_ones_are_closed() {
     assert!(rt::now() - started < Duration::from_secs(2));
     // An idle keep-alive connection is closed without a word.
     let mut c = rt::connect(vip).await.unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut pending = Vec::new();
-    assert_eq!(read_response(&mut c, &mut pending).await.unwrap().status, 200);
+    assert_eq!(
+        read_response(&mut c, &mut pending).await.unwrap().status,
+        200
+    );
     assert!(closes(&mut c).await);
 }
 
@@ -325,9 +337,11 @@ async fn an_upgrade_becomes_a_tunnel_both_ways() {
     .await;
     let vip = proxy_to(server, VsHttp::default()).await;
     let mut c = rt::connect(vip).await.unwrap();
-    c.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-        .await
-        .unwrap();
+    c.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let mut pending = Vec::new();
     let r = read_response(&mut c, &mut pending).await.unwrap();
     assert_eq!(r.status, 101);
@@ -353,18 +367,29 @@ async fn an_upgrade_becomes_a_tunnel_both_ways() {
 
 #[tokio::test]
 async fn a_server_that_breaks_off_mid_body_closes_the_client_connection() {
-    let server = raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b", false).await;
+    let server = raw_server(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b",
+        false,
+    )
+    .await;
     let vip = proxy_to(server, VsHttp::default()).await;
     let mut c = rt::connect(vip).await.unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let r = read_response(&mut c, &mut Vec::new()).await.unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(r.body, b"only ten b", "the head and what came, then the end");
+    assert_eq!(
+        r.body, b"only ten b",
+        "the head and what came, then the end"
+    );
     // A server that answers garbage: 502, and the client may go on.
     let server = raw_server(b"SSH-2.0-nope\r\n\r\n", false).await;
     let vip = proxy_to(server, VsHttp::default()).await;
     let mut c = rt::connect(vip).await.unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let r = read_response(&mut c, &mut Vec::new()).await.unwrap();
     assert_eq!(r.status, 502);
 }

@@ -104,6 +104,7 @@ fn config(version: u64, port: u16, origin: SocketAddr, certs: &[Certificate]) ->
             servers: vec![Server::from(origin)],
             health_monitor: None,
             tls: Some(certs.to_vec()),
+            tls_resumption: true,
             http: Default::default(),
         }],
     }
@@ -186,4 +187,39 @@ async fn tls_termination_by_sni_with_h2_and_http1_and_a_live_certificate_reload(
     assert_eq!(status, 200, "the connection opened before the reload");
     let mut fresh = h2(tls).await;
     assert_eq!(h2_get(&mut fresh, "a.test").await.0, 200);
+}
+
+#[tokio::test]
+async fn session_resumption_follows_the_setting() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    for (resumption, tls12_only) in [(true, false), (true, true), (false, false), (false, true)] {
+        let server =
+            se::tls::server_config(&[self_signed("app", &["app.test"])], resumption).unwrap();
+        // One client config: its session store offers what the server gave.
+        let client = fabric::pki::insecure_client_config(&[b"http/1.1"], tls12_only);
+        let mut kinds = Vec::new();
+        for _ in 0..3 {
+            let (a, b) = tokio::io::duplex(64 * 1024);
+            let acceptor = tokio_rustls::TlsAcceptor::from(server.clone());
+            let connector = tokio_rustls::TlsConnector::from(client.clone());
+            let name = ServerName::try_from("app.test").unwrap();
+            let (s, c) = tokio::join!(acceptor.accept(a), connector.connect(name, b));
+            let (mut s, mut c) = (s.unwrap(), c.unwrap());
+            // TLS 1.3 tickets come after the handshake: read past them.
+            s.write_all(b"x").await.unwrap();
+            s.flush().await.unwrap();
+            let mut byte = [0u8; 1];
+            c.read_exact(&mut byte).await.unwrap();
+            kinds.push(c.get_ref().1.handshake_kind().unwrap());
+        }
+        let expected = if resumption {
+            [Full, Resumed, Resumed]
+        } else {
+            [Full, Full, Full]
+        };
+        assert_eq!(
+            kinds, expected,
+            "resumption {resumption}, TLS 1.2 only {tls12_only}"
+        );
+    }
 }

@@ -30,7 +30,8 @@ fn err(bytes: &str) -> u16 {
 fn a_request_is_rewritten_for_the_server() {
     let (head, out) = ok("GET /a?b HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, x-drop\r\nX-Drop: 1\r\n\
          Keep-Alive: 5\r\nX-Forwarded-Proto: https\r\nX-User: alice\r\nAccept: */*\r\n\r\nGET /next");
-    let received = "GET /a?b HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, x-drop\r\nX-Drop: 1\r\n\
+    let received =
+        "GET /a?b HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, x-drop\r\nX-Drop: 1\r\n\
          Keep-Alive: 5\r\nX-Forwarded-Proto: https\r\nX-User: alice\r\nAccept: */*\r\n\r\n";
     assert_eq!(head.len, received.len());
     assert!(head.keep_alive && !head.http10 && !head.upgrade && !head.is_head);
@@ -50,8 +51,13 @@ fn incomplete_heads_ask_for_more_until_too_large() {
     assert_eq!(req("GET / HTTP/1.1\r\nHost: x\r\n").unwrap(), None);
     let big = format!("GET / HTTP/1.1\r\nHost: x\r\nA: {}", "a".repeat(MAX));
     assert_eq!(err(&big), 431);
-    let many: String = (0..MAX_HEADERS + 1).map(|i| format!("h{i}: v\r\n")).collect();
-    assert_eq!(err(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")), 431);
+    let many: String = (0..MAX_HEADERS + 1)
+        .map(|i| format!("h{i}: v\r\n"))
+        .collect();
+    assert_eq!(
+        err(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")),
+        431
+    );
 }
 
 #[test]
@@ -91,8 +97,14 @@ fn bad_requests_get_their_status() {
     assert_eq!(err("GET / HTTP/2.0\r\nHost: a\r\n\r\n"), 400);
     assert_eq!(err("CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
     assert_eq!(err("GET nowhere HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
-    assert_eq!(err("GET / HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n"), 400);
-    assert_eq!(err("GET / HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n"), 400);
+    assert_eq!(
+        err("GET / HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n"),
+        400
+    );
+    assert_eq!(
+        err("GET / HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n"),
+        400
+    );
     assert_eq!(err("GET / HTTP/1.1\r\nHost: x\r\nA: b\0c\r\n\r\n"), 400);
     assert_eq!(err("\x16\x03\x01\x00\x05hello"), 400);
 }
@@ -101,18 +113,26 @@ fn bad_requests_get_their_status() {
 fn connection_semantics_follow_the_version() {
     let (h, out) = ok("GET / HTTP/1.0\r\n\r\n");
     assert!(h.http10 && !h.keep_alive);
-    assert!(out.starts_with("GET / HTTP/1.0\r\nconnection: keep-alive\r\n"), "{out}");
+    assert!(
+        out.starts_with("GET / HTTP/1.0\r\nconnection: keep-alive\r\n"),
+        "{out}"
+    );
     let (h, _) = ok("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
     assert!(h.keep_alive);
     let (h, _) = ok("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert!(!h.keep_alive);
-    let (h, out) = ok("GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    let (h, out) =
+        ok("GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
     assert!(h.upgrade);
-    assert!(out.contains("connection: upgrade\r\nupgrade: websocket\r\n"), "{out}");
+    assert!(
+        out.contains("connection: upgrade\r\nupgrade: websocket\r\n"),
+        "{out}"
+    );
     let (h, out) = ok("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n");
     assert!(!h.upgrade, "Upgrade without Connection: upgrade is not one");
     assert!(!out.to_ascii_lowercase().contains("upgrade"), "{out}");
-    let (h, out) = ok("PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
+    let (h, out) =
+        ok("PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
     assert!(h.expect_continue);
     assert!(!out.to_ascii_lowercase().contains("expect"), "{out}");
     let (h, _) = ok("HEAD / HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -128,12 +148,24 @@ fn ipv6_clients_are_quoted_in_forwarded() {
         x_forwarded: false,
         forwarded: true,
     };
-    parse_request(b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: z\r\n\r\n", MAX, &f, None, &mut out)
-        .unwrap()
-        .unwrap();
+    parse_request(
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: z\r\n\r\n",
+        MAX,
+        &f,
+        None,
+        &mut out,
+    )
+    .unwrap()
+    .unwrap();
     let out = String::from_utf8(out).unwrap();
-    assert!(out.contains("forwarded: for=\"[2001:db8::1]\";proto=https\r\n"), "{out}");
-    assert!(out.contains("X-Forwarded-Proto: z"), "not ours to replace when off: {out}");
+    assert!(
+        out.contains("forwarded: for=\"[2001:db8::1]\";proto=https\r\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("X-Forwarded-Proto: z"),
+        "not ours to replace when off: {out}"
+    );
     assert!(!out.contains("x-forwarded-for"), "{out}");
 }
 
@@ -161,10 +193,20 @@ fn responses_are_framed_and_tagged() {
         &plain,
     )
     .unwrap();
-    assert_eq!((h.status, h.framing, h.keep_alive), (200, Framing::Length(3), true));
-    assert_eq!(out, "HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-fabric-se: se-1\r\n\r\n");
+    assert_eq!(
+        (h.status, h.framing, h.keep_alive),
+        (200, Framing::Length(3), true)
+    );
+    assert_eq!(
+        out,
+        "HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-fabric-se: se-1\r\n\r\n"
+    );
 
-    let (h, out) = resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", &plain).unwrap();
+    let (h, out) = resp(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        &plain,
+    )
+    .unwrap();
     assert_eq!(h.framing, Framing::Chunked);
     assert!(out.contains("transfer-encoding: chunked\r\n"));
 
@@ -173,19 +215,34 @@ fn responses_are_framed_and_tagged() {
     assert!(!h.keep_alive);
     assert!(out.contains("connection: close\r\n"), "{out}");
 
-    let (h, out) = resp("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", &rw(true, false, false)).unwrap();
+    let (h, out) = resp(
+        "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+        &rw(true, false, false),
+    )
+    .unwrap();
     assert_eq!(h.framing, Framing::Empty);
-    assert!(out.contains("content-length: 9\r\n"), "HEAD keeps the length: {out}");
+    assert!(
+        out.contains("content-length: 9\r\n"),
+        "HEAD keeps the length: {out}"
+    );
 
     for code in [204, 304] {
-        let (h, _) = resp(&format!("HTTP/1.1 {code} X\r\nContent-Length: 9\r\n\r\n"), &plain).unwrap();
+        let (h, _) = resp(
+            &format!("HTTP/1.1 {code} X\r\nContent-Length: 9\r\n\r\n"),
+            &plain,
+        )
+        .unwrap();
         assert_eq!(h.framing, Framing::Empty, "{code}");
     }
     let (h, out) = resp("HTTP/1.1 100 Continue\r\n\r\n", &plain).unwrap();
     assert!(h.is_interim());
     assert_eq!(out, "HTTP/1.1 100 Continue\r\n\r\n");
 
-    let (_, out) = resp("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", &rw(false, false, true)).unwrap();
+    let (_, out) = resp(
+        "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        &rw(false, false, true),
+    )
+    .unwrap();
     assert!(out.contains("connection: close\r\n"), "{out}");
 
     let (h, out) = resp(
@@ -194,11 +251,26 @@ fn responses_are_framed_and_tagged() {
     )
     .unwrap();
     assert_eq!((h.status, h.keep_alive), (101, false));
-    assert!(out.contains("connection: upgrade\r\nupgrade: websocket\r\n"), "{out}");
-    assert!(resp("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", &plain).is_err());
+    assert!(
+        out.contains("connection: upgrade\r\nupgrade: websocket\r\n"),
+        "{out}"
+    );
+    assert!(resp(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        &plain
+    )
+    .is_err());
 
-    assert!(resp("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", &plain).is_err());
-    assert!(resp("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", &plain).is_err());
+    assert!(resp(
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        &plain
+    )
+    .is_err());
+    assert!(resp(
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+        &plain
+    )
+    .is_err());
     assert!(resp("HTTP/1.1 999 What\r\n\r\n", &plain).is_err());
     assert!(resp("SSH-2.0-OpenSSH\r\n\r\n", &plain).is_err());
 }
@@ -213,10 +285,13 @@ fn own_responses_are_complete_messages() {
          x-fabric-se: se-1\r\n\r\nno server\n"
     );
     own_response(431, "too big", b"se-1", true, &mut out);
-    assert!(String::from_utf8(out).unwrap().contains("connection: close\r\n"));
+    assert!(String::from_utf8(out)
+        .unwrap()
+        .contains("connection: close\r\n"));
 }
 
-const BODY: &[u8] = b"4\r\nwiki\r\n5;ext=1\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nTrailer: x\r\n\r\n";
+const BODY: &[u8] =
+    b"4\r\nwiki\r\n5;ext=1\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nTrailer: x\r\n\r\n";
 
 #[test]
 fn chunked_bodies_end_where_they_end_however_they_arrive() {
