@@ -77,6 +77,9 @@ pub struct RequestHead {
     pub len: usize,
     /// `HEAD`: the response has no body whatever it says.
     pub is_head: bool,
+    /// GET, HEAD, OPTIONS, TRACE, PUT or DELETE (RFC 9110 §9.2.2): safe to
+    /// send again if a connection fails before any response.
+    pub idempotent: bool,
     /// HTTP/1.0 (the response must not be chunked).
     pub http10: bool,
     /// How the request body is delimited ([`Framing::Empty`] or a length or chunked).
@@ -328,6 +331,7 @@ pub fn parse_request(
     Ok(Some(RequestHead {
         len,
         is_head: method == "HEAD",
+        idempotent: ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"].contains(&method),
         http10,
         framing,
         keep_alive,

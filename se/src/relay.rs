@@ -12,9 +12,10 @@
 //! Failure handling, in the order a request meets it:
 //! - a server that refuses the connection is skipped for the next eligible
 //!   one (the request was not sent), up to [`MAX_CONNECT_ATTEMPTS`];
-//! - a reused idle connection that the server had closed is replayed once
-//!   on a new connection, only when the whole request was in that one
-//!   write; requests whose body streams go on new connections only;
+//! - idempotent requests that fit in one write may go on a reused idle
+//!   connection, and are sent again on a new one if the server had closed
+//!   it; every other request gets a new connection, so no request is sent
+//!   twice to a server that may have acted on it;
 //! - a server that fails after the request went out gets 502, one that
 //!   does not answer in time 504, never a retry; a response that breaks
 //!   off after its head closes the client connection.
@@ -396,9 +397,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         req_end: &mut BodyEnd,
         hash_value: Option<&[u8]>,
     ) -> Exchange {
-        // The whole request is in `out`: it may go on a reused connection
-        // and be replayed if that one turns out closed.
-        let whole = req_end.is_done();
+        // An idempotent request that is all in `out` may go on a reused
+        // connection and be sent again if that one turns out closed; any
+        // other request gets a new connection, so that it is never sent
+        // twice to a server that may have acted on it.
+        let reuse = req_end.is_done() && head.idempotent;
         let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
         let mut tried = [unspecified; MAX_CONNECT_ATTEMPTS];
         let mut attempts = 0;
@@ -415,7 +418,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 break;
             };
             let server = picked.addr();
-            match self.send(server, whole, req_end).await {
+            match self.send(server, reuse, req_end).await {
                 Ok(upstream) => return self.relay_response(picked, upstream, head).await,
                 Err(Failed::Connect(e)) => {
                     picked.state().on_request_failed(&e.to_string());
@@ -455,11 +458,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn send(
         &mut self,
         server: SocketAddr,
-        whole: bool,
+        reuse: bool,
         req_end: &mut BodyEnd,
     ) -> Result<Upstream, Failed> {
         let pool = self.vs.conn_pool();
-        if whole {
+        if reuse {
             if let Some(mut upstream) = pool.take(server) {
                 match self.try_send(&mut upstream, req_end).await {
                     Ok(()) => return Ok(upstream),

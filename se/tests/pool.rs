@@ -101,6 +101,18 @@ async fn keep_alive_connections_are_reused() {
     );
     assert_eq!(vs.conn_pool().idle(), 1);
 
+    // A POST is not idempotent: it never rides a reused connection (it
+    // could not be sent again if that one had been closed under us).
+    let post = hyper::Request::post("/")
+        .header("host", "pooled")
+        .body(Full::new(Bytes::from_static(b"x")))
+        .unwrap();
+    assert_eq!(se::proxy::fetch(vip, post).await.unwrap().status(), 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "the POST got its own");
+    rt::sleep(Duration::from_millis(5)).await;
+    assert_eq!(get(vip).await, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "and gave it back");
+
     // Concurrent requests need more connections; the pool keeps at most its bound.
     let burst = (0..MAX_IDLE_PER_SERVER + 8).map(|_| get(vip));
     let statuses = futures_join_all(burst).await;
