@@ -103,6 +103,63 @@ async fn a_config_change_reaches_the_se_and_traffic_follows_it() {
 }
 
 #[madsim::test]
+async fn config_swaps_under_load_drop_no_request_and_slow_ones_finish() {
+    let started = fabric::rt::now();
+    let world = serving_world().await;
+    let controller = world.controller().unwrap();
+    let until = fabric::rt::now() + Duration::from_secs(8);
+    // Four clients in a loop, one of them on a path the origins answer
+    // after 1.5 s, so requests are in flight on servers the swaps remove.
+    let load = |path: &'static str| {
+        let world = &world;
+        async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while fabric::rt::now() < until {
+                match world.http_get(path).await {
+                    Ok(r) if r.status == 200 && r.origin.is_some() => ok += 1,
+                    other => failed.push(format!("{path}: {other:?}")),
+                }
+            }
+            (ok, failed)
+        }
+    };
+    let swaps = async {
+        let mut versions = Vec::new();
+        for i in 0..6 {
+            fabric::rt::sleep(Duration::from_millis(1200)).await;
+            let mut config = world.config.clone();
+            match i % 3 {
+                0 => config.pools[0].servers.truncate(1),
+                1 => config.pools[0].algorithm = fabric::model::Algorithm::LeastConnections,
+                _ => config.pools[0].servers.reverse(),
+            }
+            versions.push(controller.apply(config).await.unwrap());
+        }
+        versions
+    };
+    let (slow, a, b, c, versions) =
+        tokio::join!(load("/slow/1500"), load("/"), load("/"), load("/"), swaps);
+    let failed: Vec<String> = [&slow, &a, &b, &c]
+        .iter()
+        .flat_map(|(_, f)| f.clone())
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(slow.0 >= 3, "slow requests finished: {}", slow.0);
+    assert!(a.0 + b.0 + c.0 > 100, "{} {} {}", a.0, b.0, c.0);
+    let last = *versions.last().unwrap();
+    world
+        .wait_until("the SE acks the last swap", SETTLE, || async {
+            controller.ses().iter().all(|s| s.applied_version == last)
+        })
+        .await
+        .unwrap();
+    report(
+        "config_swaps_under_load_drop_no_request_and_slow_ones_finish",
+        started,
+    );
+}
+
+#[madsim::test]
 async fn malformed_http_gets_400_and_the_se_keeps_serving() {
     let started = fabric::rt::now();
     let world = serving_world().await;

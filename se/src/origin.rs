@@ -1,5 +1,6 @@
 //! A small HTTP origin server built into the binary, so examples and drills
-//! need nothing else. It answers every path with its name.
+//! need nothing else. It answers every path with its name; `/slow/MS`
+//! answers after MS milliseconds.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -23,7 +24,15 @@ pub async fn serve(name: String, listener: rt::TcpListener) -> std::io::Result<(
         async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let name = name.clone();
-                async move { Ok::<_, Infallible>(respond(&name, &req)) }
+                async move {
+                    // `/slow/MS`: answer after MS milliseconds (at most a
+                    // minute), a slow server for drills and tests.
+                    if let Some(ms) = req.uri().path().strip_prefix("/slow/") {
+                        let ms = ms.parse::<u64>().unwrap_or(0).min(60_000);
+                        rt::sleep(Duration::from_millis(ms)).await;
+                    }
+                    Ok::<_, Infallible>(respond(&name, &req))
+                }
             });
             let _ = http1::Builder::new()
                 .timer(rt::Timer)
