@@ -594,7 +594,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let rest = std::mem::take(&mut upstream.buf);
             tunnel(
                 &mut self.client,
-                &mut self.inbuf,
+                &self.inbuf,
                 &mut upstream.stream,
                 &rest,
                 self.limits.tunnel_idle,
@@ -638,7 +638,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 /// `to_client` are bytes that arrived before the switch.
 async fn tunnel<C, U>(
     client: &mut C,
-    to_server: &mut Vec<u8>,
+    to_server: &[u8],
     server: &mut U,
     to_client: &[u8],
     idle: Duration,
