@@ -11,13 +11,12 @@
 //! server's `fall` (passive health). When no server is eligible the answer is
 //! 503. Responses carry [`SE_HEADER`](crate::SE_HEADER) naming this SE.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use fabric::model::{Algorithm, VsHttp};
@@ -57,27 +56,16 @@ pub const MAX_IDLE_PER_SERVER: usize = 32;
 /// usual servers' keep-alive timeouts, so they rarely close one under us).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// Idle HTTP/1.1 connections to servers, reused by later requests: at most
-/// [`MAX_IDLE_PER_SERVER`] per server, none older than [`IDLE_TIMEOUT`].
+/// Idle hyper HTTP/1.1 connections to servers, for HTTP/2 clients' requests.
 #[derive(Default)]
-pub struct ServerPool {
-    idle: Mutex<BTreeMap<SocketAddr, VecDeque<(Instant, Sender)>>>,
-}
+pub struct ServerPool(crate::relay::IdlePool<Sender>);
 
 type Sender = client_http1::SendRequest<Incoming>;
 
 impl ServerPool {
-    /// The most recently used idle connection to `server` that can take a
-    /// request now, if any.
+    /// An idle connection to `server` that can take a request now, if any.
     fn take(&self, server: SocketAddr) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let queue = idle.get_mut(&server)?;
-        while let Some((since, sender)) = queue.pop_back() {
-            if rt::now().saturating_duration_since(since) < IDLE_TIMEOUT && sender.is_ready() {
-                return Some(sender);
-            }
-        }
-        None
+        self.0.take(server, Sender::is_ready)
     }
 
     /// Keep `sender` for reuse once its response is done (a connection that
@@ -89,26 +77,19 @@ impl ServerPool {
                 .await
                 .is_ok_and(|r| r.is_ok())
             {
-                let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-                let queue = idle.entry(server).or_default();
-                if queue.len() >= MAX_IDLE_PER_SERVER {
-                    queue.pop_front();
-                }
-                queue.push_back((rt::now(), sender));
+                pool.0.give_back(server, sender);
             }
         });
     }
 
     /// Idle connections kept now, over all servers.
     pub fn idle(&self) -> usize {
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.values().map(VecDeque::len).sum()
+        self.0.idle()
     }
 
     /// Drop idle connections to servers not in `keep`.
     pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|addr, _| keep(addr));
+        self.0.retain(keep)
     }
 }
 

@@ -83,29 +83,38 @@ pub struct Upstream {
     buf: Vec<u8>,
 }
 
-/// Idle connections to servers, reused by later requests: at most
-/// [`crate::proxy::MAX_IDLE_PER_SERVER`] per server, none idle longer than
-/// [`crate::proxy::IDLE_TIMEOUT`]. Taking and giving back are a lock and a
-/// queue operation, no task.
-#[derive(Default)]
-pub struct ConnPool {
-    idle: Mutex<BTreeMap<SocketAddr, VecDeque<(Instant, Upstream)>>>,
+/// Idle connections of type `C` to servers, reused by later requests: at
+/// most [`crate::proxy::MAX_IDLE_PER_SERVER`] per server, none idle longer
+/// than [`crate::proxy::IDLE_TIMEOUT`]. Taking and giving back are a lock and
+/// a queue operation.
+pub struct IdlePool<C> {
+    idle: Mutex<BTreeMap<SocketAddr, VecDeque<(Instant, C)>>>,
 }
 
-impl ConnPool {
-    fn take(&self, server: SocketAddr) -> Option<Upstream> {
+impl<C> Default for IdlePool<C> {
+    fn default() -> Self {
+        Self {
+            idle: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl<C> IdlePool<C> {
+    /// The most recently used idle connection to `server` that is `usable`.
+    pub(crate) fn take(&self, server: SocketAddr, usable: impl Fn(&C) -> bool) -> Option<C> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let queue = idle.get_mut(&server)?;
         let now = rt::now();
         while let Some((since, conn)) = queue.pop_back() {
-            if now.saturating_duration_since(since) < crate::proxy::IDLE_TIMEOUT {
+            if now.saturating_duration_since(since) < crate::proxy::IDLE_TIMEOUT && usable(&conn) {
                 return Some(conn);
             }
         }
         None
     }
 
-    fn give_back(&self, server: SocketAddr, conn: Upstream) {
+    /// Keep `conn` for reuse (the oldest goes when the server has too many).
+    pub(crate) fn give_back(&self, server: SocketAddr, conn: C) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let queue = idle.entry(server).or_default();
         if queue.len() >= crate::proxy::MAX_IDLE_PER_SERVER {
@@ -126,6 +135,9 @@ impl ConnPool {
         idle.retain(|addr, _| keep(addr));
     }
 }
+
+/// The HTTP/1.x relay's pool of plain server connections.
+pub type ConnPool = IdlePool<Upstream>;
 
 async fn connect(server: SocketAddr, limits: &Limits) -> io::Result<Upstream> {
     let stream = rt::timeout(limits.connect, rt::connect(server))
@@ -463,7 +475,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     ) -> Result<Upstream, Failed> {
         let pool = self.vs.conn_pool();
         if reuse {
-            if let Some(mut upstream) = pool.take(server) {
+            if let Some(mut upstream) = pool.take(server, |_| true) {
                 match self.try_send(&mut upstream, req_end).await {
                     Ok(()) => return Ok(upstream),
                     Err(Failed::Stale) => {} // replayed below on a new connection

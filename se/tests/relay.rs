@@ -97,6 +97,15 @@ async fn raw_server(answer: &'static [u8], echo: bool) -> SocketAddr {
     addr
 }
 
+/// A client connection through a proxy to a [`raw_server`] that answers
+/// `answer`, with `request` sent.
+async fn through_raw(answer: &'static [u8], echo: bool, request: &[u8]) -> rt::TcpStream {
+    let vip = proxy_to(raw_server(answer, echo).await, VsHttp::default()).await;
+    let mut c = rt::connect(vip).await.unwrap();
+    c.write_all(request).await.unwrap();
+    c
+}
+
 async fn proxy_to(server: SocketAddr, http: VsHttp) -> SocketAddr {
     let listener = rt::TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
         .await
@@ -330,18 +339,12 @@ async fn slow_clients_get_408_and_idle_ones_are_closed() {
 
 #[tokio::test]
 async fn an_upgrade_becomes_a_tunnel_both_ways() {
-    let server = raw_server(
+    let mut c = through_raw(
         b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nhi",
         true,
-    )
-    .await;
-    let vip = proxy_to(server, VsHttp::default()).await;
-    let mut c = rt::connect(vip).await.unwrap();
-    c.write_all(
         b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
     )
-    .await
-    .unwrap();
+    .await;
     let mut pending = Vec::new();
     let r = read_response(&mut c, &mut pending).await.unwrap();
     assert_eq!(r.status, 101);
@@ -367,16 +370,9 @@ async fn an_upgrade_becomes_a_tunnel_both_ways() {
 
 #[tokio::test]
 async fn a_server_that_breaks_off_mid_body_closes_the_client_connection() {
-    let server = raw_server(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b",
-        false,
-    )
-    .await;
-    let vip = proxy_to(server, VsHttp::default()).await;
-    let mut c = rt::connect(vip).await.unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b";
+    let mut c = through_raw(answer, false, GET).await;
     let r = read_response(&mut c, &mut Vec::new()).await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -384,12 +380,7 @@ async fn a_server_that_breaks_off_mid_body_closes_the_client_connection() {
         "the head and what came, then the end"
     );
     // A server that answers garbage: 502, and the client may go on.
-    let server = raw_server(b"SSH-2.0-nope\r\n\r\n", false).await;
-    let vip = proxy_to(server, VsHttp::default()).await;
-    let mut c = rt::connect(vip).await.unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut c = through_raw(b"SSH-2.0-nope\r\n\r\n", false, GET).await;
     let r = read_response(&mut c, &mut Vec::new()).await.unwrap();
     assert_eq!(r.status, 502);
 }
