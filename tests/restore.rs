@@ -79,7 +79,9 @@ async fn admin_token(data: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_restored_into_a_fresh_controller_serves_the_same_virtual_service() {
-    let base = 30_000 + (std::process::id() % 3000) as u16 * 10;
+    // Below the ephemeral port range (32768-60999), where a connection's
+    // local port could take ours; tests/up.rs uses 10000-20499.
+    let base = 21_000 + (std::process::id() % 1100) as u16 * 10;
     let dir: PathBuf = std::env::temp_dir().join(format!("fabric-restore-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

@@ -38,7 +38,9 @@ fn dns_query(server: SocketAddr, name: &str) -> Message {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_http_and_dns_then_stops() {
-    let base = 20_000 + (std::process::id() % 6000) as u16 * 7;
+    // Below the ephemeral port range (32768-60999), where a connection's
+    // local port could take ours; tests/restore.rs uses 21000-31999.
+    let base = 10_000 + (std::process::id() % 1500) as u16 * 7;
     let dir = std::env::temp_dir().join(format!("fabric-up-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("fabric.toml");

@@ -163,6 +163,87 @@ impl VsHttp {
     }
 }
 
+/// What a virtual service carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VsProtocol {
+    /// HTTP/1.x, and HTTP/2 over TLS: requests balanced one by one.
+    #[default]
+    Http,
+    /// TCP streams relayed byte for byte (after TLS termination with `tls`):
+    /// each connection goes to one server.
+    Tcp,
+    /// UDP datagrams: each client address is a flow kept on one server
+    /// while it is active.
+    Udp,
+}
+
+impl VsProtocol {
+    fn is_http(&self) -> bool {
+        *self == VsProtocol::Http
+    }
+}
+
+/// Limits of a `tcp` or `udp` virtual service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VsL4 {
+    /// A TCP connection, or a UDP flow, that moves nothing this long is
+    /// closed. Default: 300000 for TCP, 30000 for UDP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Time allowed to connect to a server (TCP).
+    pub connect_timeout_ms: u64,
+    /// Most UDP flows kept at once; datagrams of new clients beyond it are dropped.
+    pub max_udp_flows: u32,
+}
+
+impl Default for VsL4 {
+    fn default() -> Self {
+        Self {
+            idle_timeout_ms: None,
+            connect_timeout_ms: 2_000,
+            max_udp_flows: 10_000,
+        }
+    }
+}
+
+impl VsL4 {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The idle timeout for `protocol`.
+    pub fn idle_timeout(&self, protocol: VsProtocol) -> std::time::Duration {
+        let default = if protocol == VsProtocol::Udp {
+            30_000
+        } else {
+            300_000
+        };
+        std::time::Duration::from_millis(self.idle_timeout_ms.unwrap_or(default))
+    }
+
+    fn validate(&self, at: &str, err: &mut impl FnMut(String, String)) {
+        for (name, ms) in [
+            ("idle_timeout_ms", self.idle_timeout_ms.unwrap_or(1)),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+        ] {
+            if !(1..=86_400_000).contains(&ms) {
+                err(
+                    format!("{at}.{name}"),
+                    "must be between 1 and 86400000 (a day)".into(),
+                );
+            }
+        }
+        if !(1..=1_000_000).contains(&self.max_udp_flows) {
+            err(
+                format!("{at}.max_udp_flows"),
+                "must be between 1 and 1000000".into(),
+            );
+        }
+    }
+}
+
 /// A tenant. Its operators see and change only the objects it owns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -490,6 +571,12 @@ pub struct VirtualService {
     /// HTTP limits and added headers (defaults when left out).
     #[serde(default, skip_serializing_if = "VsHttp::is_default")]
     pub http: VsHttp,
+    /// `http` (default), `tcp` or `udp`.
+    #[serde(default, skip_serializing_if = "VsProtocol::is_http")]
+    pub protocol: VsProtocol,
+    /// Limits of `tcp` and `udp` virtual services.
+    #[serde(default, skip_serializing_if = "VsL4::is_default")]
+    pub l4: VsL4,
 }
 
 fn default_group() -> String {
@@ -685,10 +772,17 @@ impl Config {
                 }
             }
         }
-        let mut vips: BTreeMap<(IpAddr, u16), &str> = BTreeMap::new();
+        let mut vips: BTreeMap<(IpAddr, u16, bool), &str> = BTreeMap::new();
         for (i, v) in self.virtual_services.iter().enumerate() {
             v.http
                 .validate(&format!("virtual_services[{i}].http"), &mut err);
+            v.l4.validate(&format!("virtual_services[{i}].l4"), &mut err);
+            if v.protocol == VsProtocol::Udp && v.tls.is_some() {
+                err(
+                    format!("virtual_services[{i}].tls"),
+                    "TLS is for `http` and `tcp` virtual services, not `udp`".into(),
+                );
+            }
             if v.port == 0 {
                 err(
                     format!("virtual_services[{i}].port"),
@@ -713,12 +807,16 @@ impl Config {
                     format!("no SE group named `{}`", v.se_group),
                 );
             }
-            if let Some(other) = vips.insert((v.vip, v.port), &v.name) {
+            // UDP and TCP may share a port (DNS does); two TCP-based ones may not.
+            let udp = v.protocol == VsProtocol::Udp;
+            if let Some(other) = vips.insert((v.vip, v.port, udp), &v.name) {
                 err(
                     format!("virtual_services[{i}].vip"),
                     format!(
-                        "duplicate VIP {}:{}, already used by virtual service `{other}`",
-                        v.vip, v.port
+                        "duplicate VIP {}:{}/{}, already used by virtual service `{other}`",
+                        v.vip,
+                        v.port,
+                        if udp { "udp" } else { "tcp" }
                     ),
                 );
             }
@@ -1119,6 +1217,44 @@ mod tests {
         });
         let e = dangling.validate().unwrap_err().0;
         assert_eq!(e[0].path, "virtual_services[0].tls.certificates");
+    }
+
+    #[test]
+    fn tcp_and_udp_may_share_a_port_but_udp_has_no_tls() {
+        let mut config = Config::example();
+        let mut udp = config.virtual_services[0].clone();
+        udp.name = "app-udp".into();
+        udp.protocol = VsProtocol::Udp;
+        udp.l4.idle_timeout_ms = Some(5_000);
+        config.virtual_services.push(udp);
+        config.validate().unwrap();
+        let text = toml::to_string(&config).unwrap();
+        assert!(text.contains("protocol = \"udp\""), "{text}");
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
+
+        let mut twice = config.clone();
+        twice.virtual_services[1].protocol = VsProtocol::Tcp;
+        let e = twice.validate().unwrap_err().0;
+        assert_eq!(e[0].path, "virtual_services[1].vip");
+        assert!(e[0].reason.contains("/tcp"), "{}", e[0].reason);
+
+        let mut tls = config.clone();
+        tls.certificates
+            .push(crate::pki::self_signed("c", &["a.test"]).unwrap());
+        tls.virtual_services[1].tls = Some(VsTls {
+            certificates: vec!["c".into()],
+            session_resumption: true,
+        });
+        tls.virtual_services[1].l4.max_udp_flows = 0;
+        let e = tls.validate().unwrap_err().0;
+        let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "virtual_services[1].l4.max_udp_flows",
+                "virtual_services[1].tls"
+            ]
+        );
     }
 
     #[test]

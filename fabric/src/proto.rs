@@ -24,7 +24,9 @@ use tokio::sync::mpsc;
 
 use crate::rt;
 
-use crate::model::{Algorithm, Certificate, Config, HealthMonitor, Server, VsHttp};
+use crate::model::{
+    Algorithm, Certificate, Config, HealthMonitor, Server, VsHttp, VsL4, VsProtocol,
+};
 
 /// Version of this protocol; bumped on any incompatible change.
 pub const PROTO_VERSION: u32 = 2;
@@ -182,6 +184,12 @@ pub struct SeVirtualService {
     /// HTTP limits and added headers.
     #[serde(default)]
     pub http: VsHttp,
+    /// What it carries.
+    #[serde(default)]
+    pub protocol: VsProtocol,
+    /// Limits of `tcp` and `udp` virtual services.
+    #[serde(default)]
+    pub l4: VsL4,
 }
 
 fn resumption_default() -> bool {
@@ -219,6 +227,8 @@ impl SeConfig {
                     }),
                     tls_resumption: vs.tls.as_ref().is_none_or(|t| t.session_resumption),
                     http: vs.http,
+                    protocol: vs.protocol,
+                    l4: vs.l4,
                 })
             })
             .collect();

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use fabric::model::{AdminState, HealthMonitor};
+use fabric::model::{AdminState, HealthMonitor, VsProtocol};
 use fabric::platform::{L2Error, L2Fabric};
 use fabric::proto::{SeConfig, SeVirtualService};
 use fabric::rt;
@@ -70,6 +70,20 @@ pub enum ApplyError {
     /// The config lists one VIP and port twice.
     #[error("virtual service `{0}`: VIP and port used twice in one config")]
     Duplicate(String),
+}
+
+/// Where a listener listens: VIP, port, and whether it is UDP (a UDP and a
+/// TCP virtual service may share a port).
+type ListenKey = (IpAddr, u16, bool);
+
+fn listen_key(vs: &SeVirtualService) -> ListenKey {
+    (vs.vip, vs.port, vs.protocol == VsProtocol::Udp)
+}
+
+/// A bound listener, not yet serving.
+enum Bound {
+    Tcp(rt::TcpListener),
+    Udp(rt::UdpSocket),
 }
 
 struct Listener {
@@ -143,7 +157,7 @@ fn same_servers(a: &SeVirtualService, b: &SeVirtualService) -> bool {
 pub struct DataPlane {
     se_name: Arc<str>,
     l2: Arc<dyn L2Fabric>,
-    listeners: BTreeMap<(IpAddr, u16), Listener>,
+    listeners: BTreeMap<ListenKey, Listener>,
     pools: BTreeMap<String, PoolHealth>,
     events: Arc<HealthEvents>,
     applied: u64,
@@ -196,7 +210,7 @@ impl DataPlane {
     pub fn serving(&self) -> Vec<(String, IpAddr, u16)> {
         self.listeners
             .iter()
-            .map(|((vip, port), l)| (l.vs.name.clone(), *vip, *port))
+            .map(|((vip, port, _), l)| (l.vs.name.clone(), *vip, *port))
             .collect()
     }
 
@@ -208,9 +222,9 @@ impl DataPlane {
                 applied: self.applied,
             });
         }
-        let mut wanted: BTreeMap<(IpAddr, u16), &SeVirtualService> = BTreeMap::new();
+        let mut wanted: BTreeMap<ListenKey, &SeVirtualService> = BTreeMap::new();
         for vs in &config.virtual_services {
-            if wanted.insert((vs.vip, vs.port), vs).is_some() {
+            if wanted.insert(listen_key(vs), vs).is_some() {
                 return Err(ApplyError::Duplicate(vs.name.clone()));
             }
         }
@@ -219,21 +233,25 @@ impl DataPlane {
         // settings first (building them changes nothing).
         let mut tls = BTreeMap::new();
         for (key, vs) in &wanted {
-            if self
-                .listeners
-                .get(key)
-                .is_some_and(|l| l.spec.tls == vs.tls && l.spec.tls_resumption == vs.tls_resumption)
-            {
+            if self.listeners.get(key).is_some_and(|l| {
+                (&l.spec.tls, l.spec.tls_resumption, l.spec.protocol)
+                    == (&vs.tls, vs.tls_resumption, vs.protocol)
+            }) {
                 continue;
             }
             let config = match &vs.tls {
                 None => None,
-                Some(certs) => Some(crate::tls::server_config(certs, vs.tls_resumption).map_err(
-                    |reason| ApplyError::Tls {
+                Some(certs) => Some(
+                    crate::tls::server_config(
+                        certs,
+                        vs.tls_resumption,
+                        vs.protocol == VsProtocol::Http,
+                    )
+                    .map_err(|reason| ApplyError::Tls {
                         vs: vs.name.clone(),
                         reason,
-                    },
-                )?),
+                    })?,
+                ),
             };
             tls.insert(*key, config);
         }
@@ -245,7 +263,7 @@ impl DataPlane {
             match self.prepare(vs).await {
                 Ok(listener) => prepared.push((*key, vs, listener)),
                 Err(e) => {
-                    for ((vip, _), _, _) in prepared {
+                    for ((vip, _, _), _, _) in prepared {
                         self.release_if_unused(vip).await;
                     }
                     return Err(e);
@@ -276,6 +294,9 @@ impl DataPlane {
             if listener.spec.http != vs.http {
                 listener.vs.set_http(vs.http);
             }
+            if (listener.spec.protocol, listener.spec.l4) != (vs.protocol, vs.l4) {
+                listener.vs.set_l4(vs.protocol, vs.l4);
+            }
             if let Some(config) = tls.remove(key) {
                 // A certificate reload: new connections get the new
                 // settings, open ones keep theirs.
@@ -291,17 +312,23 @@ impl DataPlane {
             ));
             service.set_tls(tls.remove(&key).flatten());
             service.set_http(vs.http);
+            service.set_l4(vs.protocol, vs.l4);
             let for_task = service.clone();
-            let task = rt::spawn(async move {
-                let result =
-                    rt::accept_loop(listener, MAX_CONNECTIONS_PER_VS, move |stream, peer| {
-                        proxy::serve_connection(for_task.clone(), stream, peer)
-                    })
-                    .await;
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "listener failed");
+            let task = match listener {
+                Bound::Tcp(listener) => rt::spawn(async move {
+                    let result =
+                        rt::accept_loop(listener, MAX_CONNECTIONS_PER_VS, move |stream, peer| {
+                            proxy::serve_connection(for_task.clone(), stream, peer)
+                        })
+                        .await;
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "listener failed");
+                    }
+                }),
+                Bound::Udp(socket) => {
+                    rt::spawn(crate::l4::serve_udp(for_task, socket, Arc::default()))
                 }
-            });
+            };
             tracing::info!(se = %self.se_name, vs = %vs.name, vip = %vs.vip, port = vs.port, "virtual service serving");
             self.listeners.insert(
                 key,
@@ -356,7 +383,7 @@ impl DataPlane {
         }
     }
 
-    async fn prepare(&self, vs: &SeVirtualService) -> Result<rt::TcpListener, ApplyError> {
+    async fn prepare(&self, vs: &SeVirtualService) -> Result<Bound, ApplyError> {
         self.l2
             .claim_vip(vs.vip)
             .await
@@ -365,8 +392,13 @@ impl DataPlane {
                 source,
             })?;
         let addr = SocketAddr::new(self.l2.bind_addr(vs.vip), vs.port);
-        match rt::TcpListener::bind(addr).await {
-            Ok(l) => Ok(l),
+        let bound = if vs.protocol == VsProtocol::Udp {
+            rt::UdpSocket::bind(addr).await.map(Bound::Udp)
+        } else {
+            rt::TcpListener::bind(addr).await.map(Bound::Tcp)
+        };
+        match bound {
+            Ok(b) => Ok(b),
             Err(source) => {
                 self.release_if_unused(vs.vip).await;
                 Err(ApplyError::Bind {
@@ -428,6 +460,8 @@ mod tests {
             tls: None,
             tls_resumption: true,
             http: Default::default(),
+            protocol: VsProtocol::Http,
+            l4: Default::default(),
         }
     }
 

@@ -6,6 +6,7 @@
 //! - [`proxy`]: the HTTP reverse proxy of one virtual service.
 //! - [`relay`], [`h1`]: its HTTP/1.x side, heads parsed and bodies relayed
 //!   byte for byte to pooled server connections.
+//! - [`l4`]: TCP and UDP virtual services.
 //! - [`tls`]: TLS termination settings (certificates by SNI, ALPN).
 //! - [`lb`]: load-balancing selection over a server set.
 //! - [`health`]: active and passive health monitoring, reported to the Controller.
@@ -16,6 +17,7 @@ pub mod agent;
 pub mod dataplane;
 pub mod h1;
 pub mod health;
+pub mod l4;
 pub mod lb;
 pub mod origin;
 pub mod proxy;

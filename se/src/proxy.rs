@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fabric::model::{Algorithm, VsHttp};
+use fabric::model::{Algorithm, VsHttp, VsL4, VsProtocol};
 use fabric::rt;
 use http::{HeaderValue, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
@@ -103,6 +103,7 @@ pub struct VirtualService {
     pool: Arc<ServerPool>,
     conns: crate::relay::ConnPool,
     http: RwLock<VsHttp>,
+    l4: RwLock<(VsProtocol, VsL4)>,
 }
 
 impl std::fmt::Debug for VirtualService {
@@ -125,7 +126,29 @@ impl VirtualService {
             pool: Arc::default(),
             conns: crate::relay::ConnPool::default(),
             http: RwLock::new(VsHttp::default()),
+            l4: RwLock::new((VsProtocol::Http, VsL4::default())),
         }
+    }
+
+    /// What it carries and its L4 limits (for new connections).
+    pub fn protocol(&self) -> VsProtocol {
+        self.l4.read().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// Its L4 limits for new connections and flows.
+    pub fn l4(&self) -> VsL4 {
+        self.l4.read().unwrap_or_else(|p| p.into_inner()).1
+    }
+
+    /// Change what it carries (new connections) and its L4 limits.
+    pub fn set_l4(&self, protocol: VsProtocol, l4: VsL4) {
+        *self.l4.write().unwrap_or_else(|p| p.into_inner()) = (protocol, l4);
+    }
+
+    /// The same carrying `protocol` with `l4` limits.
+    pub fn with_l4(self, protocol: VsProtocol, l4: VsL4) -> Self {
+        self.set_l4(protocol, l4);
+        self
     }
 
     /// The same with other HTTP settings.
@@ -192,8 +215,13 @@ impl VirtualService {
 /// client that does not complete a TLS handshake in time, or sends garbage,
 /// is dropped.
 pub async fn serve_connection(vs: Arc<VirtualService>, stream: rt::TcpStream, peer: SocketAddr) {
+    let tcp = vs.protocol() == VsProtocol::Tcp;
     let Some(tls) = vs.tls() else {
-        return crate::relay::serve(vs, stream, peer, false).await;
+        return if tcp {
+            crate::l4::serve_tcp(vs, stream, peer).await
+        } else {
+            crate::relay::serve(vs, stream, peer, false).await
+        };
     };
     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
     let stream = match rt::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
@@ -207,7 +235,9 @@ pub async fn serve_connection(vs: Arc<VirtualService>, stream: rt::TcpStream, pe
             return;
         }
     };
-    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+    if tcp {
+        crate::l4::serve_tcp(vs, stream, peer).await
+    } else if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         let service = service_fn(move |req| {
             let vs = vs.clone();
             async move { Ok::<_, Infallible>(handle(&vs, req, peer, true).await) }

@@ -645,45 +645,81 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
-/// Bytes both ways between a client and a server that switched protocols,
-/// until either closes or nothing moves for `idle`. `to_server` and
-/// `to_client` are bytes that arrived before the switch.
-async fn tunnel<C, U>(
+/// What one step of a [`tunnel`] did.
+enum Moved {
+    /// Bytes went one way.
+    Bytes,
+    /// The client finished sending (EOF).
+    ClientDone,
+    /// The server finished sending (EOF).
+    ServerDone,
+    /// A side failed.
+    Broken,
+}
+
+/// Bytes both ways between a client and a server (an upgraded HTTP
+/// connection, or an L4 TCP one) until both have finished sending, either
+/// fails, or nothing moves for `idle`. A side that finishes (EOF) has that
+/// passed on as a half-close, and the other direction carries on.
+/// `to_server` and `to_client` are bytes that arrived before. Returns the
+/// bytes moved (to the server, to the client).
+pub(crate) async fn tunnel<C, U>(
     client: &mut C,
     to_server: &[u8],
     server: &mut U,
     to_client: &[u8],
     idle: Duration,
-) where
+) -> (u64, u64)
+where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut moved = (to_server.len() as u64, to_client.len() as u64);
     if !to_client.is_empty() && write_all(client, to_client).await.is_err() {
-        return;
+        return moved;
     }
     if !to_server.is_empty() && write_all(server, to_server).await.is_err() {
-        return;
+        return moved;
     }
     let mut a = vec![0u8; READ_CHUNK];
     let mut b = vec![0u8; READ_CHUNK];
-    loop {
-        let moved = rt::timeout(idle, async {
+    let (mut client_sends, mut server_sends) = (true, true);
+    while client_sends || server_sends {
+        let step = rt::timeout(idle, async {
             tokio::select! {
-                r = client.read(&mut a) => match r {
-                    Ok(n) if n > 0 => write_all(server, &a[..n]).await.is_ok(),
-                    _ => false,
+                r = client.read(&mut a), if client_sends => match r {
+                    Ok(0) => Moved::ClientDone,
+                    Ok(n) if write_all(server, &a[..n]).await.is_ok() => {
+                        moved.0 += n as u64;
+                        Moved::Bytes
+                    }
+                    _ => Moved::Broken,
                 },
-                r = server.read(&mut b) => match r {
-                    Ok(n) if n > 0 => write_all(client, &b[..n]).await.is_ok(),
-                    _ => false,
+                r = server.read(&mut b), if server_sends => match r {
+                    Ok(0) => Moved::ServerDone,
+                    Ok(n) if write_all(client, &b[..n]).await.is_ok() => {
+                        moved.1 += n as u64;
+                        Moved::Bytes
+                    }
+                    _ => Moved::Broken,
                 },
             }
         })
         .await;
-        if !matches!(moved, Ok(true)) {
-            let _ = client.shutdown().await;
-            let _ = server.shutdown().await;
-            return;
+        match step {
+            Ok(Moved::Bytes) => {}
+            Ok(Moved::ClientDone) => {
+                client_sends = false;
+                let _ = server.shutdown().await;
+            }
+            Ok(Moved::ServerDone) => {
+                server_sends = false;
+                let _ = client.shutdown().await;
+            }
+            Ok(Moved::Broken) | Err(_) => break,
         }
     }
+    let _ = client.shutdown().await;
+    let _ = server.shutdown().await;
+    moved
 }

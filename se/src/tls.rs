@@ -29,6 +29,7 @@ pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 pub fn server_config(
     certificates: &[Certificate],
     resumption: bool,
+    http: bool,
 ) -> Result<Arc<ServerConfig>, String> {
     let mut keys = Vec::with_capacity(certificates.len());
     for c in certificates {
@@ -45,7 +46,11 @@ pub fn server_config(
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(BySni { keys }));
-    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    // ALPN only for HTTP: a TCP virtual service relays whatever the client
+    // speaks, and must not agree to h2 on the server's behalf.
+    if http {
+        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    }
     if resumption {
         config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
     } else {
@@ -130,10 +135,10 @@ mod tests {
             cert_pem: "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n".into(),
             ..good.clone()
         };
-        assert!(server_config(std::slice::from_ref(&good), true).is_ok());
-        assert!(server_config(&[], true).is_err());
-        let e = server_config(&[mismatched], true).unwrap_err();
+        assert!(server_config(std::slice::from_ref(&good), true, true).is_ok());
+        assert!(server_config(&[], true, true).is_err());
+        let e = server_config(&[mismatched], true, true).unwrap_err();
         assert!(e.contains("certificate `a`"), "{e}");
-        assert!(server_config(&[garbage], true).is_err());
+        assert!(server_config(&[garbage], true, true).is_err());
     }
 }

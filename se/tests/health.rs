@@ -72,6 +72,8 @@ fn config(
             tls: None,
             tls_resumption: true,
             http: Default::default(),
+            protocol: Default::default(),
+            l4: Default::default(),
         }],
     }
 }

@@ -107,6 +107,7 @@ async fn random_bytes_never_crash_the_http_or_tls_listener() {
         se::tls::server_config(
             &[fabric::pki::self_signed("app", &["app.test"]).unwrap()],
             true,
+            true,
         )
         .unwrap(),
     ));

@@ -106,6 +106,8 @@ fn config(version: u64, port: u16, origin: SocketAddr, certs: &[Certificate]) ->
             tls: Some(certs.to_vec()),
             tls_resumption: true,
             http: Default::default(),
+            protocol: Default::default(),
+            l4: Default::default(),
         }],
     }
 }
@@ -194,7 +196,7 @@ async fn session_resumption_follows_the_setting() {
     use rustls::HandshakeKind::{Full, Resumed};
     for (resumption, tls12_only) in [(true, false), (true, true), (false, false), (false, true)] {
         let server =
-            se::tls::server_config(&[self_signed("app", &["app.test"])], resumption).unwrap();
+            se::tls::server_config(&[self_signed("app", &["app.test"])], resumption, true).unwrap();
         // One client config: its session store offers what the server gave.
         let client = fabric::pki::insecure_client_config(&[b"http/1.1"], tls12_only);
         let mut kinds = Vec::new();
