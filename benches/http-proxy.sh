@@ -3,7 +3,9 @@
 # (nbthread 1) and nginx (1 worker), same backends, same load generator,
 # same run. Ours adds X-Forwarded-For/-Proto and its SE header to every
 # request and response; the peers, configured as in shared/peers, add none.
-#   ./benches/http-proxy.sh            (DUR=10s CONNS=64 PASSES=3)
+#   ./benches/http-proxy.sh            (DUR=10s CONNS=64 PASSES=3 LAT_DUR=10)
+# Then latency at 50% of each proxy's peak, open loop (fabric-load), beside
+# the backend straight at the same rate: the p99 the proxy adds.
 # Needs ./scripts/install-peers.sh (haproxy, nginx-light, wrk, bc). Placement
 # as in shared/peers/http/01-http-proxy.sh "P1": the proxy alone on CPU0; the
 # nginx backends (2 listeners, 100-byte body) and wrk share CPU1. The figure
@@ -18,6 +20,7 @@ for tool in haproxy nginx wrk bc taskset; do
   command -v "$tool" >/dev/null || { echo "missing $tool: run ./scripts/install-peers.sh" >&2; exit 2; }
 done
 cargo build -q --release --locked --bin fabric
+cargo build -q --release --locked -p benches --bin fabric-load
 bin=$PWD/target/release/fabric
 W=$(mktemp -d /tmp/fabric-bench-http.XXXXXX)
 pids=()
@@ -149,6 +152,7 @@ for pass in $(seq 1 "$PASSES"); do
   run nginx "$nginx_px" http://127.0.0.1:18083/
   run fabric "$se_pid" http://127.0.0.20:18090/
 done
+
 # PERF=1: one more run of each under `perf` (not counted): syscalls per
 # request for both proxies, and where the SE's time goes, in
 # target/bench/http-proxy.perf.txt.
@@ -175,7 +179,7 @@ if [ -n "${PERF:-}" ]; then
 fi
 
 mkdir -p target/bench
-hv=$(haproxy -v | head -1 | awk '{print $3}')
+hv=$(haproxy -v | awk 'NR == 1 {print $3}')
 echo "| proxy | pass | req/s | proxy CPU | of it in user space | req/s per proxy core-s | p50 | p99 | errors |"
 echo "|---|---|---|---|---|---|---|---|---|"
 awk '{ n[$1]++; per = $2 / ($3 / 100); sum[$1] += per;
@@ -187,3 +191,28 @@ awk -v hv="$hv" -v dur="$DUR" -v conns="$CONNS" 'BEGIN { printf "{\"haproxy_vers
        (NR > 1 ? ", " : ""), $1, $2, $3, $2 / ($3 / 100), $4, $5, $6 }
      END { print "]}" }' "$W/runs.txt" > target/bench/http-proxy.json
 echo "(haproxy $hv, wrk -t1 -c$CONNS -d$DUR, JSON in target/bench/http-proxy.json)"
+
+# Latency at 50% of each proxy's peak: open-loop requests at a fixed rate
+# (fabric-load, latency from when each request was due), through the proxy
+# and straight to a backend at the same rate; the proxy's added p99 is the
+# difference. LAT_DUR seconds each (default 10), after a 2 s warm-up.
+LAT_DUR=${LAT_DUR:-10}
+load=$PWD/target/release/fabric-load
+field() { echo "$1" | sed -E "s/.*\"$2\": ([0-9.]+).*/\1/"; }
+peak() { awk -v p="$1" '$1 == p { s += $2; n++ } END { printf "%d", s / n }' "$W/runs.txt"; }
+: > "$W/latency.txt"
+for label in haproxy nginx fabric; do
+  case $label in
+    haproxy) url=http://127.0.0.1:18080/ ;;
+    nginx) url=http://127.0.0.1:18083/ ;;
+    fabric) url=http://127.0.0.20:18090/ ;;
+  esac
+  rate=$(( $(peak "$label") / 2 ))
+  via=$(taskset -c 1 timeout $((LAT_DUR + 30)) "$load" --url "$url" --rate "$rate" --connections "$CONNS" --duration-secs "$LAT_DUR")
+  direct=$(taskset -c 1 timeout $((LAT_DUR + 30)) "$load" --url http://127.0.0.1:18081/ --rate "$rate" --connections "$CONNS" --duration-secs "$LAT_DUR")
+  echo "$label $rate $(field "$via" achieved_rps) $(field "$via" p50_ms) $(field "$via" p99_ms) $(field "$via" p999_ms) $(field "$direct" p99_ms) $(field "$via" errors)" >> "$W/latency.txt"
+done
+echo
+echo "| proxy | rate (50% of its peak) | achieved | p50 | p99 | p99.9 | backend direct p99 at that rate | p99 added by the proxy | errors |"
+echo "|---|---|---|---|---|---|---|---|---|"
+awk '{ printf "| %s | %d | %d | %.2f ms | %.2f ms | %.2f ms | %.2f ms | %.2f ms | %d |\n", $1, $2, $3, $4, $5, $6, $7, $5 - $7, $8 }' "$W/latency.txt"

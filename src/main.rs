@@ -191,7 +191,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -338,7 +338,7 @@ async fn start_dns(config: &Config) -> Result<Option<SocketAddr>> {
 async fn up(path: Option<&Path>) -> Result<()> {
     let config = match path {
         Some(p) => load(p)?,
-        None => Config::example(),
+        None => example_with_tls()?,
     };
     for origin in &config.demo_origins {
         let listener = bind(origin.listen, "demo origin").await?;
@@ -616,10 +616,48 @@ fn print_status(s: &ClusterStatus) {
     );
 }
 
+/// The embedded example plus a TLS virtual service beside its first one
+/// (port + 363, so 8443), with a self-signed certificate made now.
+fn example_with_tls() -> Result<Config> {
+    let mut config = Config::example();
+    let plain = config
+        .virtual_services
+        .first()
+        .cloned()
+        .context("the example has a virtual service")?;
+    let name = format!("{}-tls", plain.name);
+    let host = format!("{}.fabric.test", plain.name);
+    let cert = fabric::pki::self_signed(&name, &[host.as_str()])
+        .map_err(|e| anyhow!("making the example certificate: {e}"))?;
+    config.certificates.push(cert);
+    config.virtual_services.push(fabric::model::VirtualService {
+        name: name.clone(),
+        port: plain.port + 363,
+        tls: Some(fabric::model::VsTls {
+            certificates: vec![name],
+            session_resumption: true,
+        }),
+        ..plain
+    });
+    config
+        .validate()
+        .map_err(|e| anyhow!("the example config: {e}"))?;
+    Ok(config)
+}
+
 async fn wait_until_serving(config: &Config) {
     for vs in &config.virtual_services {
         let addr = SocketAddr::new(vs.vip, vs.port);
-        while se::proxy::get(addr, &vs.name, "/").await.is_err() {
+        loop {
+            // A TLS or L4 listener that accepts is serving; HTTP must answer.
+            let up = if vs.tls.is_some() || vs.protocol != fabric::model::VsProtocol::Http {
+                vs.protocol == fabric::model::VsProtocol::Udp || rt::connect(addr).await.is_ok()
+            } else {
+                se::proxy::get(addr, &vs.name, "/").await.is_ok()
+            };
+            if up {
+                break;
+            }
             rt::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -634,7 +672,15 @@ fn print_next_steps(config: &Config, dns: Option<SocketAddr>, ses: usize) {
     );
     println!("try:");
     for vs in &config.virtual_services {
-        println!("  curl -i http://{}/", SocketAddr::new(vs.vip, vs.port));
+        let addr = SocketAddr::new(vs.vip, vs.port);
+        match (vs.protocol, &vs.tls) {
+            (fabric::model::VsProtocol::Http, None) => println!("  curl -i http://{addr}/"),
+            // -k: the example's certificate is self-signed.
+            (fabric::model::VsProtocol::Http, Some(_)) => {
+                println!("  curl -ik --http2 https://{addr}/")
+            }
+            (protocol, _) => println!("  {protocol:?} virtual service `{}` on {addr}", vs.name),
+        }
     }
     if let Some(dns) = dns {
         for s in &config.gslb_services {
