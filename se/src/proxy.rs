@@ -51,7 +51,7 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most HTTP/2 streams one client connection may have open.
 pub const MAX_H2_STREAMS: u32 = 256;
 /// Most idle keep-alive connections kept per server.
-pub const MAX_IDLE_PER_SERVER: usize = 32;
+pub const MAX_IDLE_PER_SERVER: usize = 256;
 /// How long an idle connection to a server is kept for reuse (below the
 /// usual servers' keep-alive timeouts, so they rarely close one under us).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
