@@ -160,6 +160,66 @@ async fn config_swaps_under_load_drop_no_request_and_slow_ones_finish() {
 }
 
 #[madsim::test]
+async fn traffic_counters_reach_the_controller_and_its_api() {
+    let started = fabric::rt::now();
+    let world = serving_world().await;
+    for _ in 0..40 {
+        assert_eq!(world.http_get("/").await.unwrap().status, 200);
+    }
+    // A request the SE refuses itself.
+    let refused = world
+        .tcp_exchange(b"GET / HTTP/1.1\r\n\r\n".to_vec())
+        .await
+        .unwrap();
+    assert!(
+        refused.starts_with(b"HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&refused)
+    );
+    let controller = world.controller().unwrap();
+    let vs_name = world.config.virtual_services[0].name.clone();
+    world
+        .wait_until("the SE's counters reach the Controller", SETTLE, || async {
+            let (sum, _) = controller.stats();
+            sum.virtual_services
+                .iter()
+                .any(|v| v.name == vs_name && v.requests >= 41 && v.own_errors >= 1)
+        })
+        .await
+        .unwrap();
+    let (sum, reporting) = controller.stats();
+    assert_eq!(reporting, 1);
+    let vs = sum
+        .virtual_services
+        .iter()
+        .find(|v| v.name == vs_name)
+        .unwrap();
+    assert!(vs.responses[1] >= 40 && vs.responses[3] >= 1, "{vs:?}");
+    assert_eq!(vs.latency.total(), vs.responses.iter().sum::<u64>());
+    let servers = &sum.pools[0].servers;
+    assert_eq!(servers.len(), 2);
+    let to_servers: u64 = servers.iter().map(|s| s.requests).sum();
+    assert!(to_servers >= 40, "{servers:?}");
+    assert!(
+        servers.iter().all(|s| s.requests >= 20 && s.up),
+        "round robin: {servers:?}"
+    );
+
+    let token = world.admin_token(0).await.unwrap();
+    let reply = world
+        .api(0, "GET", "/api/v1/stats", &token, None)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let item = &reply.body["virtual_services"][0];
+    assert_eq!(item["name"], vs_name.as_str());
+    assert!(item["requests"].as_u64().unwrap() >= 41);
+    assert!(item["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{item}");
+    assert!(reply.body["pools"][0]["servers"][0]["latency_ms"]["p50"].is_number());
+    report("traffic_counters_reach_the_controller_and_its_api", started);
+}
+
+#[madsim::test]
 async fn malformed_http_gets_400_and_the_se_keeps_serving() {
     let started = fabric::rt::now();
     let world = serving_world().await;

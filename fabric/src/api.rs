@@ -178,6 +178,7 @@ pub fn router(controller: Controller) -> Router {
     Router::new()
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/ses", get(ses))
+        .route("/api/v1/stats", get(stats))
         .route("/api/v1/events", get(events))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
@@ -640,6 +641,58 @@ async fn cluster(State(c): State<Controller>, headers: HeaderMap) -> ApiResult {
 async fn ses(State(c): State<Controller>, headers: HeaderMap) -> ApiResult {
     authenticate(&c, &headers)?;
     Ok(axum::Json(json!({ "node": c.node().id(), "items": c.ses() })).into_response())
+}
+
+/// p50, p90, p99 and p99.9 of a histogram in milliseconds (null when empty).
+fn quantiles_ms(h: &crate::stats::Histogram) -> serde_json::Value {
+    let q = |q: f64| h.quantile(q).map(|d| d.as_secs_f64() * 1000.0);
+    json!({ "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "count": h.total() })
+}
+
+/// Traffic of the virtual services and pools the caller may see, summed
+/// over the SEs connected to this node (their latest reports).
+async fn stats(State(c): State<Controller>, headers: HeaderMap) -> ApiResult {
+    let p = authenticate(&c, &headers)?;
+    let (sum, reporting) = c.stats();
+    let visible = |kind: &str, name: &str| {
+        c.node()
+            .peek(|o| o.get(kind, name).is_some_and(|s| p.sees(s)))
+    };
+    let virtual_services: Vec<_> = sum
+        .virtual_services
+        .iter()
+        .filter(|v| visible("virtual_services", &v.name))
+        .map(|v| {
+            let mut item = serde_json::to_value(v).unwrap_or_default();
+            item["latency_ms"] = quantiles_ms(&v.latency);
+            item
+        })
+        .collect();
+    let pools: Vec<_> = sum
+        .pools
+        .iter()
+        .filter(|pool| visible("pools", &pool.name))
+        .map(|pool| {
+            let servers: Vec<_> = pool
+                .servers
+                .iter()
+                .map(|s| {
+                    let mut item = serde_json::to_value(s).unwrap_or_default();
+                    item["latency_ms"] = quantiles_ms(&s.latency);
+                    item
+                })
+                .collect();
+            json!({ "name": pool.name, "servers": servers })
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "node": c.node().id(),
+        "ses_reporting": reporting,
+        "latency_bucket_bounds_us": crate::stats::BUCKET_BOUNDS_US,
+        "virtual_services": virtual_services,
+        "pools": pools,
+    }))
+    .into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]

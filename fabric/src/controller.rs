@@ -50,6 +50,11 @@ pub struct SeStatus {
     pub applied_version: u64,
     /// Address its session came from.
     pub addr: SocketAddr,
+    /// Its latest traffic counters (cumulative since it started), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<crate::stats::SeStats>,
+    /// When they came (ms since the Unix epoch; 0: never).
+    pub stats_unix_ms: u64,
 }
 
 /// A state change worth telling an operator about.
@@ -431,6 +436,8 @@ impl Controller {
             connected: true,
             applied_version,
             addr,
+            stats: None,
+            stats_unix_ms: 0,
         };
         lock(&self.inner.ses).insert(name.to_string(), (session, status));
         self.event(
@@ -457,6 +464,33 @@ impl Controller {
 
     /// Record an acknowledgement; an SE whose applied version goes backwards
     /// breaks the protocol and loses its session.
+    fn on_stats(&self, session: u64, name: &str, mut stats: crate::stats::SeStats) {
+        stats.virtual_services.truncate(crate::stats::MAX_REPORTED);
+        stats.pools.truncate(crate::stats::MAX_REPORTED);
+        let mut ses = lock(&self.inner.ses);
+        if let Some((s, status)) = ses.get_mut(name) {
+            if *s == session {
+                status.stats = Some(stats);
+                status.stats_unix_ms = rt::unix_ms();
+            }
+        }
+    }
+
+    /// Traffic summed over the SEs with a session now: their latest
+    /// reports, added up by virtual service and pool.
+    pub fn stats(&self) -> (crate::stats::SeStats, usize) {
+        let ses = lock(&self.inner.ses);
+        let mut sum = crate::stats::SeStats::default();
+        let mut reporting = 0;
+        for (_, status) in ses.values() {
+            if let (true, Some(stats)) = (status.connected, &status.stats) {
+                sum.merge(stats);
+                reporting += 1;
+            }
+        }
+        (sum, reporting)
+    }
+
     fn on_ack(&self, session: u64, name: &str, version: u64) -> Result<(), String> {
         {
             let mut ses = lock(&self.inner.ses);
@@ -500,6 +534,7 @@ impl Controller {
             proto_version: PROTO_VERSION,
             heartbeat_ms,
             health_events: true,
+            stats: true,
         };
         proto::write_frame(wr, &welcome)
             .await
@@ -552,6 +587,7 @@ impl Controller {
                             let state = if up { "up" } else { "down" };
                             self.event("health_change", format!("{pool}/{server}"), format!("{state} on {name}: {reason}"))
                         }
+                        SeMessage::Stats { stats } => self.on_stats(session, name, stats),
                         SeMessage::Hello { .. } | SeMessage::Register { .. } => {
                             break Err("hello or registration inside a session".into())
                         }

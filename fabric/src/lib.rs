@@ -6,6 +6,7 @@
 //! - [`model`]: the desired state an operator writes, with validation.
 //! - [`proto`]: Controller <-> SE messages over TCP.
 //! - [`controller`]: holds the desired state and pushes it to SEs.
+//! - [`stats`]: traffic counters and latency histograms SEs report.
 #![deny(missing_docs)]
 
 pub mod api;
@@ -16,3 +17,4 @@ pub mod pki;
 pub mod platform;
 pub mod proto;
 pub mod rt;
+pub mod stats;

@@ -93,7 +93,16 @@ pub enum SeMessage {
         /// Why, in words (at most [`MAX_REASON_BYTES`]).
         reason: String,
     },
+    /// Traffic counters since the SE started (cumulative), sent every
+    /// [`STATS_INTERVAL`] to a Controller whose welcome set `stats`.
+    Stats {
+        /// The counters.
+        stats: crate::stats::SeStats,
+    },
 }
+
+/// How often an SE reports its counters.
+pub const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Longest reason text a health message carries.
 pub const MAX_REASON_BYTES: usize = 256;
@@ -128,6 +137,9 @@ pub enum ControllerMessage {
         /// Controllers that predate it).
         #[serde(default)]
         health_events: bool,
+        /// Whether the Controller takes [`SeMessage::Stats`].
+        #[serde(default)]
+        stats: bool,
     },
     /// The SE's whole desired config.
     Config(SeConfig),

@@ -214,9 +214,11 @@ async fn session(
         .await
         .map_err(|e| e.to_string())?;
     let (mut incoming, reader) = proto::spawn_reader::<_, ControllerMessage>(rd, 16);
+    let mut takes_stats = false;
     let result = async {
         let (heartbeat, takes_health) = match rt::timeout(CONNECT_TIMEOUT, incoming.recv()).await {
-            Ok(Some(Ok(ControllerMessage::Welcome { proto_version, heartbeat_ms, health_events }))) if proto_version == PROTO_VERSION => {
+            Ok(Some(Ok(ControllerMessage::Welcome { proto_version, heartbeat_ms, health_events, stats }))) if proto_version == PROTO_VERSION => {
+                takes_stats = stats;
                 (Duration::from_millis(heartbeat_ms.clamp(10, 60_000)), health_events)
             }
             Ok(Some(Ok(ControllerMessage::Refused { reason }))) => return Err(format!("refused: {reason}")),
@@ -229,11 +231,14 @@ async fn session(
         let liveness = heartbeat * MISSED_HEARTBEATS;
         let mut last_heard = rt::now();
         let mut next_beat = rt::now() + heartbeat;
+        let mut next_stats = rt::now() + proto::STATS_INTERVAL;
         let health = plane.health_events();
         // Changes from while the session was down first.
         report_health(&mut wr, &health, takes_health).await?;
         loop {
-            let until_beat = next_beat.saturating_duration_since(rt::now());
+            let until_beat = next_beat
+                .min(next_stats)
+                .saturating_duration_since(rt::now());
             tokio::select! {
                 // Fixed poll order: tokio picks a random one otherwise, from a
                 // generator madsim does not seed (docs/runtime.md).
@@ -270,9 +275,18 @@ async fn session(
                     if rt::now().duration_since(last_heard) > liveness {
                         return Err("controller silent for too long".into());
                     }
-                    let beat = SeMessage::Heartbeat { applied_version: plane.applied_version() };
-                    proto::write_frame(&mut wr, &beat).await.map_err(|e| e.to_string())?;
-                    next_beat += heartbeat;
+                    if rt::now() >= next_stats {
+                        next_stats += proto::STATS_INTERVAL;
+                        if takes_stats {
+                            let report = SeMessage::Stats { stats: plane.stats() };
+                            proto::write_frame(&mut wr, &report).await.map_err(|e| e.to_string())?;
+                        }
+                    }
+                    if rt::now() >= next_beat {
+                        let beat = SeMessage::Heartbeat { applied_version: plane.applied_version() };
+                        proto::write_frame(&mut wr, &beat).await.map_err(|e| e.to_string())?;
+                        next_beat += heartbeat;
+                    }
                 }
             }
         }

@@ -19,6 +19,7 @@ use fabric::model::{AdminState, HealthMonitor, VsProtocol};
 use fabric::platform::{L2Error, L2Fabric};
 use fabric::proto::{SeConfig, SeVirtualService};
 use fabric::rt;
+use fabric::stats;
 
 use crate::health::{self, HealthEvents, MAX_PENDING_CHANGES};
 use crate::lb::{ServerSet, ServerState};
@@ -201,6 +202,28 @@ impl DataPlane {
         })
     }
 
+    /// Traffic counters of every virtual service and server, since this SE
+    /// started serving them (at most [`stats::MAX_REPORTED`] of each kind).
+    pub fn stats(&self) -> stats::SeStats {
+        stats::SeStats {
+            virtual_services: self
+                .listeners
+                .values()
+                .take(stats::MAX_REPORTED)
+                .map(|l| l.vs.counters().snapshot(&l.vs.name))
+                .collect(),
+            pools: self
+                .pools
+                .iter()
+                .take(stats::MAX_REPORTED)
+                .map(|(name, p)| stats::PoolStats {
+                    name: name.clone(),
+                    servers: p.servers.values().map(|t| t.state.stats()).collect(),
+                })
+                .collect(),
+        }
+    }
+
     /// The config version serving now (0: none yet).
     pub fn applied_version(&self) -> u64 {
         self.applied
@@ -325,9 +348,7 @@ impl DataPlane {
                         tracing::error!(error = %e, "listener failed");
                     }
                 }),
-                Bound::Udp(socket) => {
-                    rt::spawn(crate::l4::serve_udp(for_task, socket, Arc::default()))
-                }
+                Bound::Udp(socket) => rt::spawn(crate::l4::serve_udp(for_task, socket)),
             };
             tracing::info!(se = %self.se_name, vs = %vs.name, vip = %vs.vip, port = vs.port, "virtual service serving");
             self.listeners.insert(

@@ -13,8 +13,9 @@
 //! on one server across flows) and opens a socket of its own toward it;
 //! the server's answers go back to the client from the VIP. A flow that
 //! idles for the idle timeout is forgotten. At most `max_udp_flows` flows
-//! are kept; datagrams of new clients beyond that are dropped (and counted),
-//! as are datagrams larger than [`MAX_DATAGRAM`].
+//! are kept; datagrams of new clients beyond that are dropped (and counted
+//! in the virtual service's counters), as are datagrams larger than
+//! [`MAX_DATAGRAM`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -58,12 +59,18 @@ where
             break;
         };
         let server = picked.addr();
+        let connecting = rt::now();
         let why = match rt::timeout(connect_timeout, rt::connect(server)).await {
             Ok(Ok(mut upstream)) => {
                 picked.state().on_request_succeeded();
+                picked
+                    .state()
+                    .record_latency(rt::now().saturating_duration_since(connecting));
                 // The connection counts in flight on its server (least
                 // connections) until it ends.
-                crate::relay::tunnel(&mut client, &[], &mut upstream, &[], idle).await;
+                let (up, down) =
+                    crate::relay::tunnel(&mut client, &[], &mut upstream, &[], idle).await;
+                vs.counters().bytes(up, down);
                 return;
             }
             Ok(Err(e)) => format!("connect failed: {e}"),
@@ -84,6 +91,8 @@ struct Flow {
     last: AtomicU64,
     /// Keeps the flow counted in flight on its server.
     _picked: Picked,
+    /// Keeps the flow counted open on the virtual service.
+    _open: crate::counters::OpenOwned,
 }
 
 impl Flow {
@@ -100,18 +109,9 @@ impl Flow {
 
 type Flows = Arc<Mutex<HashMap<SocketAddr, Arc<Flow>>>>;
 
-/// Counters of one UDP virtual service.
-#[derive(Debug, Default)]
-pub struct UdpCounters {
-    /// Flows opened.
-    pub flows: AtomicU64,
-    /// Datagrams dropped: the flow table was full, no server was eligible,
-    /// or the datagram was too large.
-    pub dropped: AtomicU64,
-}
-
 /// Serve the UDP virtual service `vs` on `socket` until the task is stopped.
-pub async fn serve_udp(vs: Arc<VirtualService>, socket: rt::UdpSocket, counters: Arc<UdpCounters>) {
+pub async fn serve_udp(vs: Arc<VirtualService>, socket: rt::UdpSocket) {
+    let counters = vs.counters().clone();
     let socket = Arc::new(socket);
     let flows: Flows = Arc::default();
     let epoch = rt::now();
@@ -126,7 +126,7 @@ pub async fn serve_udp(vs: Arc<VirtualService>, socket: rt::UdpSocket, counters:
             }
         };
         if n > MAX_DATAGRAM {
-            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            counters.dropped();
             continue;
         }
         let known = flows
@@ -138,10 +138,10 @@ pub async fn serve_udp(vs: Arc<VirtualService>, socket: rt::UdpSocket, counters:
             Some(flow) => flow,
             None => match open_flow(&vs, &flows, client, epoch).await {
                 Some(flow) => {
-                    counters.flows.fetch_add(1, Ordering::Relaxed);
                     let l4 = vs.l4();
                     let idle = l4.idle_timeout(fabric::model::VsProtocol::Udp);
                     rt::spawn(answers(
+                        counters.clone(),
                         flow.clone(),
                         socket.clone(),
                         client,
@@ -152,12 +152,13 @@ pub async fn serve_udp(vs: Arc<VirtualService>, socket: rt::UdpSocket, counters:
                     flow
                 }
                 None => {
-                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    counters.dropped();
                     continue;
                 }
             },
         };
         flow.touch(epoch);
+        counters.bytes(n as u64, 0);
         if let Err(e) = flow.upstream.send_to(&buf[..n], flow.server).await {
             tracing::debug!(vs = %vs.name, server = %flow.server, error = %e, "UDP send failed");
         }
@@ -188,6 +189,7 @@ async fn open_flow(
         server,
         last: AtomicU64::new(0),
         _picked: picked,
+        _open: vs.counters().flow(),
     });
     flow.touch(epoch);
     flows
@@ -199,6 +201,7 @@ async fn open_flow(
 
 /// Relay `flow`'s server's answers to `client` until the flow idles out.
 async fn answers(
+    counters: Arc<crate::counters::VsCounters>,
     flow: Arc<Flow>,
     listener: Arc<rt::UdpSocket>,
     client: SocketAddr,
@@ -215,6 +218,7 @@ async fn answers(
         match rt::timeout(wait, flow.upstream.recv_from(&mut buf)).await {
             Ok(Ok((n, from))) if from == flow.server && n <= MAX_DATAGRAM => {
                 flow.touch(epoch);
+                counters.bytes(0, n as u64);
                 let _ = listener.send_to(&buf[..n], client).await;
             }
             // Not from our server, or too large: not relayed.

@@ -12,10 +12,11 @@
 //! is dropped (least connections and power of two choices read that count).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fabric::model::{AdminState, Algorithm, Server, MAX_POOL_SERVERS, MAX_SERVER_WEIGHT};
+use fabric::stats::{AtomicHistogram, ServerStats};
 use http::{HeaderMap, HeaderName};
 
 use crate::health::{HealthChange, HealthEvents, HealthMachine};
@@ -44,6 +45,12 @@ pub struct ServerState {
     /// Present while the pool has a health monitor.
     health: Mutex<Option<HealthMachine>>,
     events: Option<Arc<HealthEvents>>,
+    /// Requests (or connections, or flows) picked for it, ever.
+    requests: AtomicU64,
+    /// Failures counted against it, ever.
+    failures: AtomicU64,
+    /// Time to its response heads (or connects).
+    latency: AtomicHistogram,
 }
 
 impl ServerState {
@@ -58,6 +65,27 @@ impl ServerState {
             suspect: AtomicBool::new(false),
             health: Mutex::new(None),
             events,
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            latency: AtomicHistogram::default(),
+        }
+    }
+
+    /// Count how long a request took to get its response head (or a
+    /// connection to open).
+    pub fn record_latency(&self, d: std::time::Duration) {
+        self.latency.record(d);
+    }
+
+    /// Its counters now, for a stats report.
+    pub fn stats(&self) -> ServerStats {
+        ServerStats {
+            addr: self.addr,
+            up: self.is_up(),
+            requests: self.requests.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            in_flight: self.in_flight() as u64,
+            latency: self.latency.snapshot(),
         }
     }
 
@@ -111,6 +139,7 @@ impl ServerState {
     /// A request to the server failed to connect, was reset or timed out:
     /// counts toward `fall` like a failed check (passive monitoring).
     pub fn on_request_failed(&self, reason: &str) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
         self.step(false, &format!("request failed: {reason}"));
     }
 
@@ -166,6 +195,7 @@ pub struct Picked {
 impl Picked {
     fn new(state: &Arc<ServerState>) -> Self {
         state.in_flight.fetch_add(1, Ordering::Relaxed);
+        state.requests.fetch_add(1, Ordering::Relaxed);
         Self {
             state: state.clone(),
         }

@@ -2,6 +2,7 @@
 //!
 //! - [`agent`]: the session with the Controller; applies each pushed config
 //!   and keeps serving the last one while the Controller is unreachable.
+//! - [`counters`]: per virtual service traffic counters.
 //! - [`dataplane`]: listeners per virtual service, swapped atomically.
 //! - [`proxy`]: the HTTP reverse proxy of one virtual service.
 //! - [`relay`], [`h1`]: its HTTP/1.x side, heads parsed and bodies relayed
@@ -14,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod counters;
 pub mod dataplane;
 pub mod h1;
 pub mod health;

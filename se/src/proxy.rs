@@ -104,6 +104,7 @@ pub struct VirtualService {
     conns: crate::relay::ConnPool,
     http: RwLock<VsHttp>,
     l4: RwLock<(VsProtocol, VsL4)>,
+    counters: Arc<crate::counters::VsCounters>,
 }
 
 impl std::fmt::Debug for VirtualService {
@@ -127,7 +128,13 @@ impl VirtualService {
             conns: crate::relay::ConnPool::default(),
             http: RwLock::new(VsHttp::default()),
             l4: RwLock::new((VsProtocol::Http, VsL4::default())),
+            counters: Arc::default(),
         }
+    }
+
+    /// Its traffic counters on this SE.
+    pub fn counters(&self) -> &Arc<crate::counters::VsCounters> {
+        &self.counters
     }
 
     /// What it carries and its L4 limits (for new connections).
@@ -215,6 +222,8 @@ impl VirtualService {
 /// client that does not complete a TLS handshake in time, or sends garbage,
 /// is dropped.
 pub async fn serve_connection(vs: Arc<VirtualService>, stream: rt::TcpStream, peer: SocketAddr) {
+    let counters = vs.counters().clone();
+    let _open = counters.connection();
     let tcp = vs.protocol() == VsProtocol::Tcp;
     let Some(tls) = vs.tls() else {
         return if tcp {
@@ -240,7 +249,14 @@ pub async fn serve_connection(vs: Arc<VirtualService>, stream: rt::TcpStream, pe
     } else if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         let service = service_fn(move |req| {
             let vs = vs.clone();
-            async move { Ok::<_, Infallible>(handle(&vs, req, peer, true).await) }
+            async move {
+                let since = rt::now();
+                vs.counters().request();
+                let resp = handle(&vs, req, peer, true).await;
+                let own = resp.extensions().get::<OwnResponse>().is_some();
+                vs.counters().response(resp.status().as_u16(), since, own);
+                Ok::<_, Infallible>(resp)
+            }
         });
         let _ = server_http2::Builder::new(rt::Exec)
             .timer(rt::Timer)
@@ -300,6 +316,7 @@ async fn handle(
                 }
             },
         };
+        let sent_at = rt::now();
         let mut sent = rt::timeout(RESPONSE_TIMEOUT, sender.try_send_request(req)).await;
         if let Ok(Err(e)) = &mut sent {
             if let Some(back) = e.take_message() {
@@ -323,6 +340,9 @@ async fn handle(
         let mut resp = match sent {
             Ok(Ok(resp)) => {
                 picked.state().on_request_succeeded();
+                picked
+                    .state()
+                    .record_latency(rt::now().saturating_duration_since(sent_at));
                 // The request stays in flight on the server until its body
                 // is done; then the connection goes back to the pool.
                 let pool = vs.pool.clone();
@@ -464,12 +484,17 @@ fn tag(resp: &mut Response<ProxyBody>, se_name: &str) {
     }
 }
 
+/// Marks a response the SE made itself (for the counters).
+#[derive(Debug, Clone, Copy)]
+struct OwnResponse;
+
 fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
     let body = Full::new(Bytes::from(format!("{message}\n")))
         .map_err(|never| match never {})
         .boxed();
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
+    resp.extensions_mut().insert(OwnResponse);
     resp
 }
 

@@ -239,6 +239,10 @@ struct Conn<S> {
     resp: Vec<u8>,
     /// Body bytes on their way.
     scratch: Vec<u8>,
+    /// When the current request's head had arrived.
+    started: Instant,
+    /// When the current request went to its server.
+    sent_at: Instant,
 }
 
 /// Serve one HTTP/1.x client connection of `vs` (plain, or TLS already
@@ -264,6 +268,8 @@ where
         out: Vec::with_capacity(1024),
         resp: Vec::with_capacity(READ_CHUNK),
         scratch: Vec::new(),
+        started: rt::now(),
+        sent_at: rt::now(),
     };
     let mut first = true;
     loop {
@@ -272,6 +278,8 @@ where
             return;
         };
         first = false;
+        conn.started = rt::now();
+        conn.vs.counters().request();
         let hash_value = head.hash_value.map(|(a, b)| conn.inbuf[a..b].to_vec());
         conn.inbuf.drain(..head.len);
         if head.expect_continue
@@ -368,6 +376,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::TimedOut && !self.inbuf.is_empty() => {
                     let message = "request head not received in time";
+                    self.vs.counters().request();
+                    self.vs.counters().response(408, rt::now(), true);
                     h1::own_response(408, message, &self.se_name, true, &mut self.resp);
                     let _ = write_all(&mut self.client, &self.resp).await;
                     return None;
@@ -379,6 +389,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     async fn refuse(&mut self, e: &HeadError) {
         tracing::debug!(peer = %self.peer, error = %e, "request refused");
+        self.vs.counters().request();
+        self.vs.counters().response(e.status(), rt::now(), true);
         h1::own_response(
             e.status(),
             &e.to_string(),
@@ -393,6 +405,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Answer with an error of our own; the connection stays open if the
     /// request was read to its end.
     async fn answer(&mut self, status: u16, message: &str, close: bool) -> Exchange {
+        self.vs.counters().response(status, self.started, true);
         h1::own_response(status, message, &self.se_name, close, &mut self.resp);
         match write_all(&mut self.client, &self.resp).await {
             Ok(()) if close => Exchange::Close,
@@ -499,6 +512,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         req_end: &mut BodyEnd,
     ) -> Result<(), Failed> {
         upstream.buf.clear();
+        self.sent_at = rt::now();
         if let Err(e) = write_all(&mut upstream.stream, &self.out).await {
             return Err(if req_end.is_done() {
                 Failed::Stale
@@ -594,6 +608,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         };
         picked.state().on_request_succeeded();
+        picked
+            .state()
+            .record_latency(rt::now().saturating_duration_since(self.sent_at));
         upstream.buf.drain(..resp.len);
         let mut end = BodyEnd::new(resp.framing);
         if take_body(&mut end, &mut upstream.buf, &mut self.resp).is_err() {
@@ -602,6 +619,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if write_all(&mut self.client, &self.resp).await.is_err() {
             return Exchange::Gone;
         }
+        self.vs
+            .counters()
+            .response(resp.status, self.started, false);
         if resp.status == 101 {
             let rest = std::mem::take(&mut upstream.buf);
             tunnel(

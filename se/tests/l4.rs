@@ -143,7 +143,7 @@ async fn tcp_connections_spread_over_servers_and_half_closes_pass_through() {
         l.local_addr().unwrap()
     };
     let servers = [tcp_server("t1").await, dead, tcp_server("t2").await];
-    let _plane = plane(SeConfig {
+    let plane = plane(SeConfig {
         version: 1,
         virtual_services: vec![vs("tcp", port, VsProtocol::Tcp, &servers, VsL4::default())],
     })
@@ -164,6 +164,32 @@ async fn tcp_connections_spread_over_servers_and_half_closes_pass_through() {
     seen.sort();
     seen.dedup();
     assert_eq!(seen, ["t1", "t2"]);
+
+    // The counters saw it all: 6 connections, their bytes, the refusals.
+    let stats = plane.stats();
+    let tcp = &stats.virtual_services[0];
+    assert_eq!((tcp.connections, tcp.open_connections), (6, 0));
+    assert_eq!(
+        tcp.bytes_in,
+        (0..6)
+            .map(|i| format!("hello {i}\n").len() as u64)
+            .sum::<u64>()
+    );
+    assert!(tcp.bytes_out > tcp.bytes_in);
+    let pool = &stats.pools[0].servers;
+    let served: u64 = pool
+        .iter()
+        .filter(|s| s.addr != dead)
+        .map(|s| s.requests)
+        .sum();
+    assert_eq!(served, 6);
+    let refused = pool.iter().find(|s| s.addr == dead).unwrap();
+    assert_eq!(refused.requests, refused.failures);
+    assert!(refused.failures >= 1);
+    assert!(pool
+        .iter()
+        .filter(|s| s.addr != dead)
+        .all(|s| s.latency.total() == s.requests));
 }
 
 #[tokio::test]
