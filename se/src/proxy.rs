@@ -65,21 +65,16 @@ type Sender = client_http1::SendRequest<Incoming>;
 impl ServerPool {
     /// An idle connection to `server` that can take a request now, if any.
     fn take(&self, server: SocketAddr) -> Option<Sender> {
-        self.0.take(server, Sender::is_ready)
+        self.0.take_ready(server, Sender::is_ready, Sender::is_closed)
     }
 
-    /// Keep `sender` for reuse once its response is done (a connection that
-    /// closes meanwhile is dropped).
-    fn give_back(self: &Arc<Self>, server: SocketAddr, mut sender: Sender) {
-        let pool = self.clone();
-        rt::spawn(async move {
-            if rt::timeout(RESPONSE_TIMEOUT, sender.ready())
-                .await
-                .is_ok_and(|r| r.is_ok())
-            {
-                pool.0.give_back(server, sender);
-            }
-        });
+    /// Keep `sender` for reuse: at once, with no task; until its connection
+    /// has finished the response it is skipped by `take`, and dropped if it
+    /// closes.
+    fn give_back(&self, server: SocketAddr, sender: Sender) {
+        if !sender.is_closed() {
+            self.0.give_back(server, sender);
+        }
     }
 
     /// Idle connections kept now, over all servers.

@@ -113,6 +113,25 @@ impl<C> IdlePool<C> {
         None
     }
 
+    /// The most recently used idle connection to `server` that is `ready`;
+    /// ones not ready yet stay (a response may still be finishing on them),
+    /// `dead` or expired ones are dropped.
+    pub(crate) fn take_ready(
+        &self,
+        server: SocketAddr,
+        ready: impl Fn(&C) -> bool,
+        dead: impl Fn(&C) -> bool,
+    ) -> Option<C> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let queue = idle.get_mut(&server)?;
+        let now = rt::now();
+        queue.retain(|(since, c)| {
+            now.saturating_duration_since(*since) < crate::proxy::IDLE_TIMEOUT && !dead(c)
+        });
+        let at = queue.iter().rposition(|(_, c)| ready(c))?;
+        queue.remove(at).map(|(_, c)| c)
+    }
+
     /// Keep `conn` for reuse (the oldest goes when the server has too many).
     pub(crate) fn give_back(&self, server: SocketAddr, conn: C) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
