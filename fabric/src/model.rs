@@ -463,6 +463,63 @@ pub enum MonitorKind {
     Tcp,
     /// An HTTP/1.1 GET answers an expected status (and body substring).
     Http,
+    /// A UDP datagram gets an answer (containing an expected text).
+    Udp,
+    /// A DNS query over UDP gets a NOERROR answer.
+    Dns,
+}
+
+/// What a `udp` health check sends and expects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdpCheck {
+    /// The datagram to send (1-512 bytes of text).
+    pub send: String,
+    /// If set, the answer must contain this text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+}
+
+/// What a `dns` health check asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsCheck {
+    /// The name to query, e.g. `health.example.com`.
+    pub name: String,
+    /// The record type: `A` (default), `AAAA`, `NS`, `SOA` or `TXT`.
+    #[serde(default = "default_dns_check_type")]
+    pub rtype: String,
+}
+
+fn default_dns_check_type() -> String {
+    "A".into()
+}
+
+impl DnsCheck {
+    /// The query type's number, if it is one we ask for.
+    pub fn qtype(&self) -> Option<u16> {
+        match self.rtype.to_ascii_uppercase().as_str() {
+            "A" => Some(1),
+            "NS" => Some(2),
+            "SOA" => Some(6),
+            "TXT" => Some(16),
+            "AAAA" => Some(28),
+            _ => None,
+        }
+    }
+
+    /// Whether `name` is a DNS name we can ask for.
+    pub fn valid_name(&self) -> bool {
+        let name = self.name.trim_end_matches('.');
+        !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    }
 }
 
 /// An active health monitor, referenced by pools.
@@ -491,6 +548,12 @@ pub struct HealthMonitor {
     /// What an `http` check sends and expects (defaults if absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpCheck>,
+    /// What a `udp` check sends and expects (required with `udp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<UdpCheck>,
+    /// What a `dns` check asks (required with `dns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsCheck>,
 }
 
 fn default_monitor_interval_ms() -> u64 {
@@ -952,10 +1015,37 @@ impl Config {
                 }
             }
             match (&m.kind, &m.http) {
-                (MonitorKind::Tcp, Some(_)) => {
-                    err(at("http"), "only allowed with type = \"http\"".into())
-                }
                 (MonitorKind::Http, Some(h)) => validate_http_check(&at("http"), h, err),
+                (_, Some(_)) => err(at("http"), "only allowed with type = \"http\"".into()),
+                _ => {}
+            }
+            match (&m.kind, &m.udp) {
+                (MonitorKind::Udp, None) => err(at("udp"), "a udp check needs `send`".into()),
+                (MonitorKind::Udp, Some(u)) => {
+                    if !(1..=512).contains(&u.send.len()) {
+                        err(at("udp.send"), "must be 1 to 512 bytes".into());
+                    }
+                    if u.expect.as_ref().is_some_and(|e| e.len() > 512) {
+                        err(at("udp.expect"), "must be at most 512 bytes".into());
+                    }
+                }
+                (_, Some(_)) => err(at("udp"), "only allowed with type = \"udp\"".into()),
+                _ => {}
+            }
+            match (&m.kind, &m.dns) {
+                (MonitorKind::Dns, None) => err(at("dns"), "a dns check needs `name`".into()),
+                (MonitorKind::Dns, Some(d)) => {
+                    if !d.valid_name() {
+                        err(
+                            at("dns.name"),
+                            "must be a DNS name of 1-253 characters, labels of 1-63".into(),
+                        );
+                    }
+                    if d.qtype().is_none() {
+                        err(at("dns.rtype"), "must be A, AAAA, NS, SOA or TXT".into());
+                    }
+                }
+                (_, Some(_)) => err(at("dns"), "only allowed with type = \"dns\"".into()),
                 _ => {}
             }
         }
@@ -1254,6 +1344,44 @@ mod tests {
                 "virtual_services[1].l4.max_udp_flows",
                 "virtual_services[1].tls"
             ]
+        );
+    }
+
+    #[test]
+    fn udp_and_dns_monitors_need_their_check() {
+        let parse = |monitor: &str| {
+            let text = format!(
+                "[controller]\nlisten = \"127.0.0.1:7000\"\n[[se_groups]]\nname = \"default\"\n\
+                 [[health_monitors]]\nname = \"m\"\n{monitor}\n"
+            );
+            let config: Config = toml::from_str(&text).unwrap();
+            config
+                .validate()
+                .err()
+                .map(|e| e.0.into_iter().map(|e| e.path).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert!(parse("type = \"udp\"\nudp = { send = \"ping\", expect = \"pong\" }").is_empty());
+        assert!(
+            parse("type = \"dns\"\ndns = { name = \"health.example.com.\", rtype = \"soa\" }")
+                .is_empty()
+        );
+        assert_eq!(parse("type = \"udp\""), ["health_monitors[0].udp"]);
+        assert_eq!(
+            parse("type = \"udp\"\nudp = { send = \"\" }"),
+            ["health_monitors[0].udp.send"]
+        );
+        assert_eq!(parse("type = \"dns\""), ["health_monitors[0].dns"]);
+        assert_eq!(
+            parse("type = \"dns\"\ndns = { name = \"bad..name\", rtype = \"MX\" }"),
+            [
+                "health_monitors[0].dns.name",
+                "health_monitors[0].dns.rtype"
+            ]
+        );
+        assert_eq!(
+            parse("type = \"tcp\"\ndns = { name = \"a.b\" }"),
+            ["health_monitors[0].dns"]
         );
     }
 

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fabric::model::{HealthMonitor, HttpCheck, MonitorKind};
+use fabric::model::{DnsCheck, HealthMonitor, HttpCheck, MonitorKind, UdpCheck};
 use fabric::rt;
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
@@ -216,6 +216,14 @@ pub async fn probe(monitor: &HealthMonitor, server: SocketAddr) -> Result<(), St
                 let default = HttpCheck::default();
                 probe_http(server, monitor.http.as_ref().unwrap_or(&default)).await
             }
+            MonitorKind::Udp => match &monitor.udp {
+                Some(check) => probe_udp(server, check).await,
+                None => Err("a udp check needs `send`".into()),
+            },
+            MonitorKind::Dns => match &monitor.dns {
+                Some(check) => probe_dns(server, check).await,
+                None => Err("a dns check needs `name`".into()),
+            },
         }
     };
     rt::timeout(Duration::from_millis(timeout_ms), check)
@@ -274,6 +282,72 @@ async fn probe_http(server: SocketAddr, check: &HttpCheck) -> Result<(), String>
         Ok(())
     } else {
         Err(format!("body lacks `{needle}`"))
+    }
+}
+
+/// Send `request` to `server` from a fresh UDP socket and return the first
+/// datagram that comes back from it (the caller's timeout bounds the wait).
+async fn udp_exchange(server: SocketAddr, request: &[u8]) -> Result<Vec<u8>, String> {
+    let local = if server.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let socket = rt::UdpSocket::bind(local)
+        .await
+        .map_err(|e| format!("bind: {e}"))?;
+    socket
+        .send_to(request, server)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, from) = socket
+            .recv_from(&mut buf)
+            .await
+            .map_err(|e| format!("receive: {e}"))?;
+        if from == server {
+            buf.truncate(n);
+            return Ok(buf);
+        }
+    }
+}
+
+async fn probe_udp(server: SocketAddr, check: &UdpCheck) -> Result<(), String> {
+    let answer = udp_exchange(server, check.send.as_bytes()).await?;
+    match &check.expect {
+        Some(expect) if !contains(&answer, expect.as_bytes()) => {
+            Err(format!("answer lacks `{expect}`"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A DNS query (RD clear) for `name` and `qtype` with id `id`.
+fn dns_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = Vec::with_capacity(name.len() + 18);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&1u16.to_be_bytes());
+    q
+}
+
+async fn probe_dns(server: SocketAddr, check: &DnsCheck) -> Result<(), String> {
+    let qtype = check.qtype().ok_or("unsupported record type")?;
+    let id = (rt::random_u64() & 0xffff) as u16;
+    let answer = udp_exchange(server, &dns_query(id, &check.name, qtype)).await?;
+    if answer.len() < 12 || answer[..2] != id.to_be_bytes() || answer[2] & 0x80 == 0 {
+        return Err("not an answer to our query".into());
+    }
+    match answer[3] & 0x0f {
+        0 => Ok(()),
+        rcode => Err(format!("rcode {rcode} (expected NOERROR)")),
     }
 }
 

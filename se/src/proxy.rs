@@ -65,7 +65,8 @@ type Sender = client_http1::SendRequest<Incoming>;
 impl ServerPool {
     /// An idle connection to `server` that can take a request now, if any.
     fn take(&self, server: SocketAddr) -> Option<Sender> {
-        self.0.take_ready(server, Sender::is_ready, Sender::is_closed)
+        self.0
+            .take_ready(server, Sender::is_ready, Sender::is_closed)
     }
 
     /// Keep `sender` for reuse: at once, with no task; until its connection

@@ -49,6 +49,8 @@ fn monitor(kind: MonitorKind, interval_ms: u64, rise: u32, fall: u32) -> HealthM
             expected_status: vec![200],
             body_match: Some("ok".into()),
         }),
+        udp: None,
+        dns: None,
     }
 }
 
@@ -311,4 +313,76 @@ async fn checkers_stop_when_the_config_drops_their_server() {
         after,
         "the dropped server is still checked"
     );
+}
+
+/// A UDP server on loopback that answers each datagram with `reply(datagram)`.
+async fn udp_responder(reply: fn(&[u8]) -> Vec<u8>) -> SocketAddr {
+    let socket = rt::UdpSocket::bind(SocketAddr::new(LOCALHOST, 0))
+        .await
+        .unwrap();
+    let addr = socket.local_addr().unwrap();
+    rt::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let _ = socket.send_to(&reply(&buf[..n]), from).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn udp_and_dns_probes_check_the_answer() {
+    use fabric::model::{DnsCheck, UdpCheck};
+    let pong = udp_responder(|d| [b"pong:", d].concat()).await;
+    let mut udp = monitor(MonitorKind::Udp, 400, 1, 1);
+    udp.udp = Some(UdpCheck {
+        send: "ping".into(),
+        expect: Some("pong:ping".into()),
+    });
+    assert_eq!(se::health::probe(&udp, pong).await, Ok(()));
+    udp.udp.as_mut().unwrap().expect = Some("other".into());
+    assert!(se::health::probe(&udp, pong)
+        .await
+        .unwrap_err()
+        .contains("lacks"));
+    // Nobody there: no answer within the timeout.
+    let silent = rt::UdpSocket::bind(SocketAddr::new(LOCALHOST, 0))
+        .await
+        .unwrap();
+    let nobody = silent.local_addr().unwrap();
+    assert!(se::health::probe(&udp, nobody)
+        .await
+        .unwrap_err()
+        .contains("no answer"));
+
+    // A DNS server that answers NOERROR, one that answers NXDOMAIN (rcode 3),
+    // and one that echoes the query (not an answer: QR clear).
+    let noerror = udp_responder(|q| {
+        let mut a = q.to_vec();
+        a[2] |= 0x80;
+        a
+    })
+    .await;
+    let nxdomain = udp_responder(|q| {
+        let mut a = q.to_vec();
+        a[2] |= 0x80;
+        a[3] = (a[3] & 0xf0) | 3;
+        a
+    })
+    .await;
+    let echo = udp_responder(|q| q.to_vec()).await;
+    let mut dns = monitor(MonitorKind::Dns, 400, 1, 1);
+    dns.dns = Some(DnsCheck {
+        name: "health.fabric.test".into(),
+        rtype: "AAAA".into(),
+    });
+    assert_eq!(se::health::probe(&dns, noerror).await, Ok(()));
+    assert!(se::health::probe(&dns, nxdomain)
+        .await
+        .unwrap_err()
+        .contains("rcode 3"));
+    assert!(se::health::probe(&dns, echo)
+        .await
+        .unwrap_err()
+        .contains("not an answer"));
 }
