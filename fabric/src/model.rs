@@ -453,6 +453,27 @@ pub struct Pool {
     pub health_monitor: Option<String>,
     /// Servers, at least one and at most [`MAX_POOL_SERVERS`].
     pub servers: Vec<Server>,
+    /// Speak TLS to the servers (absent: plain TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PoolTls>,
+}
+
+/// TLS from the SE to a pool's servers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolTls {
+    /// The name to send as SNI and to verify the certificate against
+    /// (absent: the server's IP address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Verify the servers' certificates against `ca_pem` (default true).
+    /// Off: any certificate is accepted, which only encrypts.
+    #[serde(default = "yes")]
+    pub verify: bool,
+    /// The CA certificates (PEM, one or more) that servers' certificates
+    /// must chain to; required when `verify` is on.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ca_pem: String,
 }
 
 /// Kind of active health check.
@@ -801,6 +822,11 @@ impl Config {
         let pools = unique_names(self.pools.iter().map(|p| &p.name), "pools", &mut err);
         for (i, p) in self.pools.iter().enumerate() {
             validate_pool(i, p, &monitors, &mut err);
+            if let Some(tls) = &p.tls {
+                if let Err(e) = crate::pki::upstream_client_config(tls, false) {
+                    err(format!("pools[{i}].tls"), e.to_string());
+                }
+            }
         }
 
         let certs = unique_names(
@@ -1383,6 +1409,40 @@ mod tests {
             parse("type = \"tcp\"\ndns = { name = \"a.b\" }"),
             ["health_monitors[0].dns"]
         );
+    }
+
+    #[test]
+    fn pool_tls_needs_a_ca_to_verify_against() {
+        let mut config = Config::example();
+        config.pools[0].tls = Some(PoolTls {
+            server_name: Some("origin.internal".into()),
+            verify: false,
+            ca_pem: String::new(),
+        });
+        config.validate().unwrap();
+        let text = toml::to_string(&config).unwrap();
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
+        for (verify, ca_pem, name) in [
+            (true, "", None),
+            (true, "garbage", None),
+            (false, "", Some("not a name!")),
+        ] {
+            let mut bad = config.clone();
+            bad.pools[0].tls = Some(PoolTls {
+                server_name: name.map(str::to_string),
+                verify,
+                ca_pem: ca_pem.into(),
+            });
+            let e = bad.validate().unwrap_err().0;
+            assert_eq!(e[0].path, "pools[0].tls", "{e:?}");
+        }
+        let ca = crate::pki::CaMaterial::generate("ca").unwrap();
+        config.pools[0].tls = Some(PoolTls {
+            server_name: None,
+            verify: true,
+            ca_pem: ca.cert_pem,
+        });
+        config.validate().unwrap();
     }
 
     #[test]

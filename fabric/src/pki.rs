@@ -351,6 +351,50 @@ pub fn insecure_client_config(alpn: &[&[u8]], tls12_only: bool) -> Arc<ClientCon
     Arc::new(config)
 }
 
+/// TLS client settings for an SE's connections to a pool's servers:
+/// TLS 1.2 and 1.3, certificates verified against the pool's CAs (or not,
+/// with `verify = false`), ALPN `http/1.1` when `http`.
+pub fn upstream_client_config(
+    tls: &crate::model::PoolTls,
+    http: bool,
+) -> Result<Arc<ClientConfig>, PkiError> {
+    use rustls::pki_types::pem::PemObject;
+    if let Some(name) = &tls.server_name {
+        ServerName::try_from(name.as_str()).map_err(|_| {
+            PkiError::Invalid(format!("server_name `{name}` is not a DNS name or IP"))
+        })?;
+    }
+    let versions = &[&rustls::version::TLS13, &rustls::version::TLS12];
+    let builder =
+        ClientConfig::builder_with_provider(provider()).with_protocol_versions(versions)?;
+    let mut config = if tls.verify {
+        let mut roots = RootCertStore::empty();
+        for der in CertificateDer::pem_slice_iter(tls.ca_pem.as_bytes()) {
+            let der = der.map_err(|e| PkiError::Invalid(format!("ca_pem: {e}")))?;
+            roots.add(der)?;
+        }
+        if roots.is_empty() {
+            return Err(PkiError::Invalid(
+                "ca_pem: verifying servers needs at least one CA certificate (or verify = false)"
+                    .into(),
+            ));
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ServerCheck {
+                pinned_ca_sha256: None,
+                provider: provider(),
+            }))
+            .with_no_client_auth()
+    };
+    if http {
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
+    Ok(Arc::new(config))
+}
+
 /// The server name to verify a Controller by: its IP address.
 pub fn server_name(ip: IpAddr) -> ServerName<'static> {
     ServerName::IpAddress(ip.into())

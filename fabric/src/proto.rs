@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use crate::rt;
 
 use crate::model::{
-    Algorithm, Certificate, Config, HealthMonitor, Server, VsHttp, VsL4, VsProtocol,
+    Algorithm, Certificate, Config, HealthMonitor, PoolTls, Server, VsHttp, VsL4, VsProtocol,
 };
 
 /// Version of this protocol; bumped on any incompatible change.
@@ -196,6 +196,9 @@ pub struct SeVirtualService {
     /// HTTP limits and added headers.
     #[serde(default)]
     pub http: VsHttp,
+    /// TLS to the pool's servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_tls: Option<PoolTls>,
     /// What it carries.
     #[serde(default)]
     pub protocol: VsProtocol,
@@ -239,6 +242,7 @@ impl SeConfig {
                     }),
                     tls_resumption: vs.tls.as_ref().is_none_or(|t| t.session_resumption),
                     http: vs.http,
+                    server_tls: pool.tls.clone(),
                     protocol: vs.protocol,
                     l4: vs.l4,
                 })

@@ -278,6 +278,27 @@ impl DataPlane {
             };
             tls.insert(*key, config);
         }
+        // TLS to servers, for virtual services whose setting is new.
+        let mut upstream_tls = BTreeMap::new();
+        for (key, vs) in &wanted {
+            if self.listeners.get(key).is_some_and(|l| {
+                (&l.spec.server_tls, l.spec.protocol) == (&vs.server_tls, vs.protocol)
+            }) {
+                continue;
+            }
+            let built = match &vs.server_tls {
+                None => None,
+                Some(t) => Some(Arc::new(
+                    crate::upstream::UpstreamTls::new(t, vs.protocol == VsProtocol::Http).map_err(
+                        |reason| ApplyError::Tls {
+                            vs: vs.name.clone(),
+                            reason: format!("to servers: {reason}"),
+                        },
+                    )?,
+                )),
+            };
+            upstream_tls.insert(*key, built);
+        }
         let mut prepared = Vec::new();
         for (key, vs) in &wanted {
             if self.listeners.contains_key(key) {
@@ -320,6 +341,9 @@ impl DataPlane {
             if (listener.spec.protocol, listener.spec.l4) != (vs.protocol, vs.l4) {
                 listener.vs.set_l4(vs.protocol, vs.l4);
             }
+            if let Some(upstream) = upstream_tls.remove(key) {
+                listener.vs.set_upstream_tls(upstream);
+            }
             if let Some(config) = tls.remove(key) {
                 // A certificate reload: new connections get the new
                 // settings, open ones keep theirs.
@@ -336,6 +360,7 @@ impl DataPlane {
             service.set_tls(tls.remove(&key).flatten());
             service.set_http(vs.http);
             service.set_l4(vs.protocol, vs.l4);
+            service.set_upstream_tls(upstream_tls.remove(&key).flatten());
             let for_task = service.clone();
             let task = match listener {
                 Bound::Tcp(listener) => rt::spawn(async move {
@@ -481,6 +506,7 @@ mod tests {
             tls: None,
             tls_resumption: true,
             http: Default::default(),
+            server_tls: None,
             protocol: VsProtocol::Http,
             l4: Default::default(),
         }

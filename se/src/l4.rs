@@ -60,8 +60,9 @@ where
         };
         let server = picked.addr();
         let connecting = rt::now();
-        let why = match rt::timeout(connect_timeout, rt::connect(server)).await {
-            Ok(Ok(mut upstream)) => {
+        let tls = vs.upstream_tls();
+        let why = match crate::upstream::connect(server, connect_timeout, tls.as_deref()).await {
+            Ok(mut upstream) => {
                 picked.state().on_request_succeeded();
                 picked
                     .state()
@@ -73,8 +74,7 @@ where
                 vs.counters().bytes(up, down);
                 return;
             }
-            Ok(Err(e)) => format!("connect failed: {e}"),
-            Err(_) => "connect timed out".to_string(),
+            Err(e) => format!("connect failed: {e}"),
         };
         picked.state().on_request_failed(&why);
         tried.push(server);

@@ -9,6 +9,7 @@
 //!   byte for byte to pooled server connections.
 //! - [`l4`]: TCP and UDP virtual services.
 //! - [`tls`]: TLS termination settings (certificates by SNI, ALPN).
+//! - [`upstream`]: connections to servers, plain or TLS.
 //! - [`lb`]: load-balancing selection over a server set.
 //! - [`health`]: active and passive health monitoring, reported to the Controller.
 //! - [`origin`]: a small built-in HTTP server for examples and drills.
@@ -25,6 +26,7 @@ pub mod origin;
 pub mod proxy;
 pub mod relay;
 pub mod tls;
+pub mod upstream;
 
 /// Response header naming the SE that served a request, so clients and the
 /// chaos suite can tell which SE answered for a VIP.

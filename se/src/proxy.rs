@@ -101,6 +101,7 @@ pub struct VirtualService {
     http: RwLock<VsHttp>,
     l4: RwLock<(VsProtocol, VsL4)>,
     counters: Arc<crate::counters::VsCounters>,
+    upstream_tls: RwLock<Option<Arc<crate::upstream::UpstreamTls>>>,
 }
 
 impl std::fmt::Debug for VirtualService {
@@ -125,7 +126,24 @@ impl VirtualService {
             http: RwLock::new(VsHttp::default()),
             l4: RwLock::new((VsProtocol::Http, VsL4::default())),
             counters: Arc::default(),
+            upstream_tls: RwLock::new(None),
         }
+    }
+
+    /// How new connections to servers speak TLS (None: plain TCP).
+    pub fn upstream_tls(&self) -> Option<Arc<crate::upstream::UpstreamTls>> {
+        self.upstream_tls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Change how connections to servers speak TLS; idle ones made the old
+    /// way are closed.
+    pub fn set_upstream_tls(&self, tls: Option<Arc<crate::upstream::UpstreamTls>>) {
+        *self.upstream_tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+        self.pool.retain(|_| false);
+        self.conns.retain(|_| false);
     }
 
     /// Its traffic counters on this SE.
@@ -284,6 +302,7 @@ async fn handle(
     add_forwarded_for(&mut req, peer, tls);
     to_http1(&mut req);
     let servers = vs.servers();
+    let upstream_tls = vs.upstream_tls();
     let mut tried: Vec<SocketAddr> = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
     let mut failures = Vec::new();
     // Only power of two choices draws: other algorithms leave the world's
@@ -302,7 +321,7 @@ async fn handle(
         let server = picked.addr();
         let mut sender = match vs.pool.take(server) {
             Some(sender) => sender,
-            None => match open(server).await {
+            None => match open_via(server, upstream_tls.as_deref()).await {
                 Ok(sender) => sender,
                 Err(e) => {
                     picked.state().on_request_failed(&e.to_string());
@@ -318,7 +337,7 @@ async fn handle(
             if let Some(back) = e.take_message() {
                 // The idle connection had closed before the request went
                 // out: it goes out again on a new connection.
-                match open(server).await {
+                match open_via(server, upstream_tls.as_deref()).await {
                     Ok(fresh) => {
                         sender = fresh;
                         sent = rt::timeout(RESPONSE_TIMEOUT, sender.try_send_request(back)).await;
@@ -521,9 +540,25 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let stream = rt::timeout(CONNECT_TIMEOUT, rt::connect(server))
+    open_via(server, None).await
+}
+
+/// [`open`], over TLS when `tls` is given.
+pub(crate) async fn open_via<B>(
+    server: SocketAddr,
+    tls: Option<&crate::upstream::UpstreamTls>,
+) -> Result<client_http1::SendRequest<B>, UpstreamError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = crate::upstream::connect(server, CONNECT_TIMEOUT, tls)
         .await
-        .map_err(|_| UpstreamError::ConnectTimeout)??;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::TimedOut => UpstreamError::ConnectTimeout,
+            _ => UpstreamError::Connect(e),
+        })?;
     let (sender, conn) =
         client_http1::handshake(TokioIo::new(rt::FlushOnWrite::new(stream))).await?;
     rt::spawn(async move {

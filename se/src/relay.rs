@@ -79,7 +79,7 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// An open connection to a server with what it sent and no one read yet.
 pub struct Upstream {
-    stream: rt::TcpStream,
+    stream: crate::upstream::Stream,
     buf: Vec<u8>,
 }
 
@@ -158,10 +158,12 @@ impl<C> IdlePool<C> {
 /// The HTTP/1.x relay's pool of plain server connections.
 pub type ConnPool = IdlePool<Upstream>;
 
-async fn connect(server: SocketAddr, limits: &Limits) -> io::Result<Upstream> {
-    let stream = rt::timeout(limits.connect, rt::connect(server))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+async fn connect(
+    server: SocketAddr,
+    limits: &Limits,
+    tls: Option<&crate::upstream::UpstreamTls>,
+) -> io::Result<Upstream> {
+    let stream = crate::upstream::connect(server, limits.connect, tls).await?;
     Ok(Upstream {
         stream,
         buf: Vec::with_capacity(READ_CHUNK),
@@ -515,7 +517,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
             }
         }
-        let mut upstream = connect(server, &self.limits)
+        let tls = self.vs.upstream_tls();
+        let mut upstream = connect(server, &self.limits, tls.as_deref())
             .await
             .map_err(Failed::Connect)?;
         match self.try_send(&mut upstream, req_end).await {
@@ -570,7 +573,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::UnexpectedEof
                 ) =>
             {
                 Err(Failed::Stale)

@@ -74,6 +74,7 @@ fn config(
             tls: None,
             tls_resumption: true,
             http: Default::default(),
+            server_tls: None,
             protocol: Default::default(),
             l4: Default::default(),
         }],

@@ -79,6 +79,7 @@ fn vs(
         tls: None,
         tls_resumption: true,
         http: Default::default(),
+        server_tls: None,
         protocol,
         l4,
     }

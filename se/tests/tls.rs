@@ -106,6 +106,7 @@ fn config(version: u64, port: u16, origin: SocketAddr, certs: &[Certificate]) ->
             tls: Some(certs.to_vec()),
             tls_resumption: true,
             http: Default::default(),
+            server_tls: None,
             protocol: Default::default(),
             l4: Default::default(),
         }],
@@ -224,4 +225,106 @@ async fn session_resumption_follows_the_setting() {
             "resumption {resumption}, TLS 1.2 only {tls12_only}"
         );
     }
+}
+
+/// An HTTPS origin on loopback with a certificate for 127.0.0.1 issued by
+/// `ca`; answers `secure origin` to HTTP/1.1.
+async fn tls_origin(ca: &fabric::pki::CaMaterial) -> SocketAddr {
+    let node = ca.issue_node_cert("origin", &[LOCALHOST]).unwrap();
+    let cert = Certificate {
+        name: "origin".into(),
+        cert_pem: node.cert_pem,
+        key_pem: node.key_pem,
+    };
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(se::tls::server_config(&[cert], true, true).unwrap());
+    let listener = rt::TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            rt::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(Bytes::from_static(b"secure origin\n")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn tls_to_servers_verifies_them_against_the_pool_ca() {
+    use fabric::model::PoolTls;
+    let ca = fabric::pki::CaMaterial::generate("pool-ca").unwrap();
+    let origin = tls_origin(&ca).await;
+    let port = {
+        let l = rt::TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
+            .await
+            .unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let vip = SocketAddr::new(LOCALHOST, port);
+    let with = |version: u64, server_tls: Option<PoolTls>| {
+        let mut config = config(version, port, origin, &[]);
+        config.virtual_services[0].tls = None;
+        config.virtual_services[0].server_tls = server_tls;
+        config
+    };
+    let mut plane = DataPlane::new("se-tls", Arc::new(LoopbackL2));
+    let verified = PoolTls {
+        server_name: None,
+        verify: true,
+        ca_pem: ca.cert_pem.clone(),
+    };
+    plane.apply(&with(1, Some(verified))).await.unwrap();
+    let resp = se::proxy::get(vip, "app", "/").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.body().as_ref(), b"secure origin\n");
+
+    // Another CA: the origin's certificate does not verify, nothing is sent.
+    let other = fabric::pki::CaMaterial::generate("other-ca").unwrap();
+    let wrong = PoolTls {
+        server_name: None,
+        verify: true,
+        ca_pem: other.cert_pem.clone(),
+    };
+    plane.apply(&with(2, Some(wrong))).await.unwrap();
+    assert_eq!(se::proxy::get(vip, "app", "/").await.unwrap().status(), 502);
+
+    // verify = false: encrypted, not authenticated.
+    let unverified = PoolTls {
+        server_name: Some("anything.test".into()),
+        verify: false,
+        ca_pem: String::new(),
+    };
+    plane.apply(&with(3, Some(unverified))).await.unwrap();
+    assert_eq!(se::proxy::get(vip, "app", "/").await.unwrap().status(), 200);
+
+    // Plain TCP to a TLS server: the server's answer is not HTTP.
+    plane.apply(&with(4, None)).await.unwrap();
+    assert_eq!(se::proxy::get(vip, "app", "/").await.unwrap().status(), 502);
+
+    // A pool CA that does not parse is refused whole.
+    let garbage = PoolTls {
+        server_name: None,
+        verify: true,
+        ca_pem: "not a certificate".into(),
+    };
+    assert!(matches!(
+        plane.apply(&with(5, Some(garbage))).await,
+        Err(ApplyError::Tls { .. })
+    ));
+    assert_eq!(plane.applied_version(), 4);
 }
