@@ -160,6 +160,53 @@ async fn config_swaps_under_load_drop_no_request_and_slow_ones_finish() {
 }
 
 #[madsim::test]
+async fn a_drained_server_finishes_its_requests_and_gets_no_new_ones() {
+    let started = fabric::rt::now();
+    let world = serving_world().await;
+    let controller = world.controller().unwrap();
+    // Slow requests in flight on both origins, then origin-2 is drained.
+    let drain = async {
+        fabric::rt::sleep(Duration::from_millis(300)).await;
+        let mut config = world.config.clone();
+        config.pools[0].servers[1].admin_state = fabric::model::AdminState::Draining;
+        let version = controller.apply(config).await.unwrap();
+        world
+            .wait_until("the SE takes the drain", SETTLE, || async {
+                controller.ses().iter().all(|s| s.applied_version == version)
+            })
+            .await
+            .unwrap();
+        let mut after = BTreeSet::new();
+        for _ in 0..20 {
+            after.insert(world.http_get("/").await.unwrap().origin.unwrap());
+        }
+        after
+    };
+    // Four concurrent slow requests (two per origin by round robin).
+    let slow_many = async {
+        let (a, b, c, d) = tokio::join!(
+            world.http_get("/slow/2000"),
+            world.http_get("/slow/2000"),
+            world.http_get("/slow/2000"),
+            world.http_get("/slow/2000")
+        );
+        [a, b, c, d]
+    };
+    let (in_flight, after) = tokio::join!(slow_many, drain);
+    let origins: BTreeSet<String> = in_flight
+        .into_iter()
+        .map(|r| {
+            let r = r.unwrap();
+            assert_eq!(r.status, 200, "{r:?}");
+            r.origin.unwrap()
+        })
+        .collect();
+    assert!(origins.contains("origin-2"), "a slow request was on origin-2: {origins:?}");
+    assert_eq!(after.into_iter().collect::<Vec<_>>(), ["origin-1"], "no new request on the drained one");
+    report("a_drained_server_finishes_its_requests_and_gets_no_new_ones", started);
+}
+
+#[madsim::test]
 async fn traffic_counters_reach_the_controller_and_its_api() {
     let started = fabric::rt::now();
     let world = serving_world().await;
