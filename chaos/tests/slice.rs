@@ -172,7 +172,10 @@ async fn a_drained_server_finishes_its_requests_and_gets_no_new_ones() {
         let version = controller.apply(config).await.unwrap();
         world
             .wait_until("the SE takes the drain", SETTLE, || async {
-                controller.ses().iter().all(|s| s.applied_version == version)
+                controller
+                    .ses()
+                    .iter()
+                    .all(|s| s.applied_version == version)
             })
             .await
             .unwrap();
@@ -201,9 +204,19 @@ async fn a_drained_server_finishes_its_requests_and_gets_no_new_ones() {
             r.origin.unwrap()
         })
         .collect();
-    assert!(origins.contains("origin-2"), "a slow request was on origin-2: {origins:?}");
-    assert_eq!(after.into_iter().collect::<Vec<_>>(), ["origin-1"], "no new request on the drained one");
-    report("a_drained_server_finishes_its_requests_and_gets_no_new_ones", started);
+    assert!(
+        origins.contains("origin-2"),
+        "a slow request was on origin-2: {origins:?}"
+    );
+    assert_eq!(
+        after.into_iter().collect::<Vec<_>>(),
+        ["origin-1"],
+        "no new request on the drained one"
+    );
+    report(
+        "a_drained_server_finishes_its_requests_and_gets_no_new_ones",
+        started,
+    );
 }
 
 #[madsim::test]

@@ -261,6 +261,7 @@ pub async fn serve_connection(vs: Arc<VirtualService>, stream: rt::TcpStream, pe
     if tcp {
         crate::l4::serve_tcp(vs, stream, peer).await
     } else if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let max_header_bytes = vs.http().max_header_bytes;
         let service = service_fn(move |req| {
             let vs = vs.clone();
             async move {
@@ -274,7 +275,7 @@ pub async fn serve_connection(vs: Arc<VirtualService>, stream: rt::TcpStream, pe
         });
         let _ = server_http2::Builder::new(rt::Exec)
             .timer(rt::Timer)
-            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .max_header_list_size(max_header_bytes)
             .max_concurrent_streams(MAX_H2_STREAMS)
             .serve_connection(TokioIo::new(stream), service)
             .await;
@@ -289,7 +290,10 @@ async fn handle(
     peer: SocketAddr,
     tls: bool,
 ) -> Response<ProxyBody> {
-    if head_bytes(&req) > MAX_HEADER_BYTES {
+    let settings = vs.http();
+    let response_timeout = Duration::from_millis(settings.response_timeout_ms);
+    let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
+    if head_bytes(&req) > settings.max_header_bytes as usize {
         let mut resp = error_response(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "request headers too large",
@@ -299,7 +303,7 @@ async fn handle(
         tag(&mut resp, &vs.se_name);
         return resp;
     }
-    add_forwarded_for(&mut req, peer, tls);
+    add_forwarded_for(&mut req, peer, tls, &settings);
     to_http1(&mut req);
     let servers = vs.servers();
     let upstream_tls = vs.upstream_tls();
@@ -321,7 +325,7 @@ async fn handle(
         let server = picked.addr();
         let mut sender = match vs.pool.take(server) {
             Some(sender) => sender,
-            None => match open_via(server, upstream_tls.as_deref()).await {
+            None => match open_via(server, connect_timeout, upstream_tls.as_deref()).await {
                 Ok(sender) => sender,
                 Err(e) => {
                     picked.state().on_request_failed(&e.to_string());
@@ -332,15 +336,15 @@ async fn handle(
             },
         };
         let sent_at = rt::now();
-        let mut sent = rt::timeout(RESPONSE_TIMEOUT, sender.try_send_request(req)).await;
+        let mut sent = rt::timeout(response_timeout, sender.try_send_request(req)).await;
         if let Ok(Err(e)) = &mut sent {
             if let Some(back) = e.take_message() {
                 // The idle connection had closed before the request went
                 // out: it goes out again on a new connection.
-                match open_via(server, upstream_tls.as_deref()).await {
+                match open_via(server, connect_timeout, upstream_tls.as_deref()).await {
                     Ok(fresh) => {
                         sender = fresh;
-                        sent = rt::timeout(RESPONSE_TIMEOUT, sender.try_send_request(back)).await;
+                        sent = rt::timeout(response_timeout, sender.try_send_request(back)).await;
                     }
                     Err(e) => {
                         picked.state().on_request_failed(&e.to_string());
@@ -480,16 +484,25 @@ fn to_http1<B>(req: &mut Request<B>) {
     }
 }
 
-fn add_forwarded_for(req: &mut Request<Incoming>, peer: SocketAddr, tls: bool) {
+/// The headers [`VsHttp`] asks for, as the HTTP/1.x relay adds them
+/// (`docs/http.md`).
+fn add_forwarded_for(req: &mut Request<Incoming>, peer: SocketAddr, tls: bool, http: &VsHttp) {
     let headers = req.headers_mut();
     let proto = if tls { "https" } else { "http" };
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert("x-forwarded-for", v);
+    if http.x_forwarded_for {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+            headers.append("x-forwarded-for", v);
+        }
+    }
+    if http.forwarded {
+        let value = match peer.ip() {
+            std::net::IpAddr::V4(ip) => format!("for={ip};proto={proto}"),
+            std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto={proto}"),
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.append("forwarded", v);
+        }
     }
 }
 
@@ -540,12 +553,13 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    open_via(server, None).await
+    open_via(server, CONNECT_TIMEOUT, None).await
 }
 
 /// [`open`], over TLS when `tls` is given.
 pub(crate) async fn open_via<B>(
     server: SocketAddr,
+    limit: Duration,
     tls: Option<&crate::upstream::UpstreamTls>,
 ) -> Result<client_http1::SendRequest<B>, UpstreamError>
 where
@@ -553,7 +567,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let stream = crate::upstream::connect(server, CONNECT_TIMEOUT, tls)
+    let stream = crate::upstream::connect(server, limit, tls)
         .await
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::TimedOut => UpstreamError::ConnectTimeout,
