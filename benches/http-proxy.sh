@@ -16,46 +16,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-10s}; CONNS=${CONNS:-64}; PASSES=${PASSES:-3}
-for tool in haproxy nginx wrk bc taskset; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: run ./scripts/install-peers.sh" >&2; exit 2; }
-done
+. benches/common.sh
+require haproxy nginx wrk bc taskset
 cargo build -q --release --locked --bin fabric
 cargo build -q --release --locked -p benches --bin fabric-load
 bin=$PWD/target/release/fabric
-W=$(mktemp -d /tmp/fabric-bench-http.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$W/nginx.pid" ] && kill "$(cat "$W/nginx.pid")" 2>/dev/null || true
-  [ -f "$W/haproxy.pid" ] && kill "$(cat "$W/haproxy.pid")" 2>/dev/null || true
-  [ -f "$W/nginx-px.pid" ] && kill "$(cat "$W/nginx-px.pid")" 2>/dev/null || true
-  sleep 0.3; rm -rf "$W"
-}
-trap cleanup EXIT
-CLK=$(getconf CLK_TCK)
-BODY=$(printf 'x%.0s' $(seq 1 99))
-# cpu_ticks [user|sys] PID...: CPU ticks (user+sys unless asked) of PIDs' threads.
-cpu_ticks() { local t=0 p s f which=all
-  case $1 in user|sys) which=$1; shift;; esac
-  for p in "$@"; do for s in /proc/"$p"/task/*/stat; do
-    f=$(sed 's/.*) //' "$s"); set -- $f
-    case $which in user) t=$((t + ${12}));; sys) t=$((t + ${13}));; *) t=$((t + ${12} + ${13}));; esac
-  done; done; echo $t; }
-
-mkdir -p "$W/nginx"
-cat > "$W/nginx.conf" <<NG
-worker_processes 1;
-pid $W/nginx.pid;
-error_log $W/nginx.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $W/nginx; proxy_temp_path $W/nginx; fastcgi_temp_path $W/nginx; uwsgi_temp_path $W/nginx; scgi_temp_path $W/nginx;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:18081; listen 127.0.0.1:18082; default_type text/plain;
-    location / { return 200 "$BODY\n"; } }
-}
-NG
+workdir http
 mkdir -p "$W/nginx-px"
 cat > "$W/nginx-px.conf" <<NG
 worker_processes 1;
@@ -110,23 +76,14 @@ port = 18090
 pool = "web"
 FB
 
-taskset -c 1 nginx -c "$W/nginx.conf" -p "$W/nginx" >/dev/null 2>&1
-sleep 0.5
-backend=$(pgrep -P "$(cat "$W/nginx.pid")" | tr '\n' ' ')
+nginx_backends 18081 18082
 taskset -c 0 haproxy -D -f "$W/haproxy.cfg"
 taskset -c 0 nginx -c "$W/nginx-px.conf" -p "$W/nginx-px" >/dev/null 2>&1
 sleep 0.5
 haproxy_pid=$(cat "$W/haproxy.pid")
 nginx_px=$(pgrep -P "$(cat "$W/nginx-px.pid")" | head -1)
 
-taskset -c 1 "$bin" controller --config "$W/fabric.toml" --data "$W/ctl" >"$W/controller.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do [ -f "$W/ctl/admin.token" ] && break; sleep 0.1; done
-join=$("$bin" ctl --controller 127.0.0.1:18471 se-token --label bench-se)
-# One worker thread: the SE gets one core, as HAProxy's nbthread 1.
-TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "$bin" se --name bench-se \
-  --controller 127.0.0.1:18470 --data "$W/se" $join >"$W/se.log" 2>&1 &
-se_pid=$!; pids+=($se_pid)
+start_fabric "$bin" 18470 18471
 for _ in $(seq 1 100); do curl -sf -o /dev/null http://127.0.0.20:18090/ && break; sleep 0.1; done
 curl -sf -o /dev/null http://127.0.0.20:18090/ || { echo "the SE does not serve; log:"; cat "$W/se.log"; exit 1; }
 curl -sf -o /dev/null http://127.0.0.1:18080/ || { echo "HAProxy does not serve"; exit 1; }

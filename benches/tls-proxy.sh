@@ -31,29 +31,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PASSES=${PASSES:-3}; HSN=${HSN:-20000}; DUR=${DUR:-10}; DUR=${DUR%s}
-for tool in haproxy nginx h2load openssl bc taskset curl; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: run ./scripts/install-peers.sh" >&2; exit 2; }
-done
+. benches/common.sh
+require haproxy nginx h2load openssl bc taskset curl
 cargo build -q --release --locked --bin fabric
 bin=$PWD/target/release/fabric
-W=$(mktemp -d /tmp/fabric-bench-tls.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$W/nginx.pid" ] && kill "$(cat "$W/nginx.pid")" 2>/dev/null || true
-  [ -f "$W/haproxy.pid" ] && kill "$(cat "$W/haproxy.pid")" 2>/dev/null || true
-  sleep 0.3; rm -rf "$W"
-}
-trap cleanup EXIT
-CLK=$(getconf CLK_TCK)
-BODY=$(printf 'x%.0s' $(seq 1 99))
-# cpu_ticks [user|sys] PID...: CPU ticks (user+sys unless asked) of PIDs' threads.
-cpu_ticks() { local t=0 p s f which=all
-  case $1 in user|sys) which=$1; shift;; esac
-  for p in "$@"; do for s in /proc/"$p"/task/*/stat; do
-    f=$(sed 's/.*) //' "$s"); set -- $f
-    case $which in user) t=$((t + ${12}));; sys) t=$((t + ${13}));; *) t=$((t + ${12} + ${13}));; esac
-  done; done; echo $t; }
+workdir tls
 # Busy ticks of the whole box; ticks of this shell's reaped children (h2load).
 busy_all() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 child_ticks() { local f; f=$(sed 's/.*) //' /proc/$$/stat); set -- $f; echo $((${14} + ${15})); }
@@ -66,20 +48,6 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
 cat "$W/cert.pem" "$W/key.pem" > "$W/site.pem"
 
-mkdir -p "$W/nginx"
-cat > "$W/nginx.conf" <<NG
-worker_processes 1;
-pid $W/nginx.pid;
-error_log $W/nginx.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $W/nginx; proxy_temp_path $W/nginx; fastcgi_temp_path $W/nginx; uwsgi_temp_path $W/nginx; scgi_temp_path $W/nginx;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:18491; listen 127.0.0.1:18492; default_type text/plain;
-    location / { return 200 "$BODY\n"; } }
-}
-NG
 # :18444 is measured; :18445 is its twin with tickets on, only for the check.
 cat > "$W/haproxy.cfg" <<HA
 global
@@ -144,22 +112,13 @@ tls = { certificates = ["bench"], session_resumption = true }
 FB
 } > "$W/fabric.toml"
 
-taskset -c 1 nginx -c "$W/nginx.conf" -p "$W/nginx" >/dev/null 2>&1
-sleep 0.5
-backend=$(pgrep -P "$(cat "$W/nginx.pid")" | tr '\n' ' ')
+nginx_backends 18491 18492
 taskset -c 0 haproxy -D -f "$W/haproxy.cfg"
 sleep 0.5
 haproxy_pid=$(cat "$W/haproxy.pid")
 
 # Controller on 18480 (SE sessions), 18481 (raft, ctl), 18482 (API).
-taskset -c 1 "$bin" controller --config "$W/fabric.toml" --data "$W/ctl" >"$W/controller.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do [ -f "$W/ctl/admin.token" ] && break; sleep 0.1; done
-join=$("$bin" ctl --controller 127.0.0.1:18481 se-token --label bench-se)
-# One worker thread: the SE gets one core, as HAProxy's nbthread 1.
-TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "$bin" se --name bench-se \
-  --controller 127.0.0.1:18480 --data "$W/se" $join >"$W/se.log" 2>&1 &
-se_pid=$!; pids+=($se_pid)
+start_fabric "$bin" 18480 18481
 for _ in $(seq 1 100); do curl -skf -o /dev/null https://127.0.0.20:18443/ && break; sleep 0.1; done
 curl -skf -o /dev/null https://127.0.0.20:18443/ || { echo "the SE does not serve TLS; logs:"; cat "$W/controller.log" "$W/se.log"; exit 1; }
 curl -skf -o /dev/null https://127.0.0.1:18444/ || { echo "HAProxy does not serve TLS"; exit 1; }

@@ -1,0 +1,68 @@
+# Shared by the benchmark scripts (sourced, not run): a work directory that
+# is cleaned up with everything started in it, CPU accounting, the nginx
+# backends, and our Controller + one SE on one core.
+
+# require TOOL...: stop unless every tool is installed.
+require() { local t; for t in "$@"; do
+  command -v "$t" >/dev/null || { echo "missing $t: run ./scripts/install-peers.sh" >&2; exit 2; }
+done; }
+
+# workdir NAME: make $W, kill what was started (pids and $W/*.pid) on exit.
+workdir() {
+  W=$(mktemp -d "/tmp/fabric-bench-$1.XXXXXX")
+  pids=()
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  local p f
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for f in "$W"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+  sleep 0.3; rm -rf "$W"
+}
+
+CLK=$(getconf CLK_TCK)
+BODY=$(printf 'x%.0s' $(seq 1 99))
+
+# cpu_ticks [user|sys] PID...: CPU ticks (user+sys unless asked) of PIDs' threads.
+cpu_ticks() { local t=0 p s f which=all
+  case $1 in user|sys) which=$1; shift;; esac
+  for p in "$@"; do for s in /proc/"$p"/task/*/stat; do
+    f=$(sed 's/.*) //' "$s"); set -- $f
+    case $which in user) t=$((t + ${12}));; sys) t=$((t + ${13}));; *) t=$((t + ${12} + ${13}));; esac
+  done; done; echo $t; }
+
+# nginx_backends PORT1 PORT2: one nginx worker on CPU1 answering a 100-byte
+# body on both ports; sets $backend to its worker pid(s).
+nginx_backends() {
+  mkdir -p "$W/nginx"
+  cat > "$W/nginx.conf" <<NG
+worker_processes 1;
+pid $W/nginx.pid;
+error_log $W/nginx.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $W/nginx; proxy_temp_path $W/nginx; fastcgi_temp_path $W/nginx; uwsgi_temp_path $W/nginx; scgi_temp_path $W/nginx;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$1; listen 127.0.0.1:$2; default_type text/plain;
+    location / { return 200 "$BODY\n"; } }
+}
+NG
+  taskset -c 1 nginx -c "$W/nginx.conf" -p "$W/nginx" >/dev/null 2>&1
+  sleep 0.5
+  backend=$(pgrep -P "$(cat "$W/nginx.pid")" | tr '\n' ' ')
+}
+
+# start_fabric BIN SESSION_PORT CTL_PORT: our Controller (on CPU1, config
+# $W/fabric.toml) and one SE with one worker thread on CPU0, as HAProxy's
+# nbthread 1; sets $se_pid.
+start_fabric() {
+  taskset -c 1 "$1" controller --config "$W/fabric.toml" --data "$W/ctl" >"$W/controller.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do [ -f "$W/ctl/admin.token" ] && break; sleep 0.1; done
+  local join
+  join=$("$1" ctl --controller "127.0.0.1:$3" se-token --label bench-se)
+  TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "$1" se --name bench-se \
+    --controller "127.0.0.1:$2" --data "$W/se" $join >"$W/se.log" 2>&1 &
+  se_pid=$!; pids+=($se_pid)
+}
