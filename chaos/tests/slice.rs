@@ -32,6 +32,24 @@ async fn serving_world() -> World {
     world
 }
 
+/// Wait until every SE has acknowledged config `version`.
+async fn acked(world: &World, version: u64) {
+    let controller = world.controller().unwrap();
+    world
+        .wait_until(
+            &format!("the SEs ack version {version}"),
+            SETTLE,
+            || async {
+                controller
+                    .ses()
+                    .iter()
+                    .all(|s| s.applied_version == version)
+            },
+        )
+        .await
+        .unwrap();
+}
+
 async fn serving(world: &World) -> bool {
     matches!(world.http_get("/").await, Ok(r) if r.status == 200)
 }
@@ -77,15 +95,7 @@ async fn a_config_change_reaches_the_se_and_traffic_follows_it() {
     let mut config = world.config.clone();
     config.pools[0].servers.truncate(1);
     let version = controller.apply(config).await.unwrap();
-    world
-        .wait_until("the SE acks the new version", SETTLE, || async {
-            controller
-                .ses()
-                .iter()
-                .all(|s| s.applied_version == version)
-        })
-        .await
-        .unwrap();
+    acked(&world, version).await;
     for _ in 0..4 {
         let r = world.http_get("/").await.unwrap();
         assert_eq!(r.origin.as_deref(), Some("origin-1"), "{r:?}");
@@ -146,13 +156,7 @@ async fn config_swaps_under_load_drop_no_request_and_slow_ones_finish() {
     assert!(failed.is_empty(), "{failed:?}");
     assert!(slow.0 >= 3, "slow requests finished: {}", slow.0);
     assert!(a.0 + b.0 + c.0 > 100, "{} {} {}", a.0, b.0, c.0);
-    let last = *versions.last().unwrap();
-    world
-        .wait_until("the SE acks the last swap", SETTLE, || async {
-            controller.ses().iter().all(|s| s.applied_version == last)
-        })
-        .await
-        .unwrap();
+    acked(&world, *versions.last().unwrap()).await;
     report(
         "config_swaps_under_load_drop_no_request_and_slow_ones_finish",
         started,
@@ -170,15 +174,7 @@ async fn a_drained_server_finishes_its_requests_and_gets_no_new_ones() {
         let mut config = world.config.clone();
         config.pools[0].servers[1].admin_state = fabric::model::AdminState::Draining;
         let version = controller.apply(config).await.unwrap();
-        world
-            .wait_until("the SE takes the drain", SETTLE, || async {
-                controller
-                    .ses()
-                    .iter()
-                    .all(|s| s.applied_version == version)
-            })
-            .await
-            .unwrap();
+        acked(&world, version).await;
         let mut after = BTreeSet::new();
         for _ in 0..20 {
             after.insert(world.http_get("/").await.unwrap().origin.unwrap());
