@@ -3,7 +3,7 @@
 //! requests through the virtual service.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,8 @@ use fabric::rt;
 use se::dataplane::DataPlane;
 use se::origin::ORIGIN_HEADER;
 
-const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+mod common;
+use common::LOCALHOST;
 
 async fn origin(name: &str, port: u16) -> (rt::JoinHandle<()>, SocketAddr) {
     let listener = rt::TcpListener::bind(SocketAddr::new(LOCALHOST, port))
@@ -318,9 +319,7 @@ async fn checkers_stop_when_the_config_drops_their_server() {
 
 /// A UDP server on loopback that answers each datagram with `reply(datagram)`.
 async fn udp_responder(reply: fn(&[u8]) -> Vec<u8>) -> SocketAddr {
-    let socket = rt::UdpSocket::bind(SocketAddr::new(LOCALHOST, 0))
-        .await
-        .unwrap();
+    let socket = common::udp_socket().await;
     let addr = socket.local_addr().unwrap();
     rt::spawn(async move {
         let mut buf = [0u8; 2048];
@@ -347,9 +346,7 @@ async fn udp_and_dns_probes_check_the_answer() {
         .unwrap_err()
         .contains("lacks"));
     // Nobody there: no answer within the timeout.
-    let silent = rt::UdpSocket::bind(SocketAddr::new(LOCALHOST, 0))
-        .await
-        .unwrap();
+    let silent = common::udp_socket().await;
     let nobody = silent.local_addr().unwrap();
     assert!(se::health::probe(&udp, nobody)
         .await

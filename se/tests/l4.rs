@@ -3,7 +3,7 @@
 //! one server, answered from the VIP, bounded and forgotten when idle. A TCP
 //! and a UDP virtual service share one port.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,39 +14,29 @@ use fabric::rt;
 use se::dataplane::DataPlane;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+mod common;
+use common::LOCALHOST;
 
 /// A TCP server that greets with its name, echoes, and says `bye` when
 /// the client has finished sending.
 async fn tcp_server(name: &'static str) -> SocketAddr {
-    let listener = rt::TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    rt::spawn(async move {
-        loop {
-            let (mut s, _) = listener.accept().await.unwrap();
-            rt::spawn(async move {
-                s.write_all(format!("{name}\n").as_bytes()).await.unwrap();
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        let _ = s.write_all(b"bye\n").await;
-                        return;
-                    }
-                    s.write_all(&buf[..n]).await.unwrap();
-                }
-            });
+    common::tcp_server(move |mut s| async move {
+        s.write_all(format!("{name}\n").as_bytes()).await.unwrap();
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                let _ = s.write_all(b"bye\n").await;
+                return;
+            }
+            s.write_all(&buf[..n]).await.unwrap();
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// A UDP server that answers `NAME:payload`.
 async fn udp_server(name: &'static str) -> SocketAddr {
-    let socket = rt::UdpSocket::bind(SocketAddr::new(LOCALHOST, 0))
-        .await
-        .unwrap();
+    let socket = common::udp_socket().await;
     let addr = socket.local_addr().unwrap();
     rt::spawn(async move {
         let mut buf = [0u8; 2048];
@@ -207,12 +197,7 @@ async fn udp_flows_stay_on_one_server_and_answers_come_from_the_vip() {
     })
     .await;
     let vip = SocketAddr::new(LOCALHOST, port);
-    let a = rt::UdpSocket::bind(SocketAddr::new(LOCALHOST, 0))
-        .await
-        .unwrap();
-    let b = rt::UdpSocket::bind(SocketAddr::new(LOCALHOST, 0))
-        .await
-        .unwrap();
+    let (a, b) = (common::udp_socket().await, common::udp_socket().await);
     let (first_a, from) = udp_ask(&a, vip, "a0").await.unwrap();
     assert_eq!(from, vip, "answers come from the VIP");
     let server_a = first_a.split(':').next().unwrap().to_string();
@@ -248,12 +233,7 @@ async fn udp_flows_are_bounded_and_forgotten_when_idle() {
     })
     .await;
     let vip = SocketAddr::new(LOCALHOST, port);
-    let a = rt::UdpSocket::bind(SocketAddr::new(LOCALHOST, 0))
-        .await
-        .unwrap();
-    let b = rt::UdpSocket::bind(SocketAddr::new(LOCALHOST, 0))
-        .await
-        .unwrap();
+    let (a, b) = (common::udp_socket().await, common::udp_socket().await);
     assert!(udp_ask(&a, vip, "a").await.is_some());
     assert!(
         udp_ask(&b, vip, "b").await.is_none(),

@@ -5,7 +5,7 @@
 //! sockets where the test needs exact bytes.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,82 +19,65 @@ use se::lb::ServerSet;
 use se::proxy::VirtualService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+mod common;
+use common::LOCALHOST;
 
 /// A hyper server that answers with what it got: `x-path`, `x-xff` and
 /// `x-len` headers and the request body echoed; `GET /big` gets 1 MiB.
 async fn echo_server() -> SocketAddr {
-    let listener = rt::TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    rt::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            rt::spawn(async move {
-                let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                    let path = req.uri().path().to_string();
-                    let xff = req
-                        .headers()
-                        .get("x-forwarded-for")
-                        .map(|v| v.to_str().unwrap().to_string())
-                        .unwrap_or_default();
-                    let body = req.into_body().collect().await.unwrap().to_bytes();
-                    let body = if path == "/big" {
-                        Bytes::from(vec![b'b'; 1 << 20])
-                    } else {
-                        body
-                    };
-                    let resp = hyper::Response::builder()
-                        .header("x-path", path)
-                        .header("x-xff", xff)
-                        .header("x-len", body.len())
-                        .body(Full::new(body))
-                        .unwrap();
-                    Ok::<_, Infallible>(resp)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    common::tcp_server(|stream| async move {
+        let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+            let path = req.uri().path().to_string();
+            let xff = req
+                .headers()
+                .get("x-forwarded-for")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let body = if path == "/big" {
+                Bytes::from(vec![b'b'; 1 << 20])
+            } else {
+                body
+            };
+            let resp = hyper::Response::builder()
+                .header("x-path", path)
+                .header("x-xff", xff)
+                .header("x-len", body.len())
+                .body(Full::new(body))
+                .unwrap();
+            Ok::<_, Infallible>(resp)
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    })
+    .await
 }
 
 /// A raw server: reads one request head, writes `answer`, then echoes
 /// every byte it gets (for upgrades) until the client closes.
 async fn raw_server(answer: &'static [u8], echo: bool) -> SocketAddr {
-    let listener = rt::TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    rt::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            rt::spawn(async move {
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let mut buf = [0u8; 1024];
-                    match stream.read(&mut buf).await {
-                        Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
-                }
-                stream.write_all(answer).await.unwrap();
-                if !echo {
-                    return;
-                }
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = stream.read(&mut buf).await {
-                    if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            });
+    common::tcp_server(move |mut stream| async move {
+        let mut seen = Vec::new();
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut buf = [0u8; 1024];
+            match stream.read(&mut buf).await {
+                Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                _ => return,
+            }
         }
-    });
-    addr
+        stream.write_all(answer).await.unwrap();
+        if !echo {
+            return;
+        }
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
 }
 
 /// A client connection through a proxy to a [`raw_server`] that answers

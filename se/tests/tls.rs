@@ -3,7 +3,7 @@
 //! certificate reload that keeps open connections, garbage and bad
 //! certificates refused.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,8 @@ use rustls::pki_types::ServerName;
 use se::dataplane::{ApplyError, DataPlane};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+mod common;
+use common::LOCALHOST;
 
 fn self_signed(name: &str, dns: &[&str]) -> Certificate {
     fabric::pki::self_signed(name, dns).unwrap()
@@ -238,30 +239,23 @@ async fn tls_origin(ca: &fabric::pki::CaMaterial) -> SocketAddr {
     };
     let acceptor =
         tokio_rustls::TlsAcceptor::from(se::tls::server_config(&[cert], true, true).unwrap());
-    let listener = rt::TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    rt::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let acceptor = acceptor.clone();
-            rt::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                        http_body_util::Full::new(Bytes::from_static(b"secure origin\n")),
-                    ))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+    common::tcp_server(move |tcp| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    Bytes::from_static(b"secure origin\n"),
+                )))
             });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test]

@@ -1,0 +1,37 @@
+//! Helpers the SE's loopback tests share (each test file uses some).
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+
+use fabric::rt;
+
+/// 127.0.0.1.
+pub const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// A TCP server on a loopback port of its own: each accepted connection
+/// goes to `handler` on a task of its own.
+pub async fn tcp_server<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(rt::TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = rt::TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            rt::spawn(handler(stream));
+        }
+    });
+    addr
+}
+
+/// A UDP socket on a loopback port of its own.
+pub async fn udp_socket() -> rt::UdpSocket {
+    rt::UdpSocket::bind(SocketAddr::new(LOCALHOST, 0))
+        .await
+        .unwrap()
+}
