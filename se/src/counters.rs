@@ -21,39 +21,22 @@ pub struct VsCounters {
     latency: AtomicHistogram,
 }
 
-/// Keeps a connection (or flow) counted open until dropped.
+/// Keeps a connection (or UDP flow) counted open until dropped.
 #[derive(Debug)]
-pub struct Open<'a>(&'a VsCounters);
+pub struct Open(std::sync::Arc<VsCounters>);
 
-impl Drop for Open<'_> {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// An owned [`Open`], for flows that outlive the borrow.
-#[derive(Debug)]
-pub struct OpenOwned(std::sync::Arc<VsCounters>);
-
-impl Drop for OpenOwned {
+impl Drop for Open {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl VsCounters {
-    /// A new connection, counted open while the guard lives.
-    pub fn connection(&self) -> Open<'_> {
+    /// A new connection or UDP flow, counted open while the guard lives.
+    pub fn open(self: &std::sync::Arc<Self>) -> Open {
         self.connections.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);
-        Open(self)
-    }
-
-    /// A new UDP flow, counted open while the guard lives.
-    pub fn flow(self: &std::sync::Arc<Self>) -> OpenOwned {
-        self.connections.fetch_add(1, Ordering::Relaxed);
-        self.open.fetch_add(1, Ordering::Relaxed);
-        OpenOwned(self.clone())
+        Open(self.clone())
     }
 
     /// A request head arrived.

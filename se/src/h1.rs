@@ -169,7 +169,36 @@ struct Framers {
     upgrade: Option<usize>,
 }
 
+/// The length of a complete head from httparse's verdict, `None` while
+/// incomplete, or why it is refused (`malformed` for bad syntax).
+fn head_len(
+    parsed: httparse::Result<usize>,
+    received: usize,
+    max_head: usize,
+    malformed: &'static str,
+) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) if n > max_head => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) if received >= max_head => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(httparse::Error::Version) => Err(HeadError::Malformed("not HTTP/1.x")),
+        Err(_) => Err(HeadError::Malformed(malformed)),
+    }
+}
+
 impl Framers {
+    /// Whether the sender keeps the connection open: HTTP/1.1 unless
+    /// `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`.
+    fn keep_alive(&self, http10: bool) -> bool {
+        if http10 {
+            self.connection_keep_alive && !self.connection_close
+        } else {
+            !self.connection_close
+        }
+    }
+
     fn see(&mut self, name: &str, value: &[u8], index: usize) -> Result<(), HeadError> {
         if name.eq_ignore_ascii_case("content-length") {
             let n = content_length(value)?;
@@ -222,17 +251,15 @@ pub fn parse_request(
 ) -> Result<Option<RequestHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() >= max_head => return Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(httparse::Error::Version) => return Err(HeadError::Malformed("not HTTP/1.x")),
-        Err(_) => return Err(HeadError::Malformed("bad request line or header")),
+    let Some(len) = head_len(
+        req.parse(buf),
+        buf.len(),
+        max_head,
+        "bad request line or header",
+    )?
+    else {
+        return Ok(None);
     };
-    if len > max_head {
-        return Err(HeadError::TooLarge);
-    }
     let method = req.method.unwrap_or_default();
     let path = req.path.unwrap_or_default();
     let http10 = req.version == Some(0);
@@ -323,11 +350,7 @@ pub fn parse_request(
     }
     add_forwarding(out, fwd);
     out.extend_from_slice(b"\r\n");
-    let keep_alive = if http10 {
-        framers.connection_keep_alive && !framers.connection_close
-    } else {
-        !framers.connection_close
-    };
+    let keep_alive = framers.keep_alive(http10);
     Ok(Some(RequestHead {
         len,
         is_head: method == "HEAD",
@@ -351,10 +374,24 @@ fn add_forwarding(out: &mut Vec<u8>, fwd: &Forwarding) {
         );
     }
     if fwd.forwarded {
-        let _ = match fwd.client {
-            IpAddr::V4(ip) => write!(Buf(out), "forwarded: for={ip};proto={proto}\r\n"),
-            IpAddr::V6(ip) => write!(Buf(out), "forwarded: for=\"[{ip}]\";proto={proto}\r\n"),
-        };
+        let _ = write!(
+            Buf(out),
+            "forwarded: {};proto={proto}\r\n",
+            ForwardedFor(fwd.client)
+        );
+    }
+}
+
+/// The `for=` element of a `Forwarded` header (RFC 7239 §6: IPv6 in
+/// brackets and quotes).
+pub(crate) struct ForwardedFor(pub IpAddr);
+
+impl std::fmt::Display for ForwardedFor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(ip) => write!(f, "for={ip}"),
+            IpAddr::V6(ip) => write!(f, "for=\"[{ip}]\""),
+        }
     }
 }
 
@@ -400,16 +437,15 @@ pub fn parse_response(
 ) -> Result<Option<ResponseHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() >= max_head => return Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(_) => return Err(HeadError::Malformed("bad status line or header")),
+    let Some(len) = head_len(
+        resp.parse(buf),
+        buf.len(),
+        max_head,
+        "bad status line or header",
+    )?
+    else {
+        return Ok(None);
     };
-    if len > max_head {
-        return Err(HeadError::TooLarge);
-    }
     let status = resp.code.unwrap_or_default();
     if !(100..600).contains(&status) {
         return Err(HeadError::Malformed("status code out of range"));
@@ -442,13 +478,7 @@ pub fn parse_response(
             (None, None) => Framing::UntilClose,
         }
     };
-    let keep_alive = !switching
-        && framing != Framing::UntilClose
-        && if http10 {
-            framers.connection_keep_alive && !framers.connection_close
-        } else {
-            !framers.connection_close
-        };
+    let keep_alive = !switching && framing != Framing::UntilClose && framers.keep_alive(http10);
 
     out.clear();
     let _ = write!(

@@ -288,12 +288,7 @@ async fn probe_http(server: SocketAddr, check: &HttpCheck) -> Result<(), String>
 /// Send `request` to `server` from a fresh UDP socket and return the first
 /// datagram that comes back from it (the caller's timeout bounds the wait).
 async fn udp_exchange(server: SocketAddr, request: &[u8]) -> Result<Vec<u8>, String> {
-    let local = if server.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    let socket = rt::UdpSocket::bind(local)
+    let socket = crate::upstream::udp_socket_toward(server)
         .await
         .map_err(|e| format!("bind: {e}"))?;
     socket

@@ -92,7 +92,7 @@ struct Flow {
     /// Keeps the flow counted in flight on its server.
     _picked: Picked,
     /// Keeps the flow counted open on the virtual service.
-    _open: crate::counters::OpenOwned,
+    _open: crate::counters::Open,
 }
 
 impl Flow {
@@ -178,18 +178,13 @@ async fn open_flow(
     }
     let picked = pick(vs, client, &[])?;
     let server = picked.addr();
-    let local = if server.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    let upstream = rt::UdpSocket::bind(local).await.ok()?;
+    let upstream = crate::upstream::udp_socket_toward(server).await.ok()?;
     let flow = Arc::new(Flow {
         upstream,
         server,
         last: AtomicU64::new(0),
         _picked: picked,
-        _open: vs.counters().flow(),
+        _open: vs.counters().open(),
     });
     flow.touch(epoch);
     flows

@@ -36,10 +36,6 @@ use crate::lb::{PickContext, Picked, ServerSet};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time allowed for a server to start its response.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time a client has to send a request's headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request head (request line and headers) accepted; larger gets 431.
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Most servers one request tries to connect to.
 pub const MAX_CONNECT_ATTEMPTS: usize = 4;
 
@@ -65,8 +61,7 @@ type Sender = client_http1::SendRequest<Incoming>;
 impl ServerPool {
     /// An idle connection to `server` that can take a request now, if any.
     fn take(&self, server: SocketAddr) -> Option<Sender> {
-        self.0
-            .take_ready(server, Sender::is_ready, Sender::is_closed)
+        self.0.take(server, |s| s.is_ready() && !s.is_closed())
     }
 
     /// Keep `sender` for reuse: at once, with no task; until its connection
@@ -236,8 +231,7 @@ impl VirtualService {
 /// client that does not complete a TLS handshake in time, or sends garbage,
 /// is dropped.
 pub async fn serve_connection(vs: Arc<VirtualService>, stream: rt::TcpStream, peer: SocketAddr) {
-    let counters = vs.counters().clone();
-    let _open = counters.connection();
+    let _open = vs.counters().open();
     let tcp = vs.protocol() == VsProtocol::Tcp;
     let Some(tls) = vs.tls() else {
         return if tcp {
@@ -496,10 +490,7 @@ fn add_forwarded_for(req: &mut Request<Incoming>, peer: SocketAddr, tls: bool, h
         }
     }
     if http.forwarded {
-        let value = match peer.ip() {
-            std::net::IpAddr::V4(ip) => format!("for={ip};proto={proto}"),
-            std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto={proto}"),
-        };
+        let value = format!("{};proto={proto}", crate::h1::ForwardedFor(peer.ip()));
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.append("forwarded", v);
         }

@@ -100,35 +100,20 @@ impl<C> Default for IdlePool<C> {
 }
 
 impl<C> IdlePool<C> {
-    /// The most recently used idle connection to `server` that is `usable`.
+    /// The most recently used idle connection to `server` that is `usable`
+    /// now. Expired ones are dropped; unusable ones stay (a response may
+    /// still be finishing on them) until they expire or are pushed out.
     pub(crate) fn take(&self, server: SocketAddr, usable: impl Fn(&C) -> bool) -> Option<C> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let queue = idle.get_mut(&server)?;
         let now = rt::now();
-        while let Some((since, conn)) = queue.pop_back() {
-            if now.saturating_duration_since(since) < crate::proxy::IDLE_TIMEOUT && usable(&conn) {
-                return Some(conn);
-            }
+        // Oldest first: the expired ones are at the front.
+        while queue.front().is_some_and(|(since, _)| {
+            now.saturating_duration_since(*since) >= crate::proxy::IDLE_TIMEOUT
+        }) {
+            queue.pop_front();
         }
-        None
-    }
-
-    /// The most recently used idle connection to `server` that is `ready`;
-    /// ones not ready yet stay (a response may still be finishing on them),
-    /// `dead` or expired ones are dropped.
-    pub(crate) fn take_ready(
-        &self,
-        server: SocketAddr,
-        ready: impl Fn(&C) -> bool,
-        dead: impl Fn(&C) -> bool,
-    ) -> Option<C> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let queue = idle.get_mut(&server)?;
-        let now = rt::now();
-        queue.retain(|(since, c)| {
-            now.saturating_duration_since(*since) < crate::proxy::IDLE_TIMEOUT && !dead(c)
-        });
-        let at = queue.iter().rposition(|(_, c)| ready(c))?;
+        let at = queue.iter().rposition(|(_, c)| usable(c))?;
         queue.remove(at).map(|(_, c)| c)
     }
 

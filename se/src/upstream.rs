@@ -1,5 +1,6 @@
 //! Connections from the SE to servers: plain TCP, or TLS when the pool says
-//! so (`pools[].tls`), opened within a time limit that covers the handshake.
+//! so (`pools[].tls`), opened within a time limit that covers the handshake;
+//! and UDP sockets toward them.
 
 use std::io;
 use std::net::SocketAddr;
@@ -39,6 +40,17 @@ pub enum Stream {
     Plain(rt::TcpStream),
     /// TLS over TCP.
     Tls(Box<tokio_rustls::client::TlsStream<rt::TcpStream>>),
+}
+
+/// A UDP socket on an ephemeral port of the address family of `server`,
+/// to send it datagrams from.
+pub async fn udp_socket_toward(server: SocketAddr) -> io::Result<rt::UdpSocket> {
+    let local = if server.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    rt::UdpSocket::bind(local).await
 }
 
 /// Connect to `server` within `limit` (TCP, and the TLS handshake if `tls`).

@@ -30,13 +30,6 @@ async fn origin(name: &str, port: u16) -> (rt::JoinHandle<()>, SocketAddr) {
     (task, addr)
 }
 
-async fn free_port() -> u16 {
-    let l = rt::TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
-        .await
-        .unwrap();
-    l.local_addr().unwrap().port()
-}
-
 fn monitor(kind: MonitorKind, interval_ms: u64, rise: u32, fall: u32) -> HealthMonitor {
     HealthMonitor {
         name: "check".into(),
@@ -130,7 +123,7 @@ async fn a_stopped_server_leaves_the_pool_within_interval_times_fall_and_returns
     let (b_task, b) = origin("origin-b", 0).await;
     let (interval_ms, rise, fall) = (100, 2, 3);
     let check = monitor(MonitorKind::Http, interval_ms, rise, fall);
-    let port = free_port().await;
+    let port = common::free_port().await;
     let vip = SocketAddr::new(LOCALHOST, port);
     let mut plane = DataPlane::new("se-test", Arc::new(LoopbackL2));
     let servers = vec![Server::from(a), Server::from(b)];
@@ -182,10 +175,10 @@ async fn a_stopped_server_leaves_the_pool_within_interval_times_fall_and_returns
 #[tokio::test]
 async fn refused_requests_take_a_dead_server_out_and_no_request_fails() {
     let (_a_task, a) = origin("origin-a", 0).await;
-    let dead = SocketAddr::new(LOCALHOST, free_port().await);
+    let dead = SocketAddr::new(LOCALHOST, common::free_port().await);
     // Checks too rare to matter: passive failures must do the work.
     let check = monitor(MonitorKind::Tcp, 60_000, 1, 2);
-    let port = free_port().await;
+    let port = common::free_port().await;
     let vip = SocketAddr::new(LOCALHOST, port);
     let mut plane = DataPlane::new("se-test", Arc::new(LoopbackL2));
     let servers = vec![Server::from(dead), Server::from(a)];
@@ -203,8 +196,8 @@ async fn refused_requests_take_a_dead_server_out_and_no_request_fails() {
 #[tokio::test]
 async fn no_eligible_server_gets_503_and_health_survives_config_changes() {
     let (_a_task, a) = origin("origin-a", 0).await;
-    let dead = SocketAddr::new(LOCALHOST, free_port().await);
-    let port = free_port().await;
+    let dead = SocketAddr::new(LOCALHOST, common::free_port().await);
+    let port = common::free_port().await;
     let vip = SocketAddr::new(LOCALHOST, port);
     let check = monitor(MonitorKind::Tcp, 60_000, 1, 1);
     let mut plane = DataPlane::new("se-test", Arc::new(LoopbackL2));
@@ -287,7 +280,7 @@ async fn checkers_stop_when_the_config_drops_their_server() {
             count.fetch_add(1, Ordering::Relaxed);
         }
     });
-    let port = free_port().await;
+    let port = common::free_port().await;
     let check = monitor(MonitorKind::Tcp, 20, 1, 1);
     let mut plane = DataPlane::new("se-test", Arc::new(LoopbackL2));
     plane
@@ -301,7 +294,7 @@ async fn checkers_stop_when_the_config_drops_their_server() {
         .unwrap();
     wait_for("a few checks", || accepted.load(Ordering::Relaxed) >= 3).await;
 
-    let other = SocketAddr::new(LOCALHOST, free_port().await);
+    let other = SocketAddr::new(LOCALHOST, common::free_port().await);
     plane
         .apply(&config(2, port, vec![Server::from(other)], Some(check)))
         .await

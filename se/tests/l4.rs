@@ -75,22 +75,6 @@ fn vs(
     }
 }
 
-/// A port free for both TCP and UDP.
-async fn free_port() -> u16 {
-    loop {
-        let tcp = rt::TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
-            .await
-            .unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if rt::UdpSocket::bind(SocketAddr::new(LOCALHOST, port))
-            .await
-            .is_ok()
-        {
-            return port;
-        }
-    }
-}
-
 async fn plane(config: SeConfig) -> DataPlane {
     let mut plane = DataPlane::new("se-l4", Arc::new(LoopbackL2));
     plane.apply(&config).await.unwrap();
@@ -126,7 +110,7 @@ async fn udp_ask(
 
 #[tokio::test]
 async fn tcp_connections_spread_over_servers_and_half_closes_pass_through() {
-    let port = free_port().await;
+    let port = common::free_port().await;
     let dead = {
         let l = rt::TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
             .await
@@ -185,7 +169,7 @@ async fn tcp_connections_spread_over_servers_and_half_closes_pass_through() {
 
 #[tokio::test]
 async fn udp_flows_stay_on_one_server_and_answers_come_from_the_vip() {
-    let port = free_port().await;
+    let port = common::free_port().await;
     let udp = [udp_server("u1").await, udp_server("u2").await];
     let tcp = [tcp_server("t1").await];
     let _plane = plane(SeConfig {
@@ -220,7 +204,7 @@ async fn udp_flows_stay_on_one_server_and_answers_come_from_the_vip() {
 
 #[tokio::test]
 async fn udp_flows_are_bounded_and_forgotten_when_idle() {
-    let port = free_port().await;
+    let port = common::free_port().await;
     let udp = [udp_server("u1").await];
     let l4 = VsL4 {
         idle_timeout_ms: Some(300),

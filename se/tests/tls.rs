@@ -121,12 +121,7 @@ async fn tls_termination_by_sni_with_h2_and_http1_and_a_live_certificate_reload(
         .unwrap();
     let origin = origin_listener.local_addr().unwrap();
     rt::spawn(se::origin::serve("origin-1".into(), origin_listener));
-    let port = {
-        let l = rt::TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
-            .await
-            .unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = common::free_port().await;
     let vip = SocketAddr::new(LOCALHOST, port);
     let a = self_signed("a", &["a.test"]);
     let b = self_signed("b", &["*.b.test"]);
@@ -263,12 +258,7 @@ async fn tls_to_servers_verifies_them_against_the_pool_ca() {
     use fabric::model::PoolTls;
     let ca = fabric::pki::CaMaterial::generate("pool-ca").unwrap();
     let origin = tls_origin(&ca).await;
-    let port = {
-        let l = rt::TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
-            .await
-            .unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = common::free_port().await;
     let vip = SocketAddr::new(LOCALHOST, port);
     let with = |version: u64, server_tls: Option<PoolTls>| {
         let mut config = config(version, port, origin, &[]);

@@ -35,3 +35,19 @@ pub async fn udp_socket() -> rt::UdpSocket {
         .await
         .unwrap()
 }
+
+/// A port free for both TCP and UDP.
+pub async fn free_port() -> u16 {
+    loop {
+        let tcp = rt::TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
+            .await
+            .unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if rt::UdpSocket::bind(SocketAddr::new(LOCALHOST, port))
+            .await
+            .is_ok()
+        {
+            return port;
+        }
+    }
+}
