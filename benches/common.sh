@@ -62,7 +62,7 @@ start_fabric() {
   for _ in $(seq 1 100); do [ -f "$W/ctl/admin.token" ] && break; sleep 0.1; done
   local join
   join=$("$1" ctl --controller "127.0.0.1:$3" se-token --label bench-se)
-  TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "$1" se --name bench-se \
+  RUST_LOG=warn taskset -c 0 "$1" se --threads 1 --name bench-se \
     --controller "127.0.0.1:$2" --data "$W/se" $join >"$W/se.log" 2>&1 &
   se_pid=$!; pids+=($se_pid)
 }

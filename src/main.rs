@@ -30,6 +30,11 @@ use fabric::rt;
 #[derive(Parser)]
 #[command(name = "fabric", version, about = "Load-balancing and GSLB DNS fabric")]
 struct Cli {
+    /// Threads that run the work: 1 runs everything on one thread (one
+    /// event loop, like HAProxy with nbthread 1: the cheapest per request
+    /// on one core); absent or 0: one worker thread per core.
+    #[arg(long, global = true, env = "FABRIC_THREADS", default_value_t = 0)]
+    threads: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -197,10 +202,16 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = match cli.threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("fabric: cannot start the runtime: {e}");

@@ -364,6 +364,71 @@ pub fn parse_request(
     }))
 }
 
+/// Write into `out` (cleared first) the HTTP/1.1 head that carries a
+/// request which came over HTTP/2 to a server (RFC 9113 §8.3): the
+/// authority becomes `Host`, split `Cookie` fields are joined with `; `,
+/// connection-specific fields are dropped, the body is framed by `framing`
+/// (a length the client declared, or chunked), and forwarding headers are
+/// added as for HTTP/1.x clients. Names and values were validated by the
+/// HTTP/2 decoder (no CR, LF or NUL), so nothing can be smuggled here.
+pub fn h2_request_head(
+    method: &str,
+    target: &str,
+    authority: Option<&str>,
+    headers: &http::HeaderMap,
+    framing: Framing,
+    fwd: &Forwarding,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(authority) = authority {
+        push_header(out, b"host", authority.as_bytes());
+    }
+    let mut cookies = 0;
+    for (name, value) in headers {
+        let name = name.as_str();
+        let skip = is_hop_by_hop(name)
+            || (authority.is_some() && name == "host")
+            || name == "expect"
+            || (fwd.x_forwarded && name == "x-forwarded-proto");
+        if skip {
+            continue;
+        }
+        if name == "cookie" {
+            cookies += 1;
+            continue;
+        }
+        push_header(out, name.as_bytes(), value.as_bytes());
+    }
+    if cookies > 0 {
+        out.extend_from_slice(b"cookie: ");
+        for (i, value) in headers.get_all(http::header::COOKIE).iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(value.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Length(n) => {
+            let _ = write!(Buf(out), "content-length: {n}\r\n");
+        }
+        Framing::Empty | Framing::UntilClose => {
+            if !matches!(method, "GET" | "HEAD" | "DELETE" | "OPTIONS" | "TRACE") {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+        }
+    }
+    add_forwarding(out, fwd);
+    out.extend_from_slice(b"\r\n");
+}
+
 fn add_forwarding(out: &mut Vec<u8>, fwd: &Forwarding) {
     let proto = if fwd.tls { "https" } else { "http" };
     if fwd.x_forwarded {
@@ -427,6 +492,111 @@ pub struct ResponseRewrite<'a> {
     pub se_name: &'a [u8],
 }
 
+/// A response head's verdict: status, framing, and the headers that decide them.
+struct ResponseVerdict {
+    status: u16,
+    framers: Framers,
+    framing: Framing,
+    switching: bool,
+    keep_alive: bool,
+}
+
+/// Check a parsed response head (`is_head`: the request was HEAD;
+/// `upgrade`: it asked for an upgrade) and decide its framing.
+fn response_verdict(
+    resp: &httparse::Response<'_, '_>,
+    is_head: bool,
+    upgrade: bool,
+) -> Result<ResponseVerdict, HeadError> {
+    let status = resp.code.unwrap_or_default();
+    if !(100..600).contains(&status) {
+        return Err(HeadError::Malformed("status code out of range"));
+    }
+    let http10 = resp.version == Some(0);
+    let mut framers = Framers::default();
+    for (i, h) in resp.headers.iter().enumerate() {
+        framers.see(h.name, h.value, i)?;
+    }
+    let switching = status == 101 && upgrade && framers.upgrade.is_some();
+    if status == 101 && !switching {
+        return Err(HeadError::Malformed("101 without an upgrade request"));
+    }
+    let no_body = is_head || (100..200).contains(&status) || status == 204 || status == 304;
+    let framing = if no_body {
+        Framing::Empty
+    } else {
+        match (framers.chunked, framers.length) {
+            // RFC 9112 §6.3: chunked wins over a length, but a server that
+            // sends both is confused; refuse rather than guess.
+            (Some(_), Some(_)) => {
+                return Err(HeadError::Framing(
+                    "both Transfer-Encoding and Content-Length",
+                ))
+            }
+            (Some(true), None) => Framing::Chunked,
+            (Some(false), None) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::UntilClose,
+        }
+    };
+    let keep_alive = !switching && framing != Framing::UntilClose && framers.keep_alive(http10);
+    Ok(ResponseVerdict {
+        status,
+        framers,
+        framing,
+        switching,
+        keep_alive,
+    })
+}
+
+/// Parse a response head at the start of `buf` for an HTTP/2 client:
+/// `header` gets each end-to-end header (hop-by-hop ones and
+/// `Connection`-listed ones dropped, `content-length` kept when the body
+/// has one). `Ok(None)`: incomplete. Upgrades are not relayed to HTTP/2.
+pub fn parse_response_fields(
+    buf: &[u8],
+    max_head: usize,
+    is_head: bool,
+    mut header: impl FnMut(&str, &[u8]),
+) -> Result<Option<ResponseHead>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let Some(len) = head_len(
+        resp.parse(buf),
+        buf.len(),
+        max_head,
+        "bad status line or header",
+    )?
+    else {
+        return Ok(None);
+    };
+    let v = response_verdict(&resp, is_head, false)?;
+    if !(100..200).contains(&v.status) {
+        let listed = connection_listed(resp.headers);
+        for h in resp.headers.iter() {
+            let hop = is_hop_by_hop(h.name)
+                || listed
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()))
+                || h.name.eq_ignore_ascii_case(crate::SE_HEADER);
+            if !hop {
+                header(h.name, h.value);
+            }
+        }
+        if let (Framing::Length(_) | Framing::Empty, Some(n)) = (v.framing, v.framers.length) {
+            if v.status != 204 {
+                header("content-length", n.to_string().as_bytes());
+            }
+        }
+    }
+    Ok(Some(ResponseHead {
+        len,
+        status: v.status,
+        framing: v.framing,
+        keep_alive: v.keep_alive,
+    }))
+}
+
 /// Parse a response head at the start of `buf` and write its rewritten form
 /// for the client into `out` (cleared first). `Ok(None)`: incomplete.
 pub fn parse_response(
@@ -446,39 +616,14 @@ pub fn parse_response(
     else {
         return Ok(None);
     };
-    let status = resp.code.unwrap_or_default();
-    if !(100..600).contains(&status) {
-        return Err(HeadError::Malformed("status code out of range"));
-    }
-    let http10 = resp.version == Some(0);
+    let ResponseVerdict {
+        status,
+        framers,
+        framing,
+        switching,
+        keep_alive,
+    } = response_verdict(&resp, rw.is_head, rw.upgrade)?;
     let listed = connection_listed(resp.headers);
-    let mut framers = Framers::default();
-    for (i, h) in resp.headers.iter().enumerate() {
-        framers.see(h.name, h.value, i)?;
-    }
-    let switching = status == 101 && rw.upgrade && framers.upgrade.is_some();
-    if status == 101 && !switching {
-        return Err(HeadError::Malformed("101 without an upgrade request"));
-    }
-    let no_body = rw.is_head || (100..200).contains(&status) || status == 204 || status == 304;
-    let framing = if no_body {
-        Framing::Empty
-    } else {
-        match (framers.chunked, framers.length) {
-            // RFC 9112 §6.3: chunked wins over a length, but a server that
-            // sends both is confused; refuse rather than guess.
-            (Some(_), Some(_)) => {
-                return Err(HeadError::Framing(
-                    "both Transfer-Encoding and Content-Length",
-                ))
-            }
-            (Some(true), None) => Framing::Chunked,
-            (Some(false), None) => Framing::UntilClose,
-            (None, Some(n)) => Framing::Length(n),
-            (None, None) => Framing::UntilClose,
-        }
-    };
-    let keep_alive = !switching && framing != Framing::UntilClose && framers.keep_alive(http10);
 
     out.clear();
     let _ = write!(
@@ -629,6 +774,16 @@ impl Chunked {
     /// Scan `buf`; returns how many bytes of it belong to the body (all of
     /// it unless the body ends inside it).
     pub fn feed(&mut self, buf: &[u8]) -> Result<usize, ChunkError> {
+        self.feed_with(buf, |_| {})
+    }
+
+    /// [`Chunked::feed`], handing `data` each piece of chunk data (the
+    /// decoded body) on the way.
+    pub fn feed_with(
+        &mut self,
+        buf: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<usize, ChunkError> {
         let mut i = 0;
         while i < buf.len() {
             let b = buf[i];
@@ -637,6 +792,7 @@ impl Chunked {
                 ChunkState::Data => {
                     let take =
                         (buf.len() - i).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                    data(&buf[i..i + take]);
                     i += take;
                     self.remaining -= take as u64;
                     if self.remaining == 0 {

@@ -19,6 +19,7 @@ pub mod agent;
 pub mod counters;
 pub mod dataplane;
 pub mod h1;
+pub mod h2relay;
 pub mod health;
 pub mod l4;
 pub mod lb;

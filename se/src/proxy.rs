@@ -1,6 +1,7 @@
 //! The HTTP reverse proxy of one virtual service: HTTP/1.1 in the clear, or
-//! TLS (rustls, [`crate::tls`]) and then HTTP/1.1 or HTTP/2 as ALPN decides.
-//! Servers are spoken to in HTTP/1.1 either way.
+//! TLS (rustls, [`crate::tls`]) and then HTTP/1.1 ([`crate::relay`]) or
+//! HTTP/2 ([`crate::h2relay`]) as ALPN decides. Servers are spoken to in
+//! HTTP/1.1 either way, over one shared pool of idle connections.
 //!
 //! Each request picks a server from the virtual service's current
 //! [`ServerSet`] by the client's address and the request's headers. A server
@@ -11,26 +12,19 @@
 //! server's `fall` (passive health). When no server is eligible the answer is
 //! 503. Responses carry [`SE_HEADER`](crate::SE_HEADER) naming this SE.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fabric::model::{Algorithm, VsHttp, VsL4, VsProtocol};
+use fabric::model::{VsHttp, VsL4, VsProtocol};
 use fabric::rt;
-use http::{HeaderValue, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use http_body_util::BodyExt;
 use hyper::client::conn::http1 as client_http1;
-use hyper::server::conn::http2 as server_http2;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-use crate::lb::{PickContext, Picked, ServerSet};
+use crate::lb::ServerSet;
 
 /// Time allowed to open a connection to a server.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -38,9 +32,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most servers one request tries to connect to.
 pub const MAX_CONNECT_ATTEMPTS: usize = 4;
-
-/// Body of a proxied response: the server's, or one we made.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// Time a client has to finish the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,38 +43,6 @@ pub const MAX_IDLE_PER_SERVER: usize = 256;
 /// usual servers' keep-alive timeouts, so they rarely close one under us).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// Idle hyper HTTP/1.1 connections to servers, for HTTP/2 clients' requests.
-#[derive(Default)]
-pub struct ServerPool(crate::relay::IdlePool<Sender>);
-
-type Sender = client_http1::SendRequest<Incoming>;
-
-impl ServerPool {
-    /// An idle connection to `server` that can take a request now, if any.
-    fn take(&self, server: SocketAddr) -> Option<Sender> {
-        self.0.take(server, |s| s.is_ready() && !s.is_closed())
-    }
-
-    /// Keep `sender` for reuse: at once, with no task; until its connection
-    /// has finished the response it is skipped by `take`, and dropped if it
-    /// closes.
-    fn give_back(&self, server: SocketAddr, sender: Sender) {
-        if !sender.is_closed() {
-            self.0.give_back(server, sender);
-        }
-    }
-
-    /// Idle connections kept now, over all servers.
-    pub fn idle(&self) -> usize {
-        self.0.idle()
-    }
-
-    /// Drop idle connections to servers not in `keep`.
-    pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
-        self.0.retain(keep)
-    }
-}
-
 /// A virtual service as the data plane serves it.
 pub struct VirtualService {
     /// Name of the virtual service.
@@ -91,7 +50,6 @@ pub struct VirtualService {
     se_name: Arc<str>,
     servers: RwLock<Arc<ServerSet>>,
     tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
-    pool: Arc<ServerPool>,
     conns: crate::relay::ConnPool,
     http: RwLock<VsHttp>,
     l4: RwLock<(VsProtocol, VsL4)>,
@@ -116,7 +74,6 @@ impl VirtualService {
             se_name,
             servers: RwLock::new(Arc::new(servers)),
             tls: RwLock::new(None),
-            pool: Arc::default(),
             conns: crate::relay::ConnPool::default(),
             http: RwLock::new(VsHttp::default()),
             l4: RwLock::new((VsProtocol::Http, VsL4::default())),
@@ -137,7 +94,6 @@ impl VirtualService {
     /// way are closed.
     pub fn set_upstream_tls(&self, tls: Option<Arc<crate::upstream::UpstreamTls>>) {
         *self.upstream_tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
-        self.pool.retain(|_| false);
         self.conns.retain(|_| false);
     }
 
@@ -188,12 +144,7 @@ impl VirtualService {
         &self.se_name
     }
 
-    /// Idle HTTP/1.1 connections to servers kept for its HTTP/2 clients.
-    pub fn pool(&self) -> &ServerPool {
-        &self.pool
-    }
-
-    /// Idle connections to servers kept for its HTTP/1.x clients.
+    /// Idle connections to servers, kept for its clients' requests.
     pub fn conn_pool(&self) -> &crate::relay::ConnPool {
         &self.conns
     }
@@ -221,7 +172,6 @@ impl VirtualService {
     pub fn set_servers(&self, servers: ServerSet) {
         let addrs: std::collections::BTreeSet<SocketAddr> = servers.addrs().collect();
         *self.servers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(servers);
-        self.pool.retain(|a| addrs.contains(a));
         self.conns.retain(|a| addrs.contains(a));
     }
 }
@@ -255,266 +205,10 @@ pub async fn serve_connection(vs: Arc<VirtualService>, stream: rt::TcpStream, pe
     if tcp {
         crate::l4::serve_tcp(vs, stream, peer).await
     } else if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        let max_header_bytes = vs.http().max_header_bytes;
-        let service = service_fn(move |req| {
-            let vs = vs.clone();
-            async move {
-                let since = rt::now();
-                vs.counters().request();
-                let resp = handle(&vs, req, peer, true).await;
-                let own = resp.extensions().get::<OwnResponse>().is_some();
-                vs.counters().response(resp.status().as_u16(), since, own);
-                Ok::<_, Infallible>(resp)
-            }
-        });
-        let _ = server_http2::Builder::new(rt::Exec)
-            .timer(rt::Timer)
-            .max_header_list_size(max_header_bytes)
-            .max_concurrent_streams(MAX_H2_STREAMS)
-            .serve_connection(TokioIo::new(stream), service)
-            .await;
+        crate::h2relay::serve(vs, stream, peer).await
     } else {
         crate::relay::serve(vs, stream, peer, true).await
     }
-}
-
-async fn handle(
-    vs: &VirtualService,
-    mut req: Request<Incoming>,
-    peer: SocketAddr,
-    tls: bool,
-) -> Response<ProxyBody> {
-    let settings = vs.http();
-    let response_timeout = Duration::from_millis(settings.response_timeout_ms);
-    let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
-    if head_bytes(&req) > settings.max_header_bytes as usize {
-        let mut resp = error_response(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "request headers too large",
-        );
-        resp.headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        tag(&mut resp, &vs.se_name);
-        return resp;
-    }
-    add_forwarded_for(&mut req, peer, tls, &settings);
-    to_http1(&mut req);
-    let servers = vs.servers();
-    let upstream_tls = vs.upstream_tls();
-    let mut tried: Vec<SocketAddr> = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
-    let mut failures = Vec::new();
-    // Only power of two choices draws: other algorithms leave the world's
-    // generator (and so a simulation's other random choices) untouched.
-    let draws = servers.algorithm() == Algorithm::PowerOfTwoChoices;
-    while tried.len() < MAX_CONNECT_ATTEMPTS {
-        let ctx = PickContext {
-            client: peer.ip(),
-            headers: Some(req.headers()),
-            header_value: None,
-            random: if draws { rt::random_u64() } else { 0 },
-        };
-        let Some(picked) = servers.pick(&ctx, &tried) else {
-            break;
-        };
-        let server = picked.addr();
-        let mut sender = match vs.pool.take(server) {
-            Some(sender) => sender,
-            None => match open_via(server, connect_timeout, upstream_tls.as_deref()).await {
-                Ok(sender) => sender,
-                Err(e) => {
-                    picked.state().on_request_failed(&e.to_string());
-                    failures.push(format!("{server}: {e}"));
-                    tried.push(server);
-                    continue;
-                }
-            },
-        };
-        let sent_at = rt::now();
-        let mut sent = rt::timeout(response_timeout, sender.try_send_request(req)).await;
-        if let Ok(Err(e)) = &mut sent {
-            if let Some(back) = e.take_message() {
-                // The idle connection had closed before the request went
-                // out: it goes out again on a new connection.
-                match open_via(server, connect_timeout, upstream_tls.as_deref()).await {
-                    Ok(fresh) => {
-                        sender = fresh;
-                        sent = rt::timeout(response_timeout, sender.try_send_request(back)).await;
-                    }
-                    Err(e) => {
-                        picked.state().on_request_failed(&e.to_string());
-                        failures.push(format!("{server}: {e}"));
-                        tried.push(server);
-                        req = back;
-                        continue;
-                    }
-                }
-            }
-        }
-        let mut resp = match sent {
-            Ok(Ok(resp)) => {
-                picked.state().on_request_succeeded();
-                picked
-                    .state()
-                    .record_latency(rt::now().saturating_duration_since(sent_at));
-                // The request stays in flight on the server until its body
-                // is done; then the connection goes back to the pool.
-                let pool = vs.pool.clone();
-                resp.map(|body| {
-                    Guarded {
-                        body,
-                        _picked: picked,
-                        back: Some((pool, server, sender)),
-                    }
-                    .boxed()
-                })
-            }
-            Ok(Err(e)) => {
-                let e = e.into_error();
-                picked.state().on_request_failed(&format!("http: {e}"));
-                error_response(
-                    StatusCode::BAD_GATEWAY,
-                    &format!("server {server} failed: {e}"),
-                )
-            }
-            Err(_) => {
-                picked.state().on_request_failed("response timed out");
-                error_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!("server {server} did not answer in time"),
-                )
-            }
-        };
-        tag(&mut resp, &vs.se_name);
-        return resp;
-    }
-    let mut resp = if tried.is_empty() {
-        tracing::debug!(vs = %vs.name, "no eligible server");
-        error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no server of the pool is available",
-        )
-    } else {
-        tracing::warn!(vs = %vs.name, ?failures, "no server reachable");
-        error_response(
-            StatusCode::BAD_GATEWAY,
-            "no server of the pool is reachable",
-        )
-    };
-    tag(&mut resp, &vs.se_name);
-    resp
-}
-
-/// A response body that keeps its request counted in flight on the server
-/// until the body ends or is dropped, and then hands the connection back
-/// to the pool (which keeps it only if the response was read to the end).
-struct Guarded<B> {
-    body: B,
-    _picked: Picked,
-    back: Option<(Arc<ServerPool>, SocketAddr, Sender)>,
-}
-
-impl<B> Drop for Guarded<B> {
-    fn drop(&mut self) {
-        if let Some((pool, server, sender)) = self.back.take() {
-            pool.give_back(server, sender);
-        }
-    }
-}
-
-impl<B: Body + Unpin> Body for Guarded<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// Size of the request line and headers as received (hyper bounds its read
-/// buffer, but a head that arrives in one read is not checked against it).
-fn head_bytes<B>(req: &Request<B>) -> usize {
-    let uri = req.uri();
-    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
-        + uri.authority().map_or(0, |a| a.as_str().len())
-        + uri.path_and_query().map_or(1, |p| p.as_str().len());
-    let line = req.method().as_str().len() + target + 12;
-    req.headers()
-        .iter()
-        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
-}
-
-/// Make a request (HTTP/2, or HTTP/1.0) one that HTTP/1.1 to a server can
-/// carry: the authority becomes the Host header, the target its origin form.
-fn to_http1<B>(req: &mut Request<B>) {
-    if req.version() == http::Version::HTTP_11 {
-        return;
-    }
-    *req.version_mut() = http::Version::HTTP_11;
-    if let Some(authority) = req.uri().authority().cloned() {
-        if !req.headers().contains_key(http::header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-                req.headers_mut().insert(http::header::HOST, v);
-            }
-        }
-    }
-    let target = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    if let Ok(uri) = target.parse() {
-        *req.uri_mut() = uri;
-    }
-}
-
-/// The headers [`VsHttp`] asks for, as the HTTP/1.x relay adds them
-/// (`docs/http.md`).
-fn add_forwarded_for(req: &mut Request<Incoming>, peer: SocketAddr, tls: bool, http: &VsHttp) {
-    let headers = req.headers_mut();
-    let proto = if tls { "https" } else { "http" };
-    if http.x_forwarded_for {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-        if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
-            headers.append("x-forwarded-for", v);
-        }
-    }
-    if http.forwarded {
-        let value = format!("{};proto={proto}", crate::h1::ForwardedFor(peer.ip()));
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.append("forwarded", v);
-        }
-    }
-}
-
-fn tag(resp: &mut Response<ProxyBody>, se_name: &str) {
-    if let Ok(v) = HeaderValue::from_str(se_name) {
-        resp.headers_mut().insert(crate::SE_HEADER, v);
-    }
-}
-
-/// Marks a response the SE made itself (for the counters).
-#[derive(Debug, Clone, Copy)]
-struct OwnResponse;
-
-fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
-    let body = Full::new(Bytes::from(format!("{message}\n")))
-        .map_err(|never| match never {})
-        .boxed();
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    resp.extensions_mut().insert(OwnResponse);
-    resp
 }
 
 /// Why a request to a server failed.

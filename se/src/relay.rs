@@ -79,8 +79,8 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// An open connection to a server with what it sent and no one read yet.
 pub struct Upstream {
-    stream: crate::upstream::Stream,
-    buf: Vec<u8>,
+    pub(crate) stream: crate::upstream::Stream,
+    pub(crate) buf: Vec<u8>,
 }
 
 /// Idle connections of type `C` to servers, reused by later requests: at
@@ -143,7 +143,7 @@ impl<C> IdlePool<C> {
 /// The HTTP/1.x relay's pool of plain server connections.
 pub type ConnPool = IdlePool<Upstream>;
 
-async fn connect(
+pub(crate) async fn connect(
     server: SocketAddr,
     limits: &Limits,
     tls: Option<&crate::upstream::UpstreamTls>,
@@ -163,7 +163,7 @@ async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> i
     stream.read_buf(buf).await
 }
 
-async fn read_timed<S: AsyncRead + Unpin>(
+pub(crate) async fn read_timed<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     limit: Duration,
@@ -173,7 +173,10 @@ async fn read_timed<S: AsyncRead + Unpin>(
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "timed out"))?
 }
 
-async fn write_all<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_all<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+) -> io::Result<()> {
     stream.write_all(bytes).await?;
     stream.flush().await
 }
@@ -227,6 +230,29 @@ where
         scratch.clear();
         take_body(end, srcbuf, scratch).map_err(|_| BodyError::Source)?;
         write_all(dst, scratch).await.map_err(|_| BodyError::Sink)?;
+    }
+}
+
+/// Wait up to `limit` for the first bytes of the response to a request
+/// just sent on `upstream`. A connection closed or reset before any of
+/// them is [`Failed::Stale`]: the server had closed it (a reused one) or
+/// dropped the request unread.
+pub(crate) async fn first_bytes(upstream: &mut Upstream, limit: Duration) -> Result<(), Failed> {
+    match read_timed(&mut upstream.stream, &mut upstream.buf, limit).await {
+        Ok(0) => Err(Failed::Stale),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(Failed::Timeout),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            Err(Failed::Stale)
+        }
+        Err(e) => Err(Failed::Broken(e.to_string())),
     }
 }
 
@@ -329,7 +355,7 @@ enum Exchange {
 }
 
 /// Why no response came from a server.
-enum Failed {
+pub(crate) enum Failed {
     /// Connecting failed (the request was not sent: try another server).
     Connect(io::Error),
     /// A reused connection was closed by the server before it answered.
@@ -545,28 +571,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
             }
         }
-        match read_timed(
-            &mut upstream.stream,
-            &mut upstream.buf,
-            self.limits.response,
-        )
-        .await
-        {
-            Ok(0) => Err(Failed::Stale),
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(Failed::Timeout),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionReset
-                        | io::ErrorKind::BrokenPipe
-                        | io::ErrorKind::UnexpectedEof
-                ) =>
-            {
-                Err(Failed::Stale)
-            }
-            Err(e) => Err(Failed::Broken(e.to_string())),
-        }
+        first_bytes(upstream, self.limits.response).await
     }
 
     /// Relay the response whose first bytes are in `upstream.buf`.
