@@ -114,6 +114,15 @@ pub struct VsHttp {
     pub x_forwarded_for: bool,
     /// Add `Forwarded: for=...;proto=...` (RFC 7239).
     pub forwarded: bool,
+    /// Most client connections open at once; more wait in the kernel's
+    /// backlog until one closes.
+    pub max_connections: u32,
+    /// Most requests in flight at once over all its client connections;
+    /// more are answered 503 by the SE.
+    pub max_requests_in_flight: u32,
+    /// Most streams one HTTP/2 client connection may have open
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_h2_streams: u32,
 }
 
 impl Default for VsHttp {
@@ -128,6 +137,9 @@ impl Default for VsHttp {
             max_header_bytes: 64 * 1024,
             x_forwarded_for: true,
             forwarded: false,
+            max_connections: 10_000,
+            max_requests_in_flight: 10_000,
+            max_h2_streams: 256,
         }
     }
 }
@@ -159,6 +171,22 @@ impl VsHttp {
                 format!("{at}.max_header_bytes"),
                 "must be between 1024 and 1048576".into(),
             );
+        }
+        for (name, n, most) in [
+            ("max_connections", self.max_connections, 1_000_000),
+            (
+                "max_requests_in_flight",
+                self.max_requests_in_flight,
+                1_000_000,
+            ),
+            ("max_h2_streams", self.max_h2_streams, 10_000),
+        ] {
+            if !(1..=most).contains(&n) {
+                err(
+                    format!("{at}.{name}"),
+                    format!("must be between 1 and {most}"),
+                );
+            }
         }
     }
 }
@@ -196,6 +224,9 @@ pub struct VsL4 {
     pub connect_timeout_ms: u64,
     /// Most UDP flows kept at once; datagrams of new clients beyond it are dropped.
     pub max_udp_flows: u32,
+    /// Most TCP client connections open at once; more wait in the
+    /// kernel's backlog until one closes.
+    pub max_connections: u32,
 }
 
 impl Default for VsL4 {
@@ -204,6 +235,7 @@ impl Default for VsL4 {
             idle_timeout_ms: None,
             connect_timeout_ms: 2_000,
             max_udp_flows: 10_000,
+            max_connections: 10_000,
         }
     }
 }
@@ -234,6 +266,12 @@ impl VsL4 {
                     "must be between 1 and 86400000 (a day)".into(),
                 );
             }
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            err(
+                format!("{at}.max_connections"),
+                "must be between 1 and 1000000".into(),
+            );
         }
         if !(1..=1_000_000).contains(&self.max_udp_flows) {
             err(
@@ -1362,11 +1400,13 @@ mod tests {
             session_resumption: true,
         });
         tls.virtual_services[1].l4.max_udp_flows = 0;
+        tls.virtual_services[1].l4.max_connections = 0;
         let e = tls.validate().unwrap_err().0;
         let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             paths,
             [
+                "virtual_services[1].l4.max_connections",
                 "virtual_services[1].l4.max_udp_flows",
                 "virtual_services[1].tls"
             ]
@@ -1461,12 +1501,14 @@ mod tests {
             vip = "127.0.0.10"
             port = 80
             pool = "web"
-            http = { header_timeout_ms = 0, max_header_bytes = 10, forwarded = true }
+            http = { header_timeout_ms = 0, max_header_bytes = 10, forwarded = true, max_h2_streams = 0, max_connections = 5 }
             "#,
         )
         .unwrap();
         let http = config.virtual_services[0].http;
         assert!(http.forwarded && http.x_forwarded_for);
+        assert_eq!(http.max_connections, 5);
+        assert_eq!(http.max_requests_in_flight, 10_000);
         assert_eq!(
             http.client_idle_timeout_ms,
             VsHttp::default().client_idle_timeout_ms
@@ -1477,7 +1519,8 @@ mod tests {
             paths,
             [
                 "virtual_services[0].http.header_timeout_ms",
-                "virtual_services[0].http.max_header_bytes"
+                "virtual_services[0].http.max_header_bytes",
+                "virtual_services[0].http.max_h2_streams"
             ]
         );
     }

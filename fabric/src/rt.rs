@@ -199,13 +199,23 @@ where
         max_connections > 0,
         "accept_loop needs room for one connection"
     );
-    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    accept_loop_gated(listener, Arc::new(ConnGate::new(max_connections)), handler).await
+}
+
+/// [`accept_loop`] with a cap that can change while it runs (a virtual
+/// service's `max_connections`): lowering it lets open connections finish
+/// and admits no new one until they are under it.
+pub async fn accept_loop_gated<H, F>(
+    listener: TcpListener,
+    gate: Arc<ConnGate>,
+    handler: H,
+) -> io::Result<()>
+where
+    H: Fn(TcpStream, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
     loop {
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| io::Error::other("accept loop semaphore closed"))?;
+        let pass = gate.admit().await;
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             // A peer that resets before we accept is its problem, not the listener's.
@@ -216,8 +226,72 @@ where
         let fut = handler(stream, peer);
         spawn(async move {
             fut.await;
-            drop(permit);
+            drop(pass);
         });
+    }
+}
+
+/// A cap on connections open at once that can change while they run.
+#[derive(Debug)]
+pub struct ConnGate {
+    open: std::sync::atomic::AtomicUsize,
+    max: std::sync::atomic::AtomicUsize,
+    freed: tokio::sync::Notify,
+}
+
+impl ConnGate {
+    /// A gate admitting `max` connections at once (at least one).
+    pub fn new(max: usize) -> Self {
+        Self {
+            open: Default::default(),
+            max: std::sync::atomic::AtomicUsize::new(max.max(1)),
+            freed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Change the cap (at least one); connections over it finish.
+    pub fn set_max(&self, max: usize) {
+        self.max
+            .store(max.max(1), std::sync::atomic::Ordering::Relaxed);
+        self.freed.notify_waiters();
+    }
+
+    /// The cap now.
+    pub fn max(&self) -> usize {
+        self.max.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Connections admitted and not yet finished.
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Wait until a connection may be admitted, and count it. Only one
+    /// accept loop admits through a gate, so check and count cannot race.
+    async fn admit(self: &Arc<Self>) -> GatePass {
+        use std::sync::atomic::Ordering::Relaxed;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.open.load(Relaxed) < self.max.load(Relaxed) {
+                self.open.fetch_add(1, Relaxed);
+                return GatePass(self.clone());
+            }
+            freed.await;
+        }
+    }
+}
+
+/// One admitted connection; dropping it frees its place.
+struct GatePass(Arc<ConnGate>);
+
+impl Drop for GatePass {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.freed.notify_one();
     }
 }
 

@@ -25,9 +25,6 @@ use crate::health::{self, HealthEvents, MAX_PENDING_CHANGES};
 use crate::lb::{ServerSet, ServerState};
 use crate::proxy::{self, VirtualService};
 
-/// Most client connections one virtual service serves at once.
-pub const MAX_CONNECTIONS_PER_VS: usize = 10_000;
-
 /// Why a config could not be applied (the previous one still serves).
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -362,13 +359,13 @@ impl DataPlane {
             service.set_l4(vs.protocol, vs.l4);
             service.set_upstream_tls(upstream_tls.remove(&key).flatten());
             let for_task = service.clone();
+            let gate = service.gate().clone();
             let task = match listener {
                 Bound::Tcp(listener) => rt::spawn(async move {
-                    let result =
-                        rt::accept_loop(listener, MAX_CONNECTIONS_PER_VS, move |stream, peer| {
-                            proxy::serve_connection(for_task.clone(), stream, peer)
-                        })
-                        .await;
+                    let result = rt::accept_loop_gated(listener, gate, move |stream, peer| {
+                        proxy::serve_connection(for_task.clone(), stream, peer)
+                    })
+                    .await;
                     if let Err(e) = result {
                         tracing::error!(error = %e, "listener failed");
                     }

@@ -34,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::h1::{self, BodyEnd, Forwarding, Framing};
 use crate::lb::{PickContext, Picked};
-use crate::proxy::{VirtualService, MAX_CONNECT_ATTEMPTS, MAX_H2_STREAMS};
+use crate::proxy::{VirtualService, MAX_CONNECT_ATTEMPTS};
 use crate::relay::{self, Failed, Limits, Upstream};
 
 /// Serve one HTTP/2 client connection of `vs` (TLS already terminated).
@@ -58,7 +58,7 @@ where
     };
     let handshake = h2::server::Builder::new()
         .max_header_list_size(u32::try_from(ctx.limits.max_head).unwrap_or(u32::MAX))
-        .max_concurrent_streams(MAX_H2_STREAMS)
+        .max_concurrent_streams(http.max_h2_streams)
         .handshake::<_, Bytes>(io);
     let mut conn = match rt::timeout(ctx.limits.header, handshake).await {
         Ok(Ok(conn)) => conn,
@@ -160,6 +160,9 @@ impl StreamCtx {
         req: Request<RecvStream>,
         respond: &mut SendResponse<Bytes>,
     ) -> Outcome {
+        let Some(_slot) = self.vs.begin_request() else {
+            return Outcome::Own(503, "too many requests in flight".into());
+        };
         let (parts, mut body) = req.into_parts();
         if parts.method == http::Method::CONNECT {
             return Outcome::Own(405, "method not allowed".into());

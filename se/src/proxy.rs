@@ -13,6 +13,7 @@
 //! 503. Responses carry [`SE_HEADER`](crate::SE_HEADER) naming this SE.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -35,8 +36,6 @@ pub const MAX_CONNECT_ATTEMPTS: usize = 4;
 
 /// Time a client has to finish the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most HTTP/2 streams one client connection may have open.
-pub const MAX_H2_STREAMS: u32 = 256;
 /// Most idle keep-alive connections kept per server.
 pub const MAX_IDLE_PER_SERVER: usize = 256;
 /// How long an idle connection to a server is kept for reuse (below the
@@ -55,6 +54,18 @@ pub struct VirtualService {
     l4: RwLock<(VsProtocol, VsL4)>,
     counters: Arc<crate::counters::VsCounters>,
     upstream_tls: RwLock<Option<Arc<crate::upstream::UpstreamTls>>>,
+    gate: Arc<rt::ConnGate>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+/// A request counted in flight on its virtual service until dropped.
+pub struct RequestSlot(Arc<VirtualService>);
+
+impl Drop for RequestSlot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for VirtualService {
@@ -79,7 +90,42 @@ impl VirtualService {
             l4: RwLock::new((VsProtocol::Http, VsL4::default())),
             counters: Arc::default(),
             upstream_tls: RwLock::new(None),
+            gate: Arc::new(rt::ConnGate::new(
+                VsHttp::default().max_connections as usize,
+            )),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(VsHttp::default().max_requests_in_flight as usize),
         }
+    }
+
+    /// The cap on its open client connections (its accept loop admits
+    /// through it).
+    pub fn gate(&self) -> &Arc<rt::ConnGate> {
+        &self.gate
+    }
+
+    /// Count a request in flight, unless `max_requests_in_flight` already are.
+    pub fn begin_request(self: &Arc<Self>) -> Option<RequestSlot> {
+        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if before >= self.max_in_flight.load(Ordering::Relaxed) {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(RequestSlot(self.clone()))
+    }
+
+    /// Requests in flight now.
+    pub fn requests_in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The connection cap of what it carries now.
+    fn update_gate(&self) {
+        let max = match self.protocol() {
+            VsProtocol::Tcp => self.l4().max_connections,
+            VsProtocol::Http | VsProtocol::Udp => self.http().max_connections,
+        };
+        self.gate.set_max(max as usize);
     }
 
     /// How new connections to servers speak TLS (None: plain TCP).
@@ -115,6 +161,7 @@ impl VirtualService {
     /// Change what it carries (new connections) and its L4 limits.
     pub fn set_l4(&self, protocol: VsProtocol, l4: VsL4) {
         *self.l4.write().unwrap_or_else(|p| p.into_inner()) = (protocol, l4);
+        self.update_gate();
     }
 
     /// The same carrying `protocol` with `l4` limits.
@@ -137,6 +184,9 @@ impl VirtualService {
     /// Change its HTTP settings; open connections keep theirs.
     pub fn set_http(&self, http: VsHttp) {
         *self.http.write().unwrap_or_else(|p| p.into_inner()) = http;
+        self.max_in_flight
+            .store(http.max_requests_in_flight as usize, Ordering::Relaxed);
+        self.update_gate();
     }
 
     /// The SE it runs on.

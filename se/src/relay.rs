@@ -314,6 +314,18 @@ where
         conn.vs.counters().request();
         let hash_value = head.hash_value.map(|(a, b)| conn.inbuf[a..b].to_vec());
         conn.inbuf.drain(..head.len);
+        let Some(_slot) = conn.vs.begin_request() else {
+            // Not read: a body would have to be skipped, so that closes.
+            let close = head.framing != Framing::Empty || !head.keep_alive;
+            match conn.answer(503, "too many requests in flight", close).await {
+                Exchange::KeepAlive => continue,
+                Exchange::Close => {
+                    let _ = conn.client.shutdown().await;
+                    return;
+                }
+                Exchange::Gone => return,
+            }
+        };
         if head.expect_continue
             && head.framing != Framing::Empty
             && conn.inbuf.is_empty()
