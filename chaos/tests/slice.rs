@@ -688,3 +688,100 @@ async fn tls_termination_serves_h2_and_http1_and_reloads_its_certificate() {
         started,
     );
 }
+
+/// The slice fabric plus a TCP and a UDP virtual service on the same VIP,
+/// over the same origins (which answer UDP on their port too).
+fn l4_config() -> String {
+    format!(
+        "{}{}",
+        sim::world::SLICE_CONFIG,
+        r#"
+[[virtual_services]]
+name = "app-tcp"
+vip = "10.0.100.1"
+port = 8080
+pool = "web"
+protocol = "tcp"
+
+[[virtual_services]]
+name = "app-udp"
+vip = "10.0.100.1"
+port = 5353
+pool = "web"
+protocol = "udp"
+l4 = { idle_timeout_ms = 2000 }
+"#
+    )
+}
+
+/// The origin that answered a raw HTTP exchange relayed over L4.
+fn origin_of(reply: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(reply);
+    text.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("x-fabric-origin: ")
+            .map(str::to_string)
+    })
+}
+
+#[madsim::test]
+async fn l4_tcp_and_udp_balance_over_the_origins_and_survive_a_killed_one() {
+    let started = fabric::rt::now();
+    let world = World::builder().config(&l4_config()).build().await.unwrap();
+    world
+        .wait_until("the VIP serves", SETTLE, || serving(&world))
+        .await
+        .unwrap();
+    let tcp = world.vip_of("app-tcp").unwrap();
+    let udp = world.vip_of("app-udp").unwrap();
+    let request = b"GET / HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n".to_vec();
+
+    // TCP: each connection goes to the next origin, bytes through untouched
+    // (no SE header: L4 does not look inside).
+    let mut tcp_origins = Vec::new();
+    for _ in 0..6 {
+        let reply = world.tcp_exchange_to(tcp, request.clone()).await.unwrap();
+        assert!(reply.starts_with(b"HTTP/1.1 200"), "{reply:?}");
+        assert!(!String::from_utf8_lossy(&reply).contains(se::SE_HEADER));
+        tcp_origins.push(origin_of(&reply).unwrap());
+    }
+    let distinct: BTreeSet<&String> = tcp_origins.iter().collect();
+    assert_eq!(distinct.len(), 2, "{tcp_origins:?}");
+
+    // UDP: a flow (a client address) stays on one origin; new flows
+    // spread over both.
+    let mut udp_origins = BTreeSet::new();
+    for flow in 0..4 {
+        let datagrams = (0..3).map(|i| format!("flow {flow} datagram {i}").into_bytes());
+        let answers = world
+            .udp_exchange_to(40_000 + flow, udp, datagrams.collect())
+            .await
+            .unwrap();
+        let names: BTreeSet<String> = answers
+            .iter()
+            .map(|(a, from)| {
+                assert_eq!(from.port(), udp.port(), "answered from the VIP's port");
+                let text = String::from_utf8_lossy(a).into_owned();
+                let (name, rest) = text.split_once(": ").unwrap();
+                assert!(rest.starts_with(&format!("flow {flow} datagram")), "{text}");
+                name.to_string()
+            })
+            .collect();
+        assert_eq!(names.len(), 1, "flow {flow} moved: {names:?}");
+        udp_origins.extend(names);
+    }
+    assert_eq!(udp_origins.len(), 2, "{udp_origins:?}");
+
+    // A killed origin: TCP connections skip it (refused, next server), and
+    // every one still succeeds.
+    madsim::runtime::Handle::current().kill("origin-2");
+    for _ in 0..6 {
+        let reply = world.tcp_exchange_to(tcp, request.clone()).await.unwrap();
+        assert!(reply.starts_with(b"HTTP/1.1 200"), "{reply:?}");
+        assert_eq!(origin_of(&reply).as_deref(), Some("origin-1"));
+    }
+    report(
+        "l4_tcp_and_udp_balance_over_the_origins_and_survive_a_killed_one",
+        started,
+    );
+}

@@ -1,6 +1,7 @@
 //! A small HTTP origin server built into the binary, so examples and drills
 //! need nothing else. It answers every path with its name; `/slow/MS`
-//! answers after MS milliseconds.
+//! answers after MS milliseconds. [`serve_udp`] is its UDP twin: every
+//! datagram comes back prefixed with the origin's name.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -55,4 +56,20 @@ fn respond<B>(name: &str, req: &Request<B>) -> Response<Full<Bytes>> {
         .header(http::header::CONTENT_TYPE, "text/plain")
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts are valid")
+}
+
+/// Answer every datagram on `socket` with `NAME: ` and the datagram, until
+/// the socket fails (a UDP origin for L4 tests and drills).
+pub async fn serve_udp(name: String, socket: rt::UdpSocket) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 2048];
+    let mut out = Vec::with_capacity(2048 + name.len() + 2);
+    loop {
+        let (n, from) = socket.recv_from(&mut buf).await?;
+        out.clear();
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&buf[..n]);
+        // A reply that cannot go out is the client's loss, not the origin's.
+        let _ = socket.send_to(&out, from).await;
+    }
 }

@@ -149,6 +149,10 @@ impl WorldBuilder {
                     async move {
                         let any = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), listen.port());
                         let listener = rt::TcpListener::bind(any).await.expect("origin port free");
+                        let udp = rt::UdpSocket::bind(any)
+                            .await
+                            .expect("origin UDP port free");
+                        rt::spawn(se::origin::serve_udp(name.clone(), udp));
                         let _ = se::origin::serve(name, listener).await;
                     }
                 })
@@ -685,10 +689,56 @@ impl World {
         .await
     }
 
-    /// Send raw bytes to the VIP over TCP and return what comes back before
-    /// the server closes (or 5 s pass).
+    /// The VIP and port of the virtual service `name`.
+    pub fn vip_of(&self, name: &str) -> Option<SocketAddr> {
+        self.config
+            .virtual_services
+            .iter()
+            .find(|vs| vs.name == name)
+            .map(|vs| SocketAddr::new(vs.vip, vs.port))
+    }
+
+    /// Send raw bytes to the first virtual service's VIP over TCP and return
+    /// what comes back before the server closes (or 5 s pass).
     pub async fn tcp_exchange(&self, bytes: Vec<u8>) -> Result<Vec<u8>> {
-        let vip = self.vip();
+        self.tcp_exchange_to(self.vip(), bytes).await
+    }
+
+    /// Send datagrams from the client's UDP port `from_port` (one flow; 0:
+    /// any free port) to `vip`, each after the answer to the one before; the
+    /// answers, and the address each came from.
+    pub async fn udp_exchange_to(
+        &self,
+        from_port: u16,
+        vip: SocketAddr,
+        datagrams: Vec<Vec<u8>>,
+    ) -> Result<Vec<(Vec<u8>, SocketAddr)>> {
+        self.on_client(move |port| async move {
+            let owner = port
+                .resolve(vip.ip())
+                .await
+                .ok_or_else(|| anyhow!("nobody answers ARP for {}", vip.ip()))?;
+            let socket =
+                rt::UdpSocket::bind(SocketAddr::new(IpAddr::from(CLIENT_IP), from_port)).await?;
+            let mut answers = Vec::new();
+            let mut buf = vec![0u8; 4096];
+            for d in datagrams {
+                socket
+                    .send_to(&d, SocketAddr::new(owner, vip.port()))
+                    .await?;
+                let (n, from) = rt::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+                    .await
+                    .context("no UDP answer within 2 s")??;
+                answers.push((buf[..n].to_vec(), from));
+            }
+            Ok(answers)
+        })
+        .await
+    }
+
+    /// Send raw bytes to `vip` over TCP and return what comes back before
+    /// the server closes (or 5 s pass).
+    pub async fn tcp_exchange_to(&self, vip: SocketAddr, bytes: Vec<u8>) -> Result<Vec<u8>> {
         self.on_client(move |port| async move {
             let owner = port
                 .resolve(vip.ip())
