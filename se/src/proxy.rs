@@ -352,7 +352,7 @@ async fn handle(
         }
         let mut resp = match sent {
             Ok(Ok(resp)) => {
-                picked.state().on_request_succeeded();
+                picked.state().on_response_status(resp.status().as_u16());
                 picked
                     .state()
                     .record_latency(rt::now().saturating_duration_since(sent_at));
