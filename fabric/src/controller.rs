@@ -582,10 +582,13 @@ impl Controller {
                                 break Err(e.to_string());
                             }
                         }
-                        SeMessage::Health { pool, server, up, reason } => {
+                        SeMessage::Health { pool, server, up, reason, outlier } => {
                             let (pool, reason) = (proto::truncate(&pool, 64), proto::truncate(&reason, proto::MAX_REASON_BYTES));
-                            let state = if up { "up" } else { "down" };
-                            self.event("health_change", format!("{pool}/{server}"), format!("{state} on {name}: {reason}"))
+                            let (kind, state) = match (outlier, up) {
+                                (false, up) => ("health_change", if up { "up" } else { "down" }),
+                                (true, up) => ("outlier_ejection", if up { "returned" } else { "ejected" }),
+                            };
+                            self.event(kind, format!("{pool}/{server}"), format!("{state} on {name}: {reason}"))
                         }
                         SeMessage::Stats { stats } => self.on_stats(session, name, stats),
                         SeMessage::Hello { .. } | SeMessage::Register { .. } => {

@@ -494,6 +494,107 @@ pub struct Pool {
     /// Speak TLS to the servers (absent: plain TCP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<PoolTls>,
+    /// Passive monitoring: take servers that keep failing out of the
+    /// rotation for a while (absent: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// Outlier detection of a pool, with Envoy's semantics: a server whose
+/// responses fail `consecutive_errors` (or `consecutive_5xx`) times in a row
+/// is ejected, taking no new requests for `ejection_ms` times the number of
+/// times it was ejected (at most `max_ejection_ms`), and never more than
+/// `max_ejected_percent` of the pool's servers at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierDetection {
+    /// Gateway failures in a row that eject a server: refused, reset or
+    /// timed-out requests, bad responses, and 502, 503 and 504 responses
+    /// (Envoy's `consecutive_gateway_failure`); 0: off. Default 5.
+    pub consecutive_errors: u32,
+    /// 5xx responses (and the failures above) in a row that eject a server
+    /// (Envoy's `consecutive_5xx`); 0: off (the default).
+    pub consecutive_5xx: u32,
+    /// The first ejection's length; the n-th in a row lasts n times this.
+    /// Default 30000.
+    pub ejection_ms: u64,
+    /// The longest an ejection lasts. Default 300000.
+    pub max_ejection_ms: u64,
+    /// Most servers of the pool ejected at once, in percent of its servers
+    /// (rounded down, so 50 in a pool of 3 is 1). Default 50.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_errors: 5,
+            consecutive_5xx: 0,
+            ejection_ms: 30_000,
+            max_ejection_ms: 300_000,
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// Largest `consecutive_errors` or `consecutive_5xx`.
+pub const MAX_CONSECUTIVE_ERRORS: u32 = 1000;
+/// Longest ejection accepted (one day).
+pub const MAX_EJECTION_MS: u64 = 86_400_000;
+
+impl OutlierDetection {
+    /// The first ejection's length.
+    pub fn ejection(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.ejection_ms)
+    }
+
+    /// The longest ejection.
+    pub fn max_ejection(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.max_ejection_ms)
+    }
+
+    /// Check the values; errors name the field below `at`.
+    pub fn validate(&self, at: &str, err: &mut impl FnMut(String, String)) {
+        for (field, value) in [
+            ("consecutive_errors", self.consecutive_errors),
+            ("consecutive_5xx", self.consecutive_5xx),
+        ] {
+            if value > MAX_CONSECUTIVE_ERRORS {
+                err(
+                    format!("{at}.{field}"),
+                    format!("must be between 0 (off) and {MAX_CONSECUTIVE_ERRORS}"),
+                );
+            }
+        }
+        if self.consecutive_errors == 0 && self.consecutive_5xx == 0 {
+            err(
+                format!("{at}.consecutive_errors"),
+                "consecutive_errors and consecutive_5xx are both 0: nothing would eject a server"
+                    .into(),
+            );
+        }
+        if !(1..=MAX_EJECTION_MS).contains(&self.ejection_ms) {
+            err(
+                format!("{at}.ejection_ms"),
+                format!("must be between 1 and {MAX_EJECTION_MS}"),
+            );
+        }
+        if self.max_ejection_ms < self.ejection_ms || self.max_ejection_ms > MAX_EJECTION_MS {
+            err(
+                format!("{at}.max_ejection_ms"),
+                format!(
+                    "must be between ejection_ms ({}) and {MAX_EJECTION_MS}",
+                    self.ejection_ms
+                ),
+            );
+        }
+        if !(1..=100).contains(&self.max_ejected_percent) {
+            err(
+                format!("{at}.max_ejected_percent"),
+                "must be between 1 and 100".into(),
+            );
+        }
+    }
 }
 
 /// TLS from the SE to a pool's servers.
@@ -522,6 +623,9 @@ pub enum MonitorKind {
     Tcp,
     /// An HTTP/1.1 GET answers an expected status (and body substring).
     Http,
+    /// The same as `http`, over TLS: the pool's `tls` settings, or the
+    /// monitor's own `tls` for pools without them.
+    Https,
     /// A UDP datagram gets an answer (containing an expected text).
     Udp,
     /// A DNS query over UDP gets a NOERROR answer.
@@ -587,7 +691,7 @@ impl DnsCheck {
 pub struct HealthMonitor {
     /// Unique name.
     pub name: String,
-    /// `tcp` or `http`.
+    /// `tcp`, `http`, `https`, `udp` or `dns`.
     #[serde(rename = "type")]
     pub kind: MonitorKind,
     /// Time between the starts of two checks of one server (default 10000).
@@ -604,9 +708,13 @@ pub struct HealthMonitor {
     /// requests) that take an up server down (default 2).
     #[serde(default = "default_rise_fall")]
     pub fall: u32,
-    /// What an `http` check sends and expects (defaults if absent).
+    /// What an `http` or `https` check sends and expects (defaults if absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpCheck>,
+    /// TLS of an `https` check for pools that have no `tls` of their own
+    /// (a pool's `tls` wins: checks then speak TLS as the traffic does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PoolTls>,
     /// What a `udp` check sends and expects (required with `udp`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub udp: Option<UdpCheck>,
@@ -865,6 +973,24 @@ impl Config {
                     err(format!("pools[{i}].tls"), e.to_string());
                 }
             }
+            let monitor = p
+                .health_monitor
+                .as_ref()
+                .and_then(|m| self.health_monitor(m));
+            if let Some(m) = monitor {
+                if m.kind == MonitorKind::Https && p.tls.is_none() && m.tls.is_none() {
+                    err(
+                        format!("pools[{i}].health_monitor"),
+                        format!(
+                            "`{}` is an https monitor: the pool or the monitor needs a `tls` table",
+                            m.name
+                        ),
+                    );
+                }
+            }
+            if let Some(o) = &p.outlier_detection {
+                o.validate(&format!("pools[{i}].outlier_detection"), &mut err);
+            }
         }
 
         let certs = unique_names(
@@ -1079,8 +1205,18 @@ impl Config {
                 }
             }
             match (&m.kind, &m.http) {
-                (MonitorKind::Http, Some(h)) => validate_http_check(&at("http"), h, err),
-                (_, Some(_)) => err(at("http"), "only allowed with type = \"http\"".into()),
+                (MonitorKind::Http | MonitorKind::Https, Some(h)) => {
+                    validate_http_check(&at("http"), h, err)
+                }
+                (_, Some(_)) => err(
+                    at("http"),
+                    "only allowed with type = \"http\" or \"https\"".into(),
+                ),
+                _ => {}
+            }
+            match (&m.kind, &m.tls) {
+                (MonitorKind::Https, Some(t)) => validate_server_tls(&at("tls"), t, err),
+                (_, Some(_)) => err(at("tls"), "only allowed with type = \"https\"".into()),
                 _ => {}
             }
             match (&m.kind, &m.udp) {
@@ -1151,6 +1287,25 @@ fn validate_http_check(at: &str, h: &HttpCheck, err: &mut impl FnMut(String, Str
                 format!("must be 1 to {MAX_CHECK_TEXT_BYTES} bytes"),
             );
         }
+    }
+}
+
+/// Check TLS settings toward servers field by field (`server_name`, then
+/// `ca_pem` with `verify`).
+fn validate_server_tls(at: &str, tls: &PoolTls, err: &mut impl FnMut(String, String)) {
+    if let Some(name) = &tls.server_name {
+        if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+            err(
+                format!("{at}.server_name"),
+                format!("`{name}` is not a DNS name or an IP address"),
+            );
+            return;
+        }
+    }
+    if let Err(e) = crate::pki::upstream_client_config(tls, true) {
+        let reason = e.to_string();
+        let reason = reason.strip_prefix("ca_pem: ").unwrap_or(&reason);
+        err(format!("{at}.ca_pem"), reason.to_string());
     }
 }
 
@@ -1483,6 +1638,136 @@ mod tests {
             ca_pem: ca.cert_pem,
         });
         config.validate().unwrap();
+    }
+
+    /// Paths of the errors of `config` (empty: valid).
+    fn error_paths(config: &Config) -> Vec<String> {
+        config
+            .validate()
+            .err()
+            .map(|e| e.0.into_iter().map(|e| e.path).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn https_monitors_take_the_pool_tls_or_their_own() {
+        let ca = crate::pki::CaMaterial::generate("ca").unwrap();
+        let text = with("type = \"http\"", "type = \"https\"");
+        let config: Config = toml::from_str(&text).unwrap();
+        // Neither the pool nor the monitor says how to speak TLS.
+        assert_eq!(error_paths(&config), ["pools[0].health_monitor"]);
+        let e = config.validate().unwrap_err().0;
+        assert!(e[0].reason.contains("needs a `tls` table"), "{e:?}");
+
+        // The pool's `tls` will do, and so will the monitor's own.
+        let mut pool_tls = config.clone();
+        pool_tls.pools[0].tls = Some(PoolTls {
+            server_name: None,
+            verify: true,
+            ca_pem: ca.cert_pem.clone(),
+        });
+        assert_eq!(error_paths(&pool_tls), Vec::<String>::new());
+        let own = with(
+            "type = \"http\"",
+            "type = \"https\"\ntls = { server_name = \"origin.internal\", verify = false }",
+        );
+        let own = Config::parse(&own).unwrap();
+        assert_eq!(
+            own.health_monitors[0].tls.as_ref().map(|t| t.verify),
+            Some(false)
+        );
+        let text = toml::to_string(&own).unwrap();
+        assert_eq!(Config::parse(&text).unwrap(), own, "{text}");
+
+        // Errors name the field, and nothing is applied: parse fails whole.
+        for (tls, path, why) in [
+            (
+                "tls = { verify = true }",
+                "health_monitors[0].tls.ca_pem",
+                "at least one CA",
+            ),
+            (
+                "tls = { ca_pem = \"garbage\" }",
+                "health_monitors[0].tls.ca_pem",
+                "at least one CA",
+            ),
+            (
+                "tls = { server_name = \"not a name!\", verify = false }",
+                "health_monitors[0].tls.server_name",
+                "not a DNS name",
+            ),
+            (
+                "tls = { verify = false, colour = 1 }",
+                "health_monitors[0]",
+                "unknown field",
+            ),
+        ] {
+            let text = with("type = \"http\"", &format!("type = \"https\"\n{tls}"));
+            let e = errors_of(&text);
+            assert!(e[0].path.starts_with(path), "{tls}: {e:?}");
+            assert!(e[0].reason.contains(why), "{tls}: {e:?}");
+            assert!(Config::parse(&text).is_err());
+        }
+        // `tls` belongs to https monitors only.
+        let e = errors_of(&with(
+            "type = \"http\"",
+            "type = \"http\"\ntls = { verify = false }",
+        ));
+        assert_eq!(e[0].path, "health_monitors[0].tls");
+        assert!(e[0].reason.contains("only allowed with type = \"https\""));
+    }
+
+    #[test]
+    fn outlier_detection_defaults_and_is_checked_by_field() {
+        let servers = "servers = [\"127.0.0.1:8481\", \"127.0.0.1:8482\"]";
+        let parse = |table: &str| {
+            Config::parse(&with(
+                servers,
+                &format!("{servers}\noutlier_detection = {table}"),
+            ))
+        };
+        let c = parse("{}").unwrap();
+        assert_eq!(
+            c.pools[0].outlier_detection,
+            Some(OutlierDetection {
+                consecutive_errors: 5,
+                consecutive_5xx: 0,
+                ejection_ms: 30_000,
+                max_ejection_ms: 300_000,
+                max_ejected_percent: 50,
+            })
+        );
+        let c =
+            parse("{ consecutive_errors = 0, consecutive_5xx = 3, ejection_ms = 100 }").unwrap();
+        let o = c.pools[0].outlier_detection.unwrap();
+        assert_eq!(
+            (o.consecutive_errors, o.consecutive_5xx, o.ejection_ms),
+            (0, 3, 100)
+        );
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(Config::parse(&text).unwrap(), c, "{text}");
+        // The SE gets it with its pool.
+        let se = crate::proto::SeConfig::for_group(&c, "default", 1);
+        assert_eq!(se.virtual_services[0].outlier_detection, Some(o));
+
+        let at = "pools[0].outlier_detection";
+        for (table, field) in [
+            ("{ consecutive_errors = 0 }", "consecutive_errors"),
+            ("{ consecutive_5xx = 5000 }", "consecutive_5xx"),
+            ("{ ejection_ms = 0 }", "ejection_ms"),
+            (
+                "{ ejection_ms = 10000, max_ejection_ms = 5000 }",
+                "max_ejection_ms",
+            ),
+            ("{ max_ejected_percent = 0 }", "max_ejected_percent"),
+            ("{ max_ejected_percent = 101 }", "max_ejected_percent"),
+        ] {
+            let e = parse(table).unwrap_err().0;
+            assert_eq!(e[0].path, format!("{at}.{field}"), "{table}: {e:?}");
+        }
+        let e = parse("{ interval_ms = 5 }").unwrap_err().0;
+        assert!(e[0].path.starts_with("pools[0]"), "{e:?}");
+        assert!(e[0].reason.contains("unknown field `interval_ms`"), "{e:?}");
     }
 
     #[test]

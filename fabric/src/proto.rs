@@ -25,7 +25,8 @@ use tokio::sync::mpsc;
 use crate::rt;
 
 use crate::model::{
-    Algorithm, Certificate, Config, HealthMonitor, PoolTls, Server, VsHttp, VsL4, VsProtocol,
+    Algorithm, Certificate, Config, HealthMonitor, OutlierDetection, PoolTls, Server, VsHttp, VsL4,
+    VsProtocol,
 };
 
 /// Version of this protocol; bumped on any incompatible change.
@@ -82,16 +83,23 @@ pub enum SeMessage {
         applied_version: u64,
     },
     /// A server of a pool went up or down on this SE (active or passive
-    /// health). Sent only to a Controller whose welcome set `health_events`.
+    /// health), or was ejected or returned by outlier detection (`outlier`).
+    /// Sent only to a Controller whose welcome set `health_events`.
     Health {
         /// The pool.
         pool: String,
         /// The server.
         server: SocketAddr,
-        /// Whether it is up now.
+        /// Whether it is up now (with `outlier`: false when ejected, true
+        /// when it returned).
         up: bool,
         /// Why, in words (at most [`MAX_REASON_BYTES`]).
         reason: String,
+        /// An ejection or return by outlier detection rather than a health
+        /// change (absent from SEs that predate it; older Controllers
+        /// ignore it and record a health change).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        outlier: bool,
     },
     /// Traffic counters since the SE started (cumulative), sent every
     /// [`STATS_INTERVAL`] to a Controller whose welcome set `stats`.
@@ -205,6 +213,9 @@ pub struct SeVirtualService {
     /// Limits of `tcp` and `udp` virtual services.
     #[serde(default)]
     pub l4: VsL4,
+    /// The pool's outlier detection (passive monitoring), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
 }
 
 fn resumption_default() -> bool {
@@ -245,6 +256,7 @@ impl SeConfig {
                     server_tls: pool.tls.clone(),
                     protocol: vs.protocol,
                     l4: vs.l4,
+                    outlier_detection: pool.outlier_detection,
                 })
             })
             .collect();
@@ -424,9 +436,20 @@ mod tests {
             server: "10.0.2.1:80".parse().unwrap(),
             up: false,
             reason: "connect: refused".into(),
+            outlier: false,
         };
         let json = serde_json::to_string(&m).unwrap();
+        assert!(!json.contains("outlier"), "{json}");
         assert_eq!(serde_json::from_str::<SeMessage>(&json).unwrap(), m);
+        let ejected = SeMessage::Health {
+            pool: "web".into(),
+            server: "10.0.2.1:80".parse().unwrap(),
+            up: false,
+            reason: "5 gateway failures in a row".into(),
+            outlier: true,
+        };
+        let json = serde_json::to_string(&ejected).unwrap();
+        assert_eq!(serde_json::from_str::<SeMessage>(&json).unwrap(), ejected);
         assert_eq!(truncate("héllo", 2), "h");
         assert_eq!(truncate("abc", 10), "abc");
     }

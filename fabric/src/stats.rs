@@ -164,6 +164,9 @@ pub struct ServerStats {
     pub addr: SocketAddr,
     /// Whether the SE sees it up (summed: up on every SE that reports it).
     pub up: bool,
+    /// Whether outlier detection has it ejected now (summed: on any SE).
+    #[serde(default)]
+    pub ejected: bool,
     /// Requests (HTTP), connections (TCP) or flows (UDP) sent to it.
     pub requests: u64,
     /// Failures counted against it (refused, reset, timed out, bad response).
@@ -191,6 +194,7 @@ impl PoolStats {
             match self.servers.iter_mut().find(|m| m.addr == s.addr) {
                 Some(mine) => {
                     mine.up &= s.up;
+                    mine.ejected |= s.ejected;
                     mine.requests += s.requests;
                     mine.failures += s.failures;
                     mine.in_flight += s.in_flight;
@@ -268,6 +272,7 @@ mod tests {
         let server = |n, up| ServerStats {
             addr: SocketAddr::from(([10, 0, 0, n], 80)),
             up,
+            ejected: !up,
             requests: 5,
             failures: 1,
             in_flight: 0,
@@ -303,8 +308,8 @@ mod tests {
         let web = &a.pools[0].servers;
         assert_eq!(web.len(), 2);
         assert_eq!(
-            (web[0].requests, web[0].failures, web[0].up),
-            (10, 2, false)
+            (web[0].requests, web[0].failures, web[0].up, web[0].ejected),
+            (10, 2, false, true)
         );
         assert_eq!(web[0].latency.counts, vec![0, 10]);
     }

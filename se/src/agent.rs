@@ -316,6 +316,7 @@ where
             server: change.server,
             up: change.up,
             reason: change.reason.clone(),
+            outlier: change.outlier,
         };
         if let Err(e) = proto::write_frame(wr, &msg).await {
             health.requeue(pending[i..].to_vec());
@@ -336,6 +337,7 @@ mod tests {
             server: "10.0.2.2:80".parse().unwrap(),
             up,
             reason: "check".into(),
+            outlier: false,
         }
     }
 

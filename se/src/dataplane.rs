@@ -7,22 +7,24 @@
 //! swapped, removed listeners stop (their open connections finish).
 //!
 //! Server health lives beside the listeners, per pool and server address:
-//! a server that stays across config versions keeps its health and its
-//! in-flight count, and each monitored server has one checker task, stopped
-//! when a config drops the server, its pool or the pool's monitor.
+//! a server that stays across config versions keeps its health, its
+//! in-flight count and its outlier-detection state, and each monitored
+//! server has one checker task, stopped when a config drops the server, its
+//! pool or the pool's monitor.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use fabric::model::{AdminState, HealthMonitor, VsProtocol};
+use fabric::model::{AdminState, HealthMonitor, OutlierDetection, PoolTls, VsProtocol};
 use fabric::platform::{L2Error, L2Fabric};
 use fabric::proto::{SeConfig, SeVirtualService};
 use fabric::rt;
 use fabric::stats;
 
-use crate::health::{self, HealthEvents, MAX_PENDING_CHANGES};
+use crate::health::{self, Checker, HealthEvents, MAX_PENDING_CHANGES};
 use crate::lb::{ServerSet, ServerState};
+use crate::outlier::PoolOutliers;
 use crate::proxy::{self, VirtualService};
 
 /// Why a config could not be applied (the previous one still serves).
@@ -95,8 +97,21 @@ struct Listener {
 /// The health side of one pool, kept across config versions.
 #[derive(Default)]
 struct PoolHealth {
-    monitor: Option<HealthMonitor>,
+    /// Its monitor, what the checks were built from, and the checks.
+    checker: Option<(CheckSpec, Checker)>,
+    outliers: Option<Arc<PoolOutliers>>,
     servers: BTreeMap<SocketAddr, Tracked>,
+}
+
+/// What a pool's checks are built from: the monitor and the TLS settings
+/// its checks use.
+type CheckSpec = (HealthMonitor, Option<PoolTls>);
+
+/// A pool's monitor and the TLS settings its checks would use, from `vs`.
+fn check_spec(vs: &SeVirtualService) -> Option<CheckSpec> {
+    let monitor = vs.health_monitor.as_ref()?;
+    let tls = Checker::tls_settings(monitor, vs.server_tls.as_ref()).cloned();
+    Some((monitor.clone(), tls))
 }
 
 /// One server's shared state and, while monitored, its checker task.
@@ -106,13 +121,14 @@ struct Tracked {
 }
 
 impl Tracked {
-    fn start(&mut self, monitor: &HealthMonitor) {
+    fn start(&mut self, checker: &Checker) {
         if let Some(old) = self.checker.take() {
             old.abort();
         }
+        let monitor = checker.monitor();
         self.state.monitor(monitor.rise, monitor.fall);
         self.checker = Some(rt::spawn(health::run_monitor(
-            monitor.clone(),
+            checker.clone(),
             self.state.clone(),
         )));
     }
@@ -187,6 +203,17 @@ impl DataPlane {
     /// Health changes of this SE's servers, for the agent to report.
     pub fn health_events(&self) -> Arc<HealthEvents> {
         self.events.clone()
+    }
+
+    /// Servers of `pool` that outlier detection has ejected now.
+    pub fn ejected(&self, pool: &str) -> Vec<SocketAddr> {
+        self.pools.get(pool).map_or_else(Vec::new, |p| {
+            p.servers
+                .iter()
+                .filter(|(_, t)| t.state.is_ejected())
+                .map(|(addr, _)| *addr)
+                .collect()
+        })
     }
 
     /// Each server of `pool` with whether it is up now.
@@ -296,6 +323,29 @@ impl DataPlane {
             };
             upstream_tls.insert(*key, built);
         }
+        // Health checks, for pools whose monitor or check TLS is new.
+        let mut checkers: BTreeMap<&str, Option<(CheckSpec, Checker)>> = BTreeMap::new();
+        for vs in &config.virtual_services {
+            let pool = pool_key(vs);
+            if checkers.contains_key(pool) {
+                continue;
+            }
+            let spec = check_spec(vs);
+            let built = match (spec, self.pools.get(pool).and_then(|p| p.checker.as_ref())) {
+                (None, _) => None,
+                (Some(spec), Some((old, checker))) if *old == spec => Some((spec, checker.clone())),
+                (Some(spec), _) => {
+                    let checker = Checker::new(&spec.0, spec.1.as_ref()).map_err(|reason| {
+                        ApplyError::Tls {
+                            vs: vs.name.clone(),
+                            reason: format!("health monitor `{}`: {reason}", spec.0.name),
+                        }
+                    })?;
+                    Some((spec, checker))
+                }
+            };
+            checkers.insert(pool, built);
+        }
         let mut prepared = Vec::new();
         for (key, vs) in &wanted {
             if self.listeners.contains_key(key) {
@@ -326,7 +376,7 @@ impl DataPlane {
                 tracing::info!(se = %self.se_name, vs = %old.vs.name, "virtual service stopped");
             }
         }
-        self.sync_pools(config);
+        self.sync_pools(config, checkers);
         for (key, listener) in self.listeners.iter_mut() {
             let vs = wanted[key];
             if !same_servers(&listener.spec, vs) {
@@ -388,35 +438,53 @@ impl DataPlane {
     }
 
     /// Make the pools' health side match `config`: states for new servers,
-    /// checkers started, restarted (monitor changed) or stopped.
-    fn sync_pools(&mut self, config: &SeConfig) {
-        // Per pool: its monitor, and each server with whether to check it.
-        let mut wanted: BTreeMap<&str, (Option<&HealthMonitor>, BTreeMap<SocketAddr, bool>)> =
-            BTreeMap::new();
+    /// checkers started, restarted (monitor changed) or stopped, outlier
+    /// detection set, changed or stopped.
+    fn sync_pools(
+        &mut self,
+        config: &SeConfig,
+        mut checkers: BTreeMap<&str, Option<(CheckSpec, Checker)>>,
+    ) {
+        // Per pool: its outlier detection, and each server with whether to
+        // check it.
+        type Wanted = (Option<OutlierDetection>, BTreeMap<SocketAddr, bool>);
+        let mut wanted: BTreeMap<&str, Wanted> = BTreeMap::new();
         for vs in &config.virtual_services {
             let (_, servers) = wanted
                 .entry(pool_key(vs))
-                .or_insert((vs.health_monitor.as_ref(), BTreeMap::new()));
+                .or_insert((vs.outlier_detection, BTreeMap::new()));
             for s in &vs.servers {
                 *servers.entry(s.addr).or_default() |= s.admin_state != AdminState::Disabled;
             }
         }
         self.pools
             .retain(|name, _| wanted.contains_key(name.as_str()));
-        for (name, (monitor, servers)) in wanted {
+        for (name, (outlier_detection, servers)) in wanted {
             let pool = self.pools.entry(name.to_string()).or_default();
-            let monitor_changed = pool.monitor.as_ref() != monitor;
-            pool.monitor = monitor.cloned();
+            let checker = checkers.remove(name).flatten();
+            let monitor_changed = pool.checker.as_ref().map(|(spec, _)| spec)
+                != checker.as_ref().map(|(spec, _)| spec);
+            pool.checker = checker;
+            pool.outliers = match (outlier_detection, pool.outliers.take()) {
+                (None, _) => None,
+                (Some(o), Some(existing)) => {
+                    existing.set(o, servers.len());
+                    existing.retain(|addr| servers.contains_key(addr));
+                    Some(existing)
+                }
+                (Some(o), None) => Some(Arc::new(PoolOutliers::new(o, servers.len()))),
+            };
             pool.servers.retain(|addr, _| servers.contains_key(addr));
             for (addr, checked) in servers {
                 let tracked = pool.servers.entry(addr).or_insert_with(|| Tracked {
                     state: Arc::new(ServerState::new(name, addr, Some(self.events.clone()))),
                     checker: None,
                 });
-                match monitor {
-                    Some(m) if checked => {
+                tracked.state.set_outliers(pool.outliers.clone());
+                match &pool.checker {
+                    Some((_, c)) if checked => {
                         if monitor_changed || tracked.checker.is_none() {
-                            tracked.start(m);
+                            tracked.start(c);
                         }
                     }
                     Some(_) => tracked.stop("disabled, so not monitored"),
@@ -506,6 +574,7 @@ mod tests {
             server_tls: None,
             protocol: VsProtocol::Http,
             l4: Default::default(),
+            outlier_detection: None,
         }
     }
 

@@ -391,7 +391,7 @@ impl StreamCtx {
                 }
             }
         };
-        picked.state().on_request_succeeded();
+        picked.state().on_response_status(head.status);
         picked
             .state()
             .record_latency(rt::now().saturating_duration_since(sent_at));

@@ -1,6 +1,7 @@
 //! Server health: a pure rise/fall state machine, the bounded queue of
 //! health changes the agent reports to the Controller, and thin async probes
-//! (TCP connect, HTTP GET) with the loop that runs one per monitored server.
+//! (TCP connect, HTTP or HTTPS GET, UDP, DNS) with the loop that runs one per
+//! monitored server.
 //!
 //! A server starts **up**, as Avi's do: a config push or an SE restart must
 //! not open a window of 503s while the first checks run, and a server that is
@@ -17,13 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fabric::model::{DnsCheck, HealthMonitor, HttpCheck, MonitorKind, UdpCheck};
+use fabric::model::{DnsCheck, HealthMonitor, HttpCheck, MonitorKind, PoolTls, UdpCheck};
 use fabric::rt;
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use tokio::sync::Notify;
 
 use crate::lb::ServerState;
+use crate::upstream::UpstreamTls;
 
 /// Most body bytes an HTTP check reads (and searches for `body_match`).
 pub const MAX_CHECK_BODY_BYTES: usize = 64 * 1024;
@@ -116,15 +118,18 @@ pub struct HealthChange {
     pub pool: String,
     /// The server.
     pub server: SocketAddr,
-    /// Whether it is up now.
+    /// Whether it is up now (with `outlier`: false when ejected, true when
+    /// it returned).
     pub up: bool,
     /// Why.
     pub reason: String,
+    /// An ejection or return by outlier detection, not a health change.
+    pub outlier: bool,
 }
 
 /// Health changes waiting to be reported, oldest first. Bounded: when full,
-/// only the latest change per server is kept (a server's last state is what
-/// the Controller needs); if every entry is a distinct server, the oldest
+/// only the latest change per server (and kind: health or outlier) is kept
+/// (a server's last state is what the Controller needs); if every entry is a distinct server, the oldest
 /// goes and is counted in [`HealthEvents::dropped`].
 #[derive(Debug)]
 pub struct HealthEvents {
@@ -147,7 +152,11 @@ impl HealthEvents {
 
     /// Queue a change and wake the reporter.
     pub fn push(&self, change: HealthChange) {
-        tracing::info!(pool = %change.pool, server = %change.server, up = change.up, reason = %change.reason, "server health changed");
+        if change.outlier {
+            tracing::info!(pool = %change.pool, server = %change.server, returned = change.up, reason = %change.reason, "server ejection changed");
+        } else {
+            tracing::info!(pool = %change.pool, server = %change.server, up = change.up, reason = %change.reason, "server health changed");
+        }
         {
             let mut queue = lock(&self.queue);
             queue.push_back(change);
@@ -194,41 +203,96 @@ impl HealthEvents {
     }
 }
 
-/// Keep only the newest change of each server, in their order.
+/// Keep only the newest change of each server and kind, in their order.
 fn keep_latest_per_server(queue: &mut VecDeque<HealthChange>) {
     let mut seen = BTreeSet::new();
     let mut kept = VecDeque::with_capacity(queue.len());
     for change in queue.drain(..).rev() {
-        if seen.insert((change.pool.clone(), change.server)) {
+        if seen.insert((change.pool.clone(), change.server, change.outlier)) {
             kept.push_front(change);
         }
     }
     *queue = kept;
 }
 
-/// Check `server` once as `monitor` says, within its timeout.
-pub async fn probe(monitor: &HealthMonitor, server: SocketAddr) -> Result<(), String> {
-    let timeout_ms = monitor.timeout_ms.max(1);
-    let check = async {
-        match monitor.kind {
-            MonitorKind::Tcp => probe_tcp(server).await,
-            MonitorKind::Http => {
-                let default = HttpCheck::default();
-                probe_http(server, monitor.http.as_ref().unwrap_or(&default)).await
+/// A health monitor ready to check a pool's servers: for `https`, with its
+/// TLS settings built (once, not per check).
+#[derive(Debug, Clone)]
+pub struct Checker {
+    monitor: HealthMonitor,
+    tls: Option<Arc<UpstreamTls>>,
+}
+
+impl Checker {
+    /// `monitor` for a pool speaking `pool_tls` to its servers. An `https`
+    /// check speaks TLS as the pool does (so it checks what traffic meets);
+    /// a pool without `tls` (say, TCP passing TLS through) takes the
+    /// monitor's own `tls`; with neither it is an error.
+    pub fn new(monitor: &HealthMonitor, pool_tls: Option<&PoolTls>) -> Result<Self, String> {
+        let tls = match Self::tls_settings(monitor, pool_tls) {
+            Some(settings) => Some(Arc::new(UpstreamTls::new(settings, true)?)),
+            None if monitor.kind == MonitorKind::Https => {
+                return Err(
+                    "an https check needs TLS settings: the pool's `tls` or the monitor's".into(),
+                )
             }
-            MonitorKind::Udp => match &monitor.udp {
-                Some(check) => probe_udp(server, check).await,
-                None => Err("a udp check needs `send`".into()),
-            },
-            MonitorKind::Dns => match &monitor.dns {
-                Some(check) => probe_dns(server, check).await,
-                None => Err("a dns check needs `name`".into()),
-            },
+            None => None,
+        };
+        Ok(Self {
+            monitor: monitor.clone(),
+            tls,
+        })
+    }
+
+    /// The TLS settings a check of `monitor` in a pool with `pool_tls` uses
+    /// (none unless it is `https`).
+    pub fn tls_settings<'a>(
+        monitor: &'a HealthMonitor,
+        pool_tls: Option<&'a PoolTls>,
+    ) -> Option<&'a PoolTls> {
+        match monitor.kind {
+            MonitorKind::Https => pool_tls.or(monitor.tls.as_ref()),
+            _ => None,
         }
-    };
-    rt::timeout(Duration::from_millis(timeout_ms), check)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {timeout_ms} ms")))
+    }
+
+    /// The monitor.
+    pub fn monitor(&self) -> &HealthMonitor {
+        &self.monitor
+    }
+
+    /// Check `server` once, within the monitor's timeout.
+    pub async fn probe(&self, server: SocketAddr) -> Result<(), String> {
+        let monitor = &self.monitor;
+        let timeout_ms = monitor.timeout_ms.max(1);
+        let check = async {
+            match monitor.kind {
+                MonitorKind::Tcp => probe_tcp(server).await,
+                MonitorKind::Http | MonitorKind::Https => {
+                    let default = HttpCheck::default();
+                    let check = monitor.http.as_ref().unwrap_or(&default);
+                    probe_http(server, check, self.tls.as_deref()).await
+                }
+                MonitorKind::Udp => match &monitor.udp {
+                    Some(check) => probe_udp(server, check).await,
+                    None => Err("a udp check needs `send`".into()),
+                },
+                MonitorKind::Dns => match &monitor.dns {
+                    Some(check) => probe_dns(server, check).await,
+                    None => Err("a dns check needs `name`".into()),
+                },
+            }
+        };
+        rt::timeout(Duration::from_millis(timeout_ms), check)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {timeout_ms} ms")))
+    }
+}
+
+/// Check `server` once as `monitor` says, within its timeout (an `https`
+/// monitor with its own `tls`).
+pub async fn probe(monitor: &HealthMonitor, server: SocketAddr) -> Result<(), String> {
+    Checker::new(monitor, None)?.probe(server).await
 }
 
 async fn probe_tcp(server: SocketAddr) -> Result<(), String> {
@@ -238,7 +302,11 @@ async fn probe_tcp(server: SocketAddr) -> Result<(), String> {
         .map_err(|e| format!("connect: {e}"))
 }
 
-async fn probe_http(server: SocketAddr, check: &HttpCheck) -> Result<(), String> {
+async fn probe_http(
+    server: SocketAddr,
+    check: &HttpCheck,
+    tls: Option<&UpstreamTls>,
+) -> Result<(), String> {
     let req = Request::get(check.path.as_str())
         .header(http::header::HOST, server.to_string())
         .header(http::header::USER_AGENT, "fabric-health/1")
@@ -247,7 +315,7 @@ async fn probe_http(server: SocketAddr, check: &HttpCheck) -> Result<(), String>
     // No `Connection: close`: in the simulation hyper's client then fails the
     // exchange ("error writing a body to connection"); dropping the sender
     // and the body closes the connection anyway.
-    let mut sender = crate::proxy::open(server)
+    let mut sender = crate::proxy::open_via(server, crate::proxy::CONNECT_TIMEOUT, tls)
         .await
         .map_err(|e| e.to_string())?;
     let resp = sender
@@ -352,11 +420,11 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// Check `state`'s server every `interval_ms` forever (until aborted), feeding
 /// each outcome to its state. The first check runs at once.
-pub async fn run_monitor(monitor: HealthMonitor, state: Arc<ServerState>) {
-    let interval = Duration::from_millis(monitor.interval_ms.max(1));
+pub async fn run_monitor(checker: Checker, state: Arc<ServerState>) {
+    let interval = Duration::from_millis(checker.monitor().interval_ms.max(1));
     let mut next = rt::now();
     loop {
-        let result = probe(&monitor, state.addr()).await;
+        let result = checker.probe(state.addr()).await;
         if let Err(reason) = &result {
             tracing::debug!(server = %state.addr(), %reason, "health check failed");
         }
@@ -437,6 +505,7 @@ mod tests {
             server: SocketAddr::from(([10, 0, 0, 1], server)),
             up,
             reason: format!("check {server} {up}"),
+            outlier: false,
         }
     }
 

@@ -7,8 +7,9 @@
 //! pool and address, so a server that stays across a config change keeps its
 //! health and in-flight count.
 //!
-//! A pick considers only eligible servers: admin state `enabled` and up. It
-//! returns a [`Picked`] guard that counts the request as in flight until it
+//! A pick considers only eligible servers: admin state `enabled`, up, and
+//! not ejected by outlier detection ([`crate::outlier`]). It returns a
+//! [`Picked`] guard that counts the request as in flight until it
 //! is dropped (least connections and power of two choices read that count).
 
 use std::net::{IpAddr, SocketAddr};
@@ -20,6 +21,7 @@ use fabric::stats::{AtomicHistogram, ServerStats};
 use http::{HeaderMap, HeaderName};
 
 use crate::health::{HealthChange, HealthEvents, HealthMachine};
+use crate::outlier::{Outcome, OutlierMachine, PoolOutliers};
 
 /// Ring points per unit of weight for consistent hashing (ketama uses 160).
 pub const RING_POINTS_PER_WEIGHT: usize = 160;
@@ -44,6 +46,14 @@ pub struct ServerState {
     suspect: AtomicBool,
     /// Present while the pool has a health monitor.
     health: Mutex<Option<HealthMachine>>,
+    /// Set while the server is ejected (until seen to return), so picks of
+    /// servers that are not take no lock and read no clock.
+    ejected: AtomicBool,
+    /// Set while the outlier machine counts failures, so successes take the
+    /// lock only when there is a count to reset.
+    outlier_streak: AtomicBool,
+    /// Present while the pool has outlier detection.
+    outlier: Mutex<Option<Outlier>>,
     events: Option<Arc<HealthEvents>>,
     /// Requests (or connections, or flows) picked for it, ever.
     requests: AtomicU64,
@@ -64,6 +74,9 @@ impl ServerState {
             in_flight: AtomicUsize::new(0),
             suspect: AtomicBool::new(false),
             health: Mutex::new(None),
+            ejected: AtomicBool::new(false),
+            outlier_streak: AtomicBool::new(false),
+            outlier: Mutex::new(None),
             events,
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -82,6 +95,7 @@ impl ServerState {
         ServerStats {
             addr: self.addr,
             up: self.is_up(),
+            ejected: self.is_ejected(),
             requests: self.requests.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             in_flight: self.in_flight() as u64,
@@ -137,17 +151,152 @@ impl ServerState {
     }
 
     /// A request to the server failed to connect, was reset or timed out:
-    /// counts toward `fall` like a failed check (passive monitoring).
+    /// counts toward `fall` like a failed check (passive monitoring), and as
+    /// a gateway failure for outlier detection.
     pub fn on_request_failed(&self, reason: &str) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         self.step(false, &format!("request failed: {reason}"));
+        self.on_outcome(Outcome::Failed, reason);
     }
 
-    /// A request to the server got a response: resets the failure count.
-    /// Never brings a down server up (only active checks do).
+    /// A request to the server got a response, or a connection opened:
+    /// resets the failure counts. Never brings a down server up (only
+    /// active checks do).
     pub fn on_request_succeeded(&self) {
         if self.suspect.load(Ordering::Relaxed) && self.is_up() {
             self.step(true, "request succeeded");
+        }
+        if self.outlier_streak.load(Ordering::Relaxed) {
+            self.on_outcome(Outcome::Success, "");
+        }
+    }
+
+    /// A response head with `status` arrived: a success for the health
+    /// monitor whatever the status, judged by status for outlier detection.
+    pub fn on_response_status(&self, status: u16) {
+        if self.suspect.load(Ordering::Relaxed) && self.is_up() {
+            self.step(true, "request succeeded");
+        }
+        if status >= 500 || self.outlier_streak.load(Ordering::Relaxed) {
+            self.on_outcome(Outcome::Status(status), &format!("status {status}"));
+        }
+    }
+
+    /// Whether outlier detection has the server ejected now. An ejection
+    /// whose time has passed ends here (and is reported), so a server
+    /// returns at its next pick or stats report.
+    pub fn is_ejected(&self) -> bool {
+        if !self.ejected.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = fabric::rt::now();
+        let returned = {
+            let mut outlier = lock(&self.outlier);
+            let Some(o) = outlier.as_mut() else {
+                self.ejected.store(false, Ordering::Relaxed);
+                return false;
+            };
+            if !o.machine.on_time(now) {
+                return true;
+            }
+            o.pool.on_return(self.addr);
+            self.ejected.store(false, Ordering::Relaxed);
+            o.length
+        };
+        self.report_outlier(
+            true,
+            &format!("ejection of {} ms ended", returned.as_millis()),
+        );
+        false
+    }
+
+    /// Whether a pick may choose it, admin state aside: up and not ejected.
+    pub fn is_available(&self) -> bool {
+        self.is_up() && !self.is_ejected()
+    }
+
+    /// Detect outliers with the pool's shared `outliers`, or stop (`None`:
+    /// an ejected server returns at once). Counts and ejections stay while
+    /// the pool keeps outlier detection.
+    pub fn set_outliers(&self, outliers: Option<Arc<PoolOutliers>>) {
+        let ended = {
+            let mut outlier = lock(&self.outlier);
+            match (outlier.as_mut(), outliers) {
+                (Some(o), Some(pool)) => {
+                    o.pool = pool;
+                    false
+                }
+                (None, Some(pool)) => {
+                    *outlier = Some(Outlier {
+                        machine: OutlierMachine::default(),
+                        pool,
+                        length: std::time::Duration::ZERO,
+                    });
+                    false
+                }
+                (Some(o), None) => {
+                    let ended = o.machine.end(fabric::rt::now());
+                    o.pool.on_return(self.addr);
+                    *outlier = None;
+                    self.ejected.store(false, Ordering::Relaxed);
+                    self.outlier_streak.store(false, Ordering::Relaxed);
+                    ended
+                }
+                (None, None) => false,
+            }
+        };
+        if ended {
+            self.report_outlier(true, "outlier detection turned off");
+        }
+    }
+
+    fn on_outcome(&self, outcome: Outcome, what: &str) {
+        if self.is_ejected() {
+            // Requests picked before the ejection: not counted.
+            return;
+        }
+        let ejected = {
+            let mut outlier = lock(&self.outlier);
+            let Some(o) = outlier.as_mut() else {
+                return;
+            };
+            let settings = o.pool.settings();
+            let trip = o.machine.on_outcome(outcome, &settings);
+            let ejected = trip.and_then(|trip| {
+                let length = o.pool.try_eject(self.addr, &mut o.machine, fabric::rt::now());
+                if length.is_none() {
+                    tracing::debug!(pool = %self.pool, server = %self.addr, %trip, "not ejected: max_ejected_percent reached");
+                }
+                length.map(|length| (trip, length))
+            });
+            self.outlier_streak
+                .store(o.machine.has_streak(), Ordering::Relaxed);
+            if let Some((_, length)) = ejected {
+                o.length = length;
+                self.ejected.store(true, Ordering::Relaxed);
+            }
+            ejected
+        };
+        if let Some((trip, length)) = ejected {
+            self.report_outlier(
+                false,
+                &format!(
+                    "ejected for {} ms: {trip} (last: {what})",
+                    length.as_millis()
+                ),
+            );
+        }
+    }
+
+    fn report_outlier(&self, returned: bool, reason: &str) {
+        if let Some(events) = &self.events {
+            events.push(HealthChange {
+                pool: self.pool.to_string(),
+                server: self.addr,
+                up: returned,
+                reason: fabric::proto::truncate(reason, fabric::proto::MAX_REASON_BYTES).into(),
+                outlier: true,
+            });
         }
     }
 
@@ -181,9 +330,19 @@ impl ServerState {
                 server: self.addr,
                 up,
                 reason: fabric::proto::truncate(reason, fabric::proto::MAX_REASON_BYTES).into(),
+                outlier: false,
             });
         }
     }
+}
+
+/// A server's outlier detection: its machine and its pool's shared part.
+#[derive(Debug)]
+struct Outlier {
+    machine: OutlierMachine,
+    pool: Arc<PoolOutliers>,
+    /// Length of the current (or last) ejection, for the return's report.
+    length: std::time::Duration,
 }
 
 /// A picked server: the request counts as in flight on it until this drops.
@@ -328,7 +487,9 @@ impl ServerSet {
     pub fn pick(&self, ctx: &PickContext<'_>, exclude: &[SocketAddr]) -> Option<Picked> {
         let eligible = |i: usize| {
             let b = &self.backends[i];
-            b.admin == AdminState::Enabled && b.state.is_up() && !exclude.contains(&b.state.addr)
+            b.admin == AdminState::Enabled
+                && !exclude.contains(&b.state.addr)
+                && b.state.is_available()
         };
         let n = self.backends.len();
         if n == 0 {
@@ -475,7 +636,7 @@ impl ServerSet {
     pub fn eligible(&self) -> usize {
         self.backends
             .iter()
-            .filter(|b| b.admin == AdminState::Enabled && b.state.is_up())
+            .filter(|b| b.admin == AdminState::Enabled && b.state.is_available())
             .count()
     }
 }

@@ -12,6 +12,7 @@
 //! - [`upstream`]: connections to servers, plain or TLS.
 //! - [`lb`]: load-balancing selection over a server set.
 //! - [`health`]: active and passive health monitoring, reported to the Controller.
+//! - [`outlier`]: outlier detection, ejecting servers that keep failing.
 //! - [`origin`]: a small built-in HTTP server for examples and drills.
 #![deny(missing_docs)]
 
@@ -24,6 +25,7 @@ pub mod health;
 pub mod l4;
 pub mod lb;
 pub mod origin;
+pub mod outlier;
 pub mod proxy;
 pub mod relay;
 pub mod tls;

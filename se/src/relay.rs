@@ -633,7 +633,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
             }
         };
-        picked.state().on_request_succeeded();
+        picked.state().on_response_status(resp.status);
         picked
             .state()
             .record_latency(rt::now().saturating_duration_since(self.sent_at));

@@ -38,11 +38,12 @@ fn monitor(kind: MonitorKind, interval_ms: u64, rise: u32, fall: u32) -> HealthM
         timeout_ms: interval_ms / 2,
         rise,
         fall,
-        http: (kind == MonitorKind::Http).then(|| HttpCheck {
+        http: matches!(kind, MonitorKind::Http | MonitorKind::Https).then(|| HttpCheck {
             path: "/health".into(),
             expected_status: vec![200],
             body_match: Some("ok".into()),
         }),
+        tls: None,
         udp: None,
         dns: None,
     }
@@ -71,6 +72,7 @@ fn config(
             server_tls: None,
             protocol: Default::default(),
             l4: Default::default(),
+            outlier_detection: None,
         }],
     }
 }
@@ -376,4 +378,238 @@ async fn udp_and_dns_probes_check_the_answer() {
         .await
         .unwrap_err()
         .contains("not an answer"));
+}
+
+/// An HTTP/1.1 server on loopback, over TLS with `tls` if given, answering
+/// every request with the status in `status` and the body `ok`.
+async fn status_server(
+    status: Arc<std::sync::atomic::AtomicU16>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> SocketAddr {
+    use http_body_util::Full;
+    use hyper_util::rt::TokioIo;
+    common::tcp_server(move |tcp| {
+        let status = status.clone();
+        let tls = tls.clone();
+        async move {
+            let service = hyper::service::service_fn(move |_req| {
+                let code = status.load(Ordering::Relaxed);
+                async move {
+                    let mut resp =
+                        hyper::Response::new(Full::new(bytes::Bytes::from_static(b"ok\n")));
+                    *resp.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let http = hyper::server::conn::http1::Builder::new();
+            match tls {
+                None => {
+                    let _ = http.serve_connection(TokioIo::new(tcp), service).await;
+                }
+                Some(config) => {
+                    let Ok(tls) = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await else {
+                        return;
+                    };
+                    let _ = http.serve_connection(TokioIo::new(tls), service).await;
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// TLS server settings with a certificate for 127.0.0.1 issued by `ca`.
+fn tls_for_loopback(ca: &fabric::pki::CaMaterial) -> Arc<rustls::ServerConfig> {
+    let node = ca.issue_node_cert("origin", &[LOCALHOST]).unwrap();
+    let cert = fabric::model::Certificate {
+        name: "origin".into(),
+        cert_pem: node.cert_pem,
+        key_pem: node.key_pem,
+    };
+    se::tls::server_config(&[cert], true, true).unwrap()
+}
+
+#[tokio::test]
+async fn https_checks_verify_the_certificate_and_judge_status_and_body() {
+    use fabric::model::PoolTls;
+    use se::health::Checker;
+    let ca = fabric::pki::CaMaterial::generate("pool-ca").unwrap();
+    let other = fabric::pki::CaMaterial::generate("other-ca").unwrap();
+    let status = Arc::new(std::sync::atomic::AtomicU16::new(200));
+    let server = status_server(status.clone(), Some(tls_for_loopback(&ca))).await;
+    let verified = PoolTls {
+        server_name: None,
+        verify: true,
+        ca_pem: ca.cert_pem.clone(),
+    };
+    let check = monitor(MonitorKind::Https, 1_000, 1, 1);
+
+    // The pool's TLS settings: status and body as expected.
+    let https = Checker::new(&check, Some(&verified)).unwrap();
+    let started = rt::now();
+    assert_eq!(https.probe(server).await, Ok(()));
+    println!("one https check took {:?}", rt::now() - started);
+    let mut other_body = check.clone();
+    other_body.http.as_mut().unwrap().body_match = Some("healthy".into());
+    let e = Checker::new(&other_body, Some(&verified))
+        .unwrap()
+        .probe(server)
+        .await
+        .unwrap_err();
+    assert!(e.contains("body lacks `healthy`"), "{e}");
+    status.store(503, Ordering::Relaxed);
+    let e = https.probe(server).await.unwrap_err();
+    assert!(e.contains("status 503"), "{e}");
+    status.store(200, Ordering::Relaxed);
+
+    // A certificate that does not chain to the CA fails, verify = false passes.
+    let wrong = PoolTls {
+        ca_pem: other.cert_pem.clone(),
+        ..verified.clone()
+    };
+    let e = Checker::new(&check, Some(&wrong))
+        .unwrap()
+        .probe(server)
+        .await
+        .unwrap_err();
+    assert!(e.contains("TLS") && e.contains("certificate"), "{e}");
+    let unverified = PoolTls {
+        server_name: Some("anything.test".into()),
+        verify: false,
+        ca_pem: String::new(),
+    };
+    let any = Checker::new(&check, Some(&unverified)).unwrap();
+    assert_eq!(any.probe(server).await, Ok(()));
+
+    // The monitor's own `tls` serves pools without one; the pool's wins.
+    let mut own = check.clone();
+    own.tls = Some(wrong.clone());
+    assert!(se::health::probe(&own, server).await.is_err());
+    let pool_wins = Checker::new(&own, Some(&verified)).unwrap();
+    assert_eq!(pool_wins.probe(server).await, Ok(()));
+    assert!(
+        Checker::new(&check, None).is_err(),
+        "https without TLS settings"
+    );
+    // A plain http check of a TLS server fails: the answer is not HTTP.
+    let plain = monitor(MonitorKind::Http, 1_000, 1, 1);
+    assert!(se::health::probe(&plain, server).await.is_err());
+}
+
+#[tokio::test]
+async fn an_https_monitor_takes_a_server_down_and_up_through_the_data_plane() {
+    use fabric::model::PoolTls;
+    let ca = fabric::pki::CaMaterial::generate("pool-ca").unwrap();
+    let other = fabric::pki::CaMaterial::generate("other-ca").unwrap();
+    let status = Arc::new(std::sync::atomic::AtomicU16::new(200));
+    let server = status_server(status.clone(), Some(tls_for_loopback(&ca))).await;
+    let port = common::free_port().await;
+    // A TLS handshake in a debug build takes tens of milliseconds: the
+    // check may take the whole interval.
+    let mut check = monitor(MonitorKind::Https, 200, 1, 1);
+    check.timeout_ms = check.interval_ms;
+    let with_tls = |version: u64, ca_pem: &str| {
+        let mut c = config(
+            version,
+            port,
+            vec![Server::from(server)],
+            Some(check.clone()),
+        );
+        c.virtual_services[0].server_tls = Some(PoolTls {
+            server_name: None,
+            verify: true,
+            ca_pem: ca_pem.into(),
+        });
+        c
+    };
+    let mut plane = DataPlane::new("se-test", Arc::new(LoopbackL2));
+    plane.apply(&with_tls(1, &ca.cert_pem)).await.unwrap();
+    let vip = SocketAddr::new(LOCALHOST, port);
+    assert_eq!(se::proxy::get(vip, "app", "/").await.unwrap().status(), 200);
+    status.store(500, Ordering::Relaxed);
+    wait_for("down on 500", || is_up(&plane, server) == Some(false)).await;
+    status.store(200, Ordering::Relaxed);
+    wait_for("up on 200", || is_up(&plane, server) == Some(true)).await;
+
+    // Another CA for the pool: the checks restart with it and fail.
+    plane.apply(&with_tls(2, &other.cert_pem)).await.unwrap();
+    wait_for("down on a certificate that does not verify", || {
+        is_up(&plane, server) == Some(false)
+    })
+    .await;
+    let reasons: Vec<String> = plane
+        .health_events()
+        .drain()
+        .into_iter()
+        .map(|c| c.reason)
+        .collect();
+    assert!(
+        reasons.last().is_some_and(|r| r.contains("certificate")),
+        "{reasons:?}"
+    );
+
+    // An https monitor with no TLS settings anywhere is refused whole.
+    let mut bare = with_tls(3, &ca.cert_pem);
+    bare.virtual_services[0].server_tls = None;
+    assert!(matches!(
+        plane.apply(&bare).await,
+        Err(se::dataplane::ApplyError::Tls { .. })
+    ));
+    assert_eq!(plane.applied_version(), 2);
+}
+
+#[tokio::test]
+async fn outlier_detection_ejects_a_server_answering_503_and_lets_it_back() {
+    use fabric::model::OutlierDetection;
+    let (_a_task, a) = origin("origin-a", 0).await;
+    let failing = Arc::new(std::sync::atomic::AtomicU16::new(503));
+    let b = status_server(failing, None).await;
+    let port = common::free_port().await;
+    let vip = SocketAddr::new(LOCALHOST, port);
+    let (errors, ejection_ms) = (3, 1_000);
+    let mut c = config(1, port, vec![Server::from(a), Server::from(b)], None);
+    c.virtual_services[0].outlier_detection = Some(OutlierDetection {
+        consecutive_errors: errors,
+        ejection_ms,
+        max_ejected_percent: 50,
+        ..Default::default()
+    });
+    let mut plane = DataPlane::new("se-test", Arc::new(LoopbackL2));
+    plane.apply(&c).await.unwrap();
+    let events = plane.health_events();
+
+    // Round robin: b gets every other request until its third 503.
+    let mut to_b = 0;
+    for _ in 0..2 * errors {
+        if request(vip).await.0 == 503 {
+            to_b += 1;
+        }
+    }
+    assert_eq!(to_b, errors);
+    let ejected_at = rt::now();
+    assert_eq!(plane.ejected("web"), [b]);
+    assert_eq!(is_up(&plane, b), Some(true), "ejected, not down");
+    for _ in 0..10 {
+        assert_eq!(request(vip).await, (200, Some("origin-a".into())));
+    }
+    assert!(rt::now() - ejected_at < Duration::from_millis(ejection_ms));
+
+    // After ejection_ms it takes requests again.
+    rt::sleep(Duration::from_millis(ejection_ms) - (rt::now() - ejected_at)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(request(vip).await.0);
+    }
+    assert!(statuses.contains(&503), "{statuses:?}");
+    assert!(plane.ejected("web").is_empty());
+
+    let changes: Vec<_> = events
+        .drain()
+        .into_iter()
+        .map(|c| (c.server, c.up, c.outlier))
+        .collect();
+    assert_eq!(changes, [(b, false, true), (b, true, true)]);
+    let stats = plane.stats();
+    let web = &stats.pools[0].servers;
+    assert!(web.iter().all(|s| !s.ejected), "{web:?}");
 }

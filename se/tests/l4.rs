@@ -72,6 +72,7 @@ fn vs(
         server_tls: None,
         protocol,
         l4,
+        outlier_detection: None,
     }
 }
 

@@ -110,6 +110,7 @@ fn config(version: u64, port: u16, origin: SocketAddr, certs: &[Certificate]) ->
             server_tls: None,
             protocol: Default::default(),
             l4: Default::default(),
+            outlier_detection: None,
         }],
     }
 }

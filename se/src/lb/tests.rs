@@ -552,3 +552,101 @@ fn passive_failures_count_toward_fall_and_successes_reset_them() {
     assert!(state.is_up() && !state.is_monitored());
     assert_eq!(events.drain().last().map(|c| c.up), Some(true));
 }
+
+#[test]
+fn outlier_detection_ejects_from_picks_within_the_pool_share_and_reports() {
+    let events = Arc::new(HealthEvents::new(16));
+    let settings = fabric::model::OutlierDetection {
+        consecutive_errors: 3,
+        consecutive_5xx: 0,
+        ejection_ms: 60_000,
+        max_ejection_ms: 60_000,
+        max_ejected_percent: 50,
+    };
+    let outliers = Arc::new(crate::outlier::PoolOutliers::new(settings, 2));
+    let states: Vec<Arc<ServerState>> = (0..2)
+        .map(|i| Arc::new(ServerState::new("web", addr(i), Some(events.clone()))))
+        .collect();
+    for s in &states {
+        s.set_outliers(Some(outliers.clone()));
+    }
+    let set = ServerSet::new(
+        Algorithm::RoundRobin,
+        None,
+        states.iter().map(|s| (Server::from(s.addr()), s.clone())),
+    );
+    // Unmonitored servers are ejected all the same: outlier detection is
+    // independent of the health monitor.
+    states[0].on_response_status(503);
+    states[0].on_request_failed("reset");
+    states[0].on_response_status(200);
+    states[0].on_response_status(502);
+    states[0].on_response_status(504);
+    assert!(!states[0].is_ejected(), "the 200 reset the count");
+    states[0].on_request_failed("connect: refused");
+    assert!(states[0].is_ejected());
+    assert!(states[0].is_up(), "ejected is not down");
+    assert!(states[0].stats().ejected);
+    assert_eq!(set.eligible(), 1);
+    let picks = count(&set, 10, false);
+    assert_eq!(picks.get(&addr(0)), None, "{picks:?}");
+
+    // The other server fails too, but 50% of 2 is already ejected.
+    for _ in 0..6 {
+        states[1].on_response_status(503);
+    }
+    assert!(!states[1].is_ejected());
+    assert_eq!(set.eligible(), 1);
+
+    // Turning outlier detection off returns the ejected server at once.
+    states[0].set_outliers(None);
+    assert!(!states[0].is_ejected());
+    assert_eq!(set.eligible(), 2);
+    let changes: Vec<_> = events
+        .drain()
+        .into_iter()
+        .map(|c| (c.server, c.up, c.outlier, c.reason))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (
+                addr(0),
+                false,
+                true,
+                "ejected for 60000 ms: 3 gateway failures in a row (last: connect: refused)"
+                    .to_string()
+            ),
+            (
+                addr(0),
+                true,
+                true,
+                "outlier detection turned off".to_string()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn an_ejection_ends_when_its_time_has_passed() {
+    let events = Arc::new(HealthEvents::new(16));
+    let settings = fabric::model::OutlierDetection {
+        consecutive_errors: 1,
+        ejection_ms: 30,
+        max_ejection_ms: 30,
+        max_ejected_percent: 100,
+        ..Default::default()
+    };
+    let state = ServerState::new("web", addr(0), Some(events.clone()));
+    state.set_outliers(Some(Arc::new(crate::outlier::PoolOutliers::new(
+        settings, 1,
+    ))));
+    state.on_response_status(503);
+    assert!(state.is_ejected());
+    state.on_response_status(503);
+    std::thread::sleep(std::time::Duration::from_millis(40));
+    assert!(!state.is_ejected());
+    assert!(state.is_available());
+    let changes: Vec<_> = events.drain().into_iter().map(|c| c.up).collect();
+    assert_eq!(changes, [false, true], "one ejection, one return");
+}
