@@ -105,6 +105,14 @@ async fn grow_to_three_lose_the_leader_and_keep_writing() {
     assert!(took < Duration::from_secs(3), "{took:?}");
     assert!(v3 > v2);
 
+    // Both survivors apply v3 (a follower learns that it is committed
+    // only from the leader's next message, so it may lag a moment).
+    let deadline = rt::now() + Duration::from_secs(5);
+    while rest.iter().any(|n| n.desired().borrow().version < v3) {
+        assert!(rt::now() < deadline, "a survivor never applied v{v3}");
+        rt::sleep(Duration::from_millis(10)).await;
+    }
+
     // One of two survivors down too: no quorum, writes fail fast and say so.
     let l2 = wait_leader(&rest, Some(leader)).await;
     let (gone, last): (Vec<&ClusterNode>, Vec<&ClusterNode>) =
