@@ -54,15 +54,33 @@ NG
 }
 
 # start_fabric BIN SESSION_PORT CTL_PORT: our Controller (on CPU1, config
-# $W/fabric.toml) and one SE with one worker thread on CPU0, as HAProxy's
-# nbthread 1; sets $se_pid.
+# $W/fabric.toml) and one SE on one thread on CPU0 (`--threads 1`, one event
+# loop, as HAProxy's nbthread 1; SE_THREADS overrides); sets $se_pid.
 start_fabric() {
   taskset -c 1 "$1" controller --config "$W/fabric.toml" --data "$W/ctl" >"$W/controller.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 100); do [ -f "$W/ctl/admin.token" ] && break; sleep 0.1; done
   local join
   join=$("$1" ctl --controller "127.0.0.1:$3" se-token --label bench-se)
-  RUST_LOG=warn taskset -c 0 "$1" se --threads 1 --name bench-se \
+  RUST_LOG=warn taskset -c 0 "$1" se --threads "${SE_THREADS:-1}" --name bench-se \
     --controller "127.0.0.1:$2" --data "$W/se" $join >"$W/se.log" 2>&1 &
   se_pid=$!; pids+=($se_pid)
+}
+
+# Syscalls counted by kind, besides the total, in PERF=1 runs.
+SYSCALLS="read write readv writev recvfrom sendto recvmsg sendmsg epoll_wait futex"
+# perf_syscalls PID FILE SECONDS: count PID's syscalls (all, and by kind)
+# into FILE, in the background; sets $perf_stat_pid.
+perf_syscalls() {
+  perf stat -e "raw_syscalls:sys_enter$(printf ',syscalls:sys_enter_%s' $SYSCALLS)" \
+    -p "$1" -o "$2" -- sleep "$3" 2>/dev/null &
+  perf_stat_pid=$!
+}
+# syscall_report LABEL REQUESTS FILE: per-request figures from FILE.
+syscall_report() {
+  local calls
+  calls=$(awk '/raw_syscalls/ {gsub(",", "", $1); print $1}' "$3")
+  echo "$1: $calls syscalls for $2 requests: $(echo "scale=2; $calls / $2" | bc) per request"
+  awk -v n="$2" '/syscalls:sys_enter_/ {gsub(",", "", $1); sub(".*sys_enter_", "", $2);
+    if ($1 > 0) printf "  %s %.2f", $2, $1 / n} END {print ""}' "$3"
 }

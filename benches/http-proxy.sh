@@ -111,21 +111,20 @@ for pass in $(seq 1 "$PASSES"); do
 done
 
 # PERF=1: one more run of each under `perf` (not counted): syscalls per
-# request for both proxies, and where the SE's time goes, in
-# target/bench/http-proxy.perf.txt.
+# request for both proxies (all, and by kind), and where the SE's time goes,
+# in target/bench/http-proxy.perf.txt (PERF_CG: perf's call-graph option, as
+# in tls-proxy.sh; the recording is kept as target/bench/http-proxy.perf.data).
 if [ -n "${PERF:-}" ]; then
   mkdir -p target/bench
   out=target/bench/http-proxy.perf.txt; : > "$out"
   for which in haproxy fabric; do
     if [ $which = haproxy ]; then pid=$haproxy_pid url=http://127.0.0.1:18080/; else pid=$se_pid url=http://127.0.0.20:18090/; fi
-    perf stat -e raw_syscalls:sys_enter -p "$pid" -o "$W/stat.$which" -- sleep "${DUR%s}" 2>/dev/null &
-    sp=$!
+    perf_syscalls "$pid" "$W/stat.$which" "${DUR%s}"
     n=$(taskset -c 1 timeout 60 wrk -t1 -c"$CONNS" -d"$DUR" "$url" | awk '/requests in/ {print $1}')
-    wait $sp || true
-    calls=$(awk '/raw_syscalls/ {gsub(",", "", $1); print $1}' "$W/stat.$which")
-    echo "$which: $calls syscalls for $n requests: $(echo "scale=2; $calls / $n" | bc) per request" | tee -a "$out"
+    wait "$perf_stat_pid" || true
+    syscall_report "$which" "$n" "$W/stat.$which" | tee -a "$out"
   done
-  perf record -q -g -p "$se_pid" -o "$W/perf.data" -- sleep "${DUR%s}" 2>/dev/null &
+  perf record -q ${PERF_CG:--g} -p "$se_pid" -o "$W/perf.data" -- sleep "${DUR%s}" 2>/dev/null &
   perf_pid=$!
   taskset -c 1 timeout 60 wrk -t1 -c"$CONNS" -d"$DUR" http://127.0.0.20:18090/ >/dev/null
   wait $perf_pid || true
@@ -133,6 +132,7 @@ if [ -n "${PERF:-}" ]; then
     perf report -i "$W/perf.data" --no-children --sort sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -80
     perf report -i "$W/perf.data" --children --sort sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -80
   } >> "$out" || true
+  cp "$W/perf.data" target/bench/http-proxy.perf.data
 fi
 
 mkdir -p target/bench

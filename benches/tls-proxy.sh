@@ -190,20 +190,14 @@ done
 # option (default -g; e.g. PERF_CG="--call-graph dwarf -F 499" for real
 # call chains through Rust code without frame pointers); the recording is
 # kept as target/bench/tls-proxy.perf.data for `perf report -i`.
-SYSCALLS="read write readv writev recvfrom sendto recvmsg sendmsg epoll_wait futex"
 if [ -n "${PERF:-}" ]; then
   mkdir -p target/bench
   : > target/bench/tls-proxy.perf.txt
   for t in "haproxy $haproxy_pid https://127.0.0.1:18444/" "fabric $se_pid https://127.0.0.20:18443/"; do set -- $t
-    perf stat -e raw_syscalls:sys_enter$(printf ',syscalls:sys_enter_%s' $SYSCALLS) \
-      -p "$2" -o "$W/stat.$1" -- sleep "$DUR" 2>/dev/null &
-    sp=$!
+    perf_syscalls "$2" "$W/stat.$1" "$DUR"
     n=$(taskset -c 1 timeout $((DUR + 60)) h2load -c 32 -m 10 -D "$DUR" "$3" 2>&1 | awk '/^requests:/ {print $8}')
-    wait $sp || true
-    calls=$(awk '/raw_syscalls/ {gsub(",", "", $1); print $1}' "$W/stat.$1")
-    echo "$1: $calls syscalls for $n requests: $(echo "scale=2; $calls / $n" | bc) per request" | tee -a target/bench/tls-proxy.perf.txt
-    awk -v n="$n" '/syscalls:sys_enter_/ {gsub(",", "", $1); sub(".*sys_enter_", "", $2); if ($1 > 0) printf "  %s %.2f", $2, $1 / n} END {print ""}' \
-      "$W/stat.$1" | tee -a target/bench/tls-proxy.perf.txt
+    wait "$perf_stat_pid" || true
+    syscall_report "$1" "$n" "$W/stat.$1" | tee -a target/bench/tls-proxy.perf.txt
   done
   perf record -q ${PERF_CG:--g} -p "$se_pid" -o "$W/perf.data" -- sleep "$DUR" 2>/dev/null &
   perf_pid=$!
