@@ -57,17 +57,39 @@ impl HeadError {
     }
 }
 
-/// What the proxy adds to a request on its way to a server.
-#[derive(Debug, Clone, Copy)]
+/// What the proxy adds to a request on its way to a server: the same for
+/// every request of a client connection, so rendered once.
+#[derive(Debug, Clone)]
 pub struct Forwarding {
-    /// The client's address.
-    pub client: IpAddr,
-    /// Whether the client spoke TLS to us.
-    pub tls: bool,
-    /// Add `X-Forwarded-For` and `X-Forwarded-Proto`.
-    pub x_forwarded: bool,
-    /// Add `Forwarded: for=...;proto=...` (RFC 7239).
-    pub forwarded: bool,
+    /// Add `X-Forwarded-For` and `X-Forwarded-Proto` (a client's own
+    /// `X-Forwarded-Proto` is dropped).
+    x_forwarded: bool,
+    /// The header lines added to every request.
+    lines: Vec<u8>,
+}
+
+impl Forwarding {
+    /// For a client at `client` (over TLS: `tls`), adding `X-Forwarded-For`
+    /// and `X-Forwarded-Proto` (`x_forwarded`) and RFC 7239 `Forwarded`
+    /// (`forwarded`).
+    pub fn new(client: IpAddr, tls: bool, x_forwarded: bool, forwarded: bool) -> Self {
+        let proto = if tls { "https" } else { "http" };
+        let mut lines = Vec::new();
+        if x_forwarded {
+            let _ = write!(
+                Buf(&mut lines),
+                "x-forwarded-for: {client}\r\nx-forwarded-proto: {proto}\r\n"
+            );
+        }
+        if forwarded {
+            let _ = write!(
+                Buf(&mut lines),
+                "forwarded: {};proto={proto}\r\n",
+                ForwardedFor(client)
+            );
+        }
+        Self { x_forwarded, lines }
+    }
 }
 
 /// A parsed request head; its rewritten form is in the caller's buffer.
@@ -229,14 +251,44 @@ impl Framers {
 }
 
 /// Headers the `Connection` header names, which are hop-by-hop too.
-fn connection_listed<'h>(headers: &'h [httparse::Header<'h>]) -> Vec<&'h [u8]> {
-    headers
+/// Most heads name none or only `keep-alive`/`close`: the first few tokens
+/// live inline, so collecting them allocates nothing.
+struct Listed<'h> {
+    inline: [&'h [u8]; 8],
+    len: usize,
+    more: Vec<&'h [u8]>,
+}
+
+impl<'h> Listed<'h> {
+    fn contains(&self, name: &str) -> bool {
+        self.inline[..self.len]
+            .iter()
+            .chain(&self.more)
+            .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+    }
+}
+
+fn connection_listed<'h>(headers: &'h [httparse::Header<'h>]) -> Listed<'h> {
+    let mut listed = Listed {
+        inline: [&[]; 8],
+        len: 0,
+        more: Vec::new(),
+    };
+    let tokens = headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("connection"))
         .flat_map(|h| h.value.split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-        .collect()
+        .filter(|t| !t.is_empty());
+    for t in tokens {
+        if listed.len < listed.inline.len() {
+            listed.inline[listed.len] = t;
+            listed.len += 1;
+        } else {
+            listed.more.push(t);
+        }
+    }
+    listed
 }
 
 /// Parse a request head at the start of `buf` and write its rewritten form
@@ -304,9 +356,7 @@ pub fn parse_request(
         }
         let ours = (fwd.x_forwarded && h.name.eq_ignore_ascii_case("x-forwarded-proto"))
             || is_hop_by_hop(h.name)
-            || listed
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()));
+            || listed.contains(h.name);
         if !ours {
             push_header(out, h.name.as_bytes(), h.value);
         }
@@ -336,7 +386,7 @@ pub fn parse_request(
     match framing {
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Length(n) => {
-            let _ = write!(Buf(out), "content-length: {n}\r\n");
+            push_length(out, n);
         }
         Framing::Empty if framers.length == Some(0) => {
             out.extend_from_slice(b"content-length: 0\r\n")
@@ -417,7 +467,7 @@ pub fn h2_request_head(
     match framing {
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Length(n) => {
-            let _ = write!(Buf(out), "content-length: {n}\r\n");
+            push_length(out, n);
         }
         Framing::Empty | Framing::UntilClose => {
             if !matches!(method, "GET" | "HEAD" | "DELETE" | "OPTIONS" | "TRACE") {
@@ -430,21 +480,7 @@ pub fn h2_request_head(
 }
 
 fn add_forwarding(out: &mut Vec<u8>, fwd: &Forwarding) {
-    let proto = if fwd.tls { "https" } else { "http" };
-    if fwd.x_forwarded {
-        let _ = write!(
-            Buf(out),
-            "x-forwarded-for: {}\r\nx-forwarded-proto: {proto}\r\n",
-            fwd.client
-        );
-    }
-    if fwd.forwarded {
-        let _ = write!(
-            Buf(out),
-            "forwarded: {};proto={proto}\r\n",
-            ForwardedFor(fwd.client)
-        );
-    }
+    out.extend_from_slice(&fwd.lines);
 }
 
 /// The `for=` element of a `Forwarded` header (RFC 7239 §6: IPv6 in
@@ -458,6 +494,27 @@ impl std::fmt::Display for ForwardedFor {
             IpAddr::V6(ip) => write!(f, "for=\"[{ip}]\""),
         }
     }
+}
+
+/// `n` in decimal, without `fmt`'s machinery (it is on every head).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+fn push_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    push_decimal(out, n);
+    out.extend_from_slice(b"\r\n");
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -575,9 +632,7 @@ pub fn parse_response_fields(
         let listed = connection_listed(resp.headers);
         for h in resp.headers.iter() {
             let hop = is_hop_by_hop(h.name)
-                || listed
-                    .iter()
-                    .any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()))
+                || listed.contains(h.name)
                 || h.name.eq_ignore_ascii_case(crate::SE_HEADER);
             if !hop {
                 header(h.name, h.value);
@@ -626,16 +681,14 @@ pub fn parse_response(
     let listed = connection_listed(resp.headers);
 
     out.clear();
-    let _ = write!(
-        Buf(out),
-        "HTTP/1.1 {status} {}\r\n",
-        resp.reason.unwrap_or_default()
-    );
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
+    out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
         let hop = is_hop_by_hop(h.name)
-            || listed
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()))
+            || listed.contains(h.name)
             || h.name.eq_ignore_ascii_case(crate::SE_HEADER);
         if !hop {
             push_header(out, h.name.as_bytes(), h.value);
@@ -645,12 +698,12 @@ pub fn parse_response(
         match (framing, rw.is_head) {
             (Framing::Chunked, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
             (Framing::Length(n), _) => {
-                let _ = write!(Buf(out), "content-length: {n}\r\n");
+                push_length(out, n);
             }
             // HEAD and 304 keep the length of what a GET would have got.
             (Framing::Empty, _) if status != 204 => {
                 if let Some(n) = framers.length {
-                    let _ = write!(Buf(out), "content-length: {n}\r\n");
+                    push_length(out, n);
                 } else if framers.chunked == Some(true) {
                     out.extend_from_slice(b"transfer-encoding: chunked\r\n");
                 }

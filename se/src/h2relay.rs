@@ -45,12 +45,7 @@ where
     let http = vs.http();
     let ctx = StreamCtx {
         limits: Limits::from(&http),
-        fwd: Forwarding {
-            client: peer.ip(),
-            tls: true,
-            x_forwarded: http.x_forwarded_for,
-            forwarded: http.forwarded,
-        },
+        fwd: Forwarding::new(peer.ip(), true, http.x_forwarded_for, http.forwarded),
         se_name: HeaderValue::from_str(vs.se_name())
             .unwrap_or_else(|_| HeaderValue::from_static("se")),
         peer,

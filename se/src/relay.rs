@@ -284,12 +284,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let http = vs.http();
-    let fwd = Forwarding {
-        client: peer.ip(),
-        tls,
-        x_forwarded: http.x_forwarded_for,
-        forwarded: http.forwarded,
-    };
+    let fwd = Forwarding::new(peer.ip(), tls, http.x_forwarded_for, http.forwarded);
     let mut conn = Conn {
         limits: Limits::from(&http),
         se_name: vs.se_name().as_bytes().to_vec(),

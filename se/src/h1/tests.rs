@@ -4,12 +4,7 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 const MAX: usize = 64 * 1024;
 
 fn fwd() -> Forwarding {
-    Forwarding {
-        client: "192.0.2.7".parse().unwrap(),
-        tls: false,
-        x_forwarded: true,
-        forwarded: true,
-    }
+    Forwarding::new("192.0.2.7".parse().unwrap(), false, true, true)
 }
 
 fn req(bytes: &str) -> Result<Option<(RequestHead, String)>, HeadError> {
@@ -142,12 +137,7 @@ fn connection_semantics_follow_the_version() {
 #[test]
 fn ipv6_clients_are_quoted_in_forwarded() {
     let mut out = Vec::new();
-    let f = Forwarding {
-        client: "2001:db8::1".parse().unwrap(),
-        tls: true,
-        x_forwarded: false,
-        forwarded: true,
-    };
+    let f = Forwarding::new("2001:db8::1".parse().unwrap(), true, false, true);
     parse_request(
         b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: z\r\n\r\n",
         MAX,
@@ -372,5 +362,14 @@ fn random_bytes_never_panic_the_parsers() {
         if let Ok(n) = c.feed(&input) {
             assert!(n <= input.len());
         }
+    }
+}
+
+#[test]
+fn decimals_are_written_without_fmt() {
+    for n in [0u64, 7, 10, 200, 65_535, u64::MAX] {
+        let mut out = Vec::new();
+        push_decimal(&mut out, n);
+        assert_eq!(out, n.to_string().into_bytes());
     }
 }
