@@ -358,9 +358,17 @@ fn random_bytes_never_panic_the_parsers() {
         }
         let _ = parse_request(&input, 256, &fwd(), Some("host"), &mut out);
         let _ = parse_response(&input, 256, &rw(rng.gen(), rng.gen(), rng.gen()), &mut out);
+        let mut headers = 0usize;
+        if let Ok(Some(head)) = parse_response_fields(&input, 256, rng.gen(), |_, _| headers += 1) {
+            assert!(head.len <= input.len() && headers <= MAX_HEADERS + 1);
+        }
         let mut c = BodyEnd::new(Framing::Chunked);
         if let Ok(n) = c.feed(&input) {
             assert!(n <= input.len());
+        }
+        let (mut c, mut decoded) = (Chunked::new(), 0);
+        if let Ok(n) = c.feed_with(&input, |d| decoded += d.len()) {
+            assert!(decoded <= n && n <= input.len());
         }
     }
 }
@@ -372,4 +380,82 @@ fn decimals_are_written_without_fmt() {
         push_decimal(&mut out, n);
         assert_eq!(out, n.to_string().into_bytes());
     }
+}
+
+/// Chunked bodies of random chunk sizes, fed at random split points,
+/// decode to exactly the data that was chunked.
+#[test]
+fn chunked_bodies_decode_to_their_data_however_they_arrive() {
+    let mut rng = SmallRng::seed_from_u64(11);
+    for _ in 0..2_000 {
+        let data: Vec<u8> = (0..rng.gen_range(0..3000)).map(|_| rng.gen()).collect();
+        let mut wire = Vec::new();
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let n = rng.gen_range(1..=rest.len().min(700));
+            wire.extend_from_slice(format!("{n:x}").as_bytes());
+            if rng.gen_bool(0.2) {
+                wire.extend_from_slice(b";ext=v");
+            }
+            wire.extend_from_slice(b"\r\n");
+            wire.extend_from_slice(&rest[..n]);
+            wire.extend_from_slice(b"\r\n");
+            rest = &rest[n..];
+        }
+        wire.extend_from_slice(b"0\r\n");
+        if rng.gen_bool(0.3) {
+            wire.extend_from_slice(b"trailer: t\r\n");
+        }
+        wire.extend_from_slice(b"\r\nNEXT");
+        let (mut c, mut decoded, mut at) = (Chunked::new(), Vec::new(), 0);
+        while !c.is_done() {
+            let end = (at + rng.gen_range(1..64)).min(wire.len());
+            let used = c
+                .feed_with(&wire[at..end], |d| decoded.extend_from_slice(d))
+                .unwrap();
+            at += used;
+            assert!(used == end - (at - used) || c.is_done());
+        }
+        assert_eq!(decoded, data);
+        assert_eq!(&wire[at..], b"NEXT");
+    }
+}
+
+#[test]
+fn response_fields_drop_hop_by_hop_and_keep_the_length() {
+    let mut seen = Vec::new();
+    let head = parse_response_fields(
+        b"HTTP/1.1 200 OK\r\nConnection: x-a, keep-alive\r\nX-A: 1\r\nX-B: 2\r\nKeep-Alive: 5\r\nContent-Length: 2\r\n\r\nok",
+        MAX,
+        false,
+        |n, v| seen.push(format!("{n}={}", String::from_utf8_lossy(v))),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!((head.status, head.framing), (200, Framing::Length(2)));
+    assert_eq!(seen, ["X-B=2", "content-length=2"]);
+    // HEAD keeps the length a GET would get; 101 is not relayed to HTTP/2.
+    let head = parse_response_fields(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+        MAX,
+        true,
+        |_, _| {},
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(head.framing, Framing::Empty);
+    assert!(parse_response_fields(
+        b"HTTP/1.1 101 Switching\r\nUpgrade: ws\r\n\r\n",
+        MAX,
+        false,
+        |_, _| {}
+    )
+    .is_err());
+    assert!(parse_response_fields(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        MAX,
+        false,
+        |_, _| {}
+    )
+    .is_err());
 }
