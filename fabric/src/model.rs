@@ -498,6 +498,12 @@ pub struct Pool {
     /// rotation for a while (absent: off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// Speak HTTP/2 to the servers (HTTP virtual services): over `tls`
+    /// with ALPN `h2`, else in the clear with prior knowledge (h2c, RFC 9113
+    /// §3.3); requests of all clients are multiplexed on one connection per
+    /// server. Default false: HTTP/1.1.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http2: bool,
 }
 
 /// Outlier detection of a pool, with Envoy's semantics: a server whose
@@ -969,7 +975,7 @@ impl Config {
         for (i, p) in self.pools.iter().enumerate() {
             validate_pool(i, p, &monitors, &mut err);
             if let Some(tls) = &p.tls {
-                if let Err(e) = crate::pki::upstream_client_config(tls, false) {
+                if let Err(e) = crate::pki::upstream_client_config(tls, &[]) {
                     err(format!("pools[{i}].tls"), e.to_string());
                 }
             }
@@ -1302,7 +1308,7 @@ fn validate_server_tls(at: &str, tls: &PoolTls, err: &mut impl FnMut(String, Str
             return;
         }
     }
-    if let Err(e) = crate::pki::upstream_client_config(tls, true) {
+    if let Err(e) = crate::pki::upstream_client_config(tls, &[b"http/1.1"]) {
         let reason = e.to_string();
         let reason = reason.strip_prefix("ca_pem: ").unwrap_or(&reason);
         err(format!("{at}.ca_pem"), reason.to_string());
@@ -1715,6 +1721,21 @@ mod tests {
         ));
         assert_eq!(e[0].path, "health_monitors[0].tls");
         assert!(e[0].reason.contains("only allowed with type = \"https\""));
+    }
+
+    #[test]
+    fn pools_may_speak_http2_to_their_servers() {
+        let servers = "servers = [\"127.0.0.1:8481\", \"127.0.0.1:8482\"]";
+        let plain = Config::parse(&with(servers, servers)).unwrap();
+        assert!(!plain.pools[0].http2);
+        assert!(!toml::to_string(&plain).unwrap().contains("http2"));
+        let c = Config::parse(&with(servers, &format!("{servers}\nhttp2 = true"))).unwrap();
+        assert!(c.pools[0].http2);
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(Config::parse(&text).unwrap(), c, "{text}");
+        let se = crate::proto::SeConfig::for_group(&c, "default", 1);
+        assert!(se.virtual_services[0].server_http2);
+        assert!(Config::parse(&with(servers, &format!("{servers}\nhttp2 = 1"))).is_err());
     }
 
     #[test]

@@ -356,7 +356,7 @@ pub fn insecure_client_config(alpn: &[&[u8]], tls12_only: bool) -> Arc<ClientCon
 /// with `verify = false`), ALPN `http/1.1` when `http`.
 pub fn upstream_client_config(
     tls: &crate::model::PoolTls,
-    http: bool,
+    alpn: &[&[u8]],
 ) -> Result<Arc<ClientConfig>, PkiError> {
     use rustls::pki_types::pem::PemObject;
     if let Some(name) = &tls.server_name {
@@ -389,9 +389,7 @@ pub fn upstream_client_config(
             }))
             .with_no_client_auth()
     };
-    if http {
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    }
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 

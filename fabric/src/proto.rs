@@ -207,6 +207,9 @@ pub struct SeVirtualService {
     /// TLS to the pool's servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_tls: Option<PoolTls>,
+    /// Speak HTTP/2 to the pool's servers.
+    #[serde(default)]
+    pub server_http2: bool,
     /// What it carries.
     #[serde(default)]
     pub protocol: VsProtocol,
@@ -254,6 +257,7 @@ impl SeConfig {
                     tls_resumption: vs.tls.as_ref().is_none_or(|t| t.session_resumption),
                     http: vs.http,
                     server_tls: pool.tls.clone(),
+                    server_http2: pool.http2,
                     protocol: vs.protocol,
                     l4: vs.l4,
                     outlier_detection: pool.outlier_detection,

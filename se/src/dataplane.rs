@@ -27,6 +27,20 @@ use crate::lb::{ServerSet, ServerState};
 use crate::outlier::PoolOutliers;
 use crate::proxy::{self, VirtualService};
 
+/// Whether `vs` speaks HTTP/2 to its servers.
+fn speaks_h2(vs: &SeVirtualService) -> bool {
+    vs.server_http2 && vs.protocol == VsProtocol::Http
+}
+
+/// The ALPN protocols TLS to `vs`'s servers offers.
+fn alpn(vs: &SeVirtualService) -> &'static [&'static [u8]] {
+    match vs.protocol {
+        VsProtocol::Http if vs.server_http2 => &[b"h2"],
+        VsProtocol::Http => &[b"http/1.1"],
+        VsProtocol::Tcp | VsProtocol::Udp => &[],
+    }
+}
+
 /// Why a config could not be applied (the previous one still serves).
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -306,19 +320,20 @@ impl DataPlane {
         let mut upstream_tls = BTreeMap::new();
         for (key, vs) in &wanted {
             if self.listeners.get(key).is_some_and(|l| {
-                (&l.spec.server_tls, l.spec.protocol) == (&vs.server_tls, vs.protocol)
+                (&l.spec.server_tls, l.spec.protocol, l.spec.server_http2)
+                    == (&vs.server_tls, vs.protocol, vs.server_http2)
             }) {
                 continue;
             }
             let built = match &vs.server_tls {
                 None => None,
                 Some(t) => Some(Arc::new(
-                    crate::upstream::UpstreamTls::new(t, vs.protocol == VsProtocol::Http).map_err(
-                        |reason| ApplyError::Tls {
+                    crate::upstream::UpstreamTls::new(t, alpn(vs)).map_err(|reason| {
+                        ApplyError::Tls {
                             vs: vs.name.clone(),
                             reason: format!("to servers: {reason}"),
-                        },
-                    )?,
+                        }
+                    })?,
                 )),
             };
             upstream_tls.insert(*key, built);
@@ -390,6 +405,7 @@ impl DataPlane {
             }
             if let Some(upstream) = upstream_tls.remove(key) {
                 listener.vs.set_upstream_tls(upstream);
+                listener.vs.set_upstream_h2(speaks_h2(vs));
             }
             if let Some(config) = tls.remove(key) {
                 // A certificate reload: new connections get the new
@@ -408,6 +424,7 @@ impl DataPlane {
             service.set_http(vs.http);
             service.set_l4(vs.protocol, vs.l4);
             service.set_upstream_tls(upstream_tls.remove(&key).flatten());
+            service.set_upstream_h2(speaks_h2(vs));
             let for_task = service.clone();
             let gate = service.gate().clone();
             let task = match listener {
@@ -572,6 +589,7 @@ mod tests {
             tls_resumption: true,
             http: Default::default(),
             server_tls: None,
+            server_http2: false,
             protocol: VsProtocol::Http,
             l4: Default::default(),
             outlier_detection: None,

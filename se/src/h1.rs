@@ -90,6 +90,27 @@ impl Forwarding {
         }
         Self { x_forwarded, lines }
     }
+
+    /// Add the same headers to `headers` (requests going out in HTTP/2),
+    /// a client's own `X-Forwarded-Proto` replaced.
+    pub fn add_to(&self, headers: &mut http::HeaderMap) {
+        if self.x_forwarded {
+            headers.remove("x-forwarded-proto");
+        }
+        for line in self.lines.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name),
+                http::HeaderValue::from_bytes(value),
+            ) {
+                headers.append(n, v);
+            }
+        }
+    }
 }
 
 /// A parsed request head; its rewritten form is in the caller's buffer.
@@ -733,6 +754,107 @@ pub fn parse_response(
     }))
 }
 
+/// The HTTP/2 request that carries a request head rewritten by
+/// [`parse_request`] (`head`) to an HTTP/2 server: `Host` becomes the
+/// authority (with `scheme`), connection-specific fields are dropped
+/// (RFC 9113 §8.2.2), the rest, forwarding headers included, goes as it is.
+pub fn h1_head_to_h2(head: &[u8], scheme: &str) -> Result<http::Request<()>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        return Err(HeadError::Malformed("bad request head"));
+    }
+    let method = http::Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+        .map_err(|_| HeadError::Malformed("bad method"))?;
+    let path = req.path.unwrap_or_default();
+    let host = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("host"))
+        .map(|h| h.value);
+    let uri = if path.starts_with('/') {
+        let host = host.ok_or(HeadError::Malformed("no Host"))?;
+        let host = std::str::from_utf8(host).map_err(|_| HeadError::Malformed("bad Host"))?;
+        format!("{scheme}://{host}{path}")
+    } else if path.contains("://") {
+        path.to_string()
+    } else {
+        return Err(HeadError::Malformed("request target HTTP/2 cannot carry"));
+    };
+    let mut out = http::Request::new(());
+    *out.method_mut() = method;
+    *out.uri_mut() = uri
+        .parse()
+        .map_err(|_| HeadError::Malformed("bad request target"))?;
+    *out.version_mut() = http::Version::HTTP_2;
+    for h in req.headers.iter() {
+        if is_hop_by_hop(h.name) && !h.name.eq_ignore_ascii_case("content-length")
+            || h.name.eq_ignore_ascii_case("host")
+        {
+            continue;
+        }
+        let name = http::HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| HeadError::Malformed("bad header name"))?;
+        let value = http::HeaderValue::from_bytes(h.value)
+            .map_err(|_| HeadError::Malformed("bad header value"))?;
+        out.headers_mut().append(name, value);
+    }
+    Ok(out)
+}
+
+/// Write into `out` (cleared first) the HTTP/1.x head for a client of a
+/// response that came over HTTP/2 with `status` and `headers`; returns how
+/// its body is framed for the client: the server's `content-length`, else
+/// chunked, or until close for an HTTP/1.0 client (`http10`).
+pub fn h2_response_head(
+    status: u16,
+    headers: &http::HeaderMap,
+    rw: &ResponseRewrite<'_>,
+    http10: bool,
+    out: &mut Vec<u8>,
+) -> Framing {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(status));
+    out.push(b' ');
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let length = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| content_length(v.as_bytes()).ok());
+    for (name, value) in headers {
+        let name = name.as_str();
+        if !(is_hop_by_hop(name) || name.eq_ignore_ascii_case(crate::SE_HEADER)) {
+            push_header(out, name.as_bytes(), value.as_bytes());
+        }
+    }
+    let no_body = rw.is_head || (100..200).contains(&status) || status == 204 || status == 304;
+    let framing = match length {
+        _ if no_body => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None if http10 => Framing::UntilClose,
+        None => Framing::Chunked,
+    };
+    match (framing, length) {
+        (Framing::Length(n), _) => push_length(out, n),
+        (Framing::Chunked, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        (Framing::Empty, Some(n)) if status != 204 => push_length(out, n),
+        _ => {}
+    }
+    push_header(out, crate::SE_HEADER.as_bytes(), rw.se_name);
+    if rw.close || framing == Framing::UntilClose {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if rw.http10_keep_alive {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
 /// A response the proxy makes itself (errors, 100 Continue).
 pub fn own_response(status: u16, message: &str, se_name: &[u8], close: bool, out: &mut Vec<u8>) {
     out.clear();
@@ -961,6 +1083,19 @@ impl BodyEnd {
             BodyEnd::Length(n) => *n == 0,
             BodyEnd::Chunked(c) => c.is_done(),
             BodyEnd::UntilClose => false,
+        }
+    }
+
+    /// [`BodyEnd::feed`], appending the body's data (chunked coding
+    /// removed) to `data`.
+    pub fn decode(&mut self, buf: &[u8], data: &mut Vec<u8>) -> Result<usize, ChunkError> {
+        match self {
+            BodyEnd::Chunked(c) => c.feed_with(buf, |d| data.extend_from_slice(d)),
+            _ => {
+                let n = self.feed(buf)?;
+                data.extend_from_slice(&buf[..n]);
+                Ok(n)
+            }
         }
     }
 

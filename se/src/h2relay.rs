@@ -182,6 +182,10 @@ impl StreamCtx {
                 None => Framing::Chunked,
             }
         };
+        let servers = self.vs.servers();
+        if self.vs.upstream_h2() {
+            return self.to_h2_server(parts, body, respond, &servers).await;
+        }
         let method = parts.method.as_str();
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut head = Vec::with_capacity(256 + parts.headers.len() * 32);
@@ -200,7 +204,6 @@ impl StreamCtx {
             "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
         );
         let reuse = idempotent && framing == Framing::Empty;
-        let servers = self.vs.servers();
         let draws = servers.algorithm() == Algorithm::PowerOfTwoChoices;
         let mut tried = Vec::new();
         while tried.len() < MAX_CONNECT_ATTEMPTS {
@@ -241,6 +244,119 @@ impl StreamCtx {
             Outcome::Own(503, "no server of the pool is available".into())
         } else {
             tracing::warn!(vs = %self.vs.name, ?tried, "no server reachable");
+            Outcome::Own(502, "no server of the pool is reachable".into())
+        }
+    }
+
+    /// The request as it goes to an HTTP/2 server: the client's, minus
+    /// `Host` when there is an authority, plus the forwarding headers.
+    fn h2_request(&self, parts: &http::request::Parts) -> Request<()> {
+        let mut req = Request::new(());
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = parts.uri.clone();
+        *req.headers_mut() = parts.headers.clone();
+        let headers = req.headers_mut();
+        if parts.uri.authority().is_some() {
+            headers.remove(http::header::HOST);
+        }
+        self.fwd.add_to(headers);
+        req
+    }
+
+    /// Relay the request to an HTTP/2 server, streams piped both ways.
+    async fn to_h2_server(
+        &self,
+        parts: http::request::Parts,
+        mut body: RecvStream,
+        respond: &mut SendResponse<Bytes>,
+        servers: &crate::lb::ServerSet,
+    ) -> Outcome {
+        let draws = servers.algorithm() == Algorithm::PowerOfTwoChoices;
+        let end = body.is_end_stream();
+        let tls = self.vs.upstream_tls();
+        let mut tried = Vec::new();
+        while tried.len() < MAX_CONNECT_ATTEMPTS {
+            let pick = PickContext {
+                client: self.peer.ip(),
+                headers: Some(&parts.headers),
+                header_value: None,
+                random: if draws { rt::random_u64() } else { 0 },
+            };
+            let Some(picked) = servers.pick(&pick, &tried) else {
+                break;
+            };
+            let server = picked.addr();
+            let limits = &self.limits;
+            let pool = self.vs.h2_pool();
+            let mut sender = match pool
+                .ready(server, limits.connect, limits.response, tls.as_deref())
+                .await
+            {
+                Ok(sender) => sender,
+                Err(Failed::Connect(e)) => {
+                    picked.state().on_request_failed(&e.to_string());
+                    tried.push(server);
+                    continue;
+                }
+                Err(Failed::Timeout) => {
+                    return Outcome::Own(503, format!("server {server} has no free stream"))
+                }
+                Err(_) => return Outcome::Own(502, format!("server {server} failed")),
+            };
+            let sent_at = rt::now();
+            let (answer, mut up) = match sender.send_request(self.h2_request(&parts), end) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    picked.state().on_request_failed(&format!("http2: {e}"));
+                    return Outcome::Own(502, format!("server {server} failed: {e}"));
+                }
+            };
+            if !end {
+                match crate::h2up::pipe(&mut body, &mut up, limits.body_idle).await {
+                    Ok(()) => {}
+                    Err(crate::h2up::PipeError::Source) => return Outcome::Gone,
+                    Err(crate::h2up::PipeError::Sink) => {
+                        picked.state().on_request_failed("server stopped reading");
+                        return Outcome::Own(502, format!("server {server} stopped reading"));
+                    }
+                }
+            }
+            let resp = match rt::timeout(limits.response, answer).await {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(e)) => {
+                    picked.state().on_request_failed(&format!("http2: {e}"));
+                    return Outcome::Own(502, format!("server {server} failed: {e}"));
+                }
+                Err(_) => {
+                    picked.state().on_request_failed("response timed out");
+                    return Outcome::Own(504, format!("server {server} did not answer in time"));
+                }
+            };
+            let status = resp.status().as_u16();
+            picked.state().on_response_status(status);
+            picked
+                .state()
+                .record_latency(rt::now().saturating_duration_since(sent_at));
+            let (mut head, mut from_server) = resp.into_parts();
+            head.headers.insert(crate::SE_HEADER, self.se_name.clone());
+            let end = from_server.is_end_stream();
+            let Ok(mut to_client) = respond.send_response(Response::from_parts(head, ()), end)
+            else {
+                return Outcome::Gone;
+            };
+            if !end {
+                let piped =
+                    crate::h2up::pipe(&mut from_server, &mut to_client, limits.body_idle).await;
+                if piped == Err(crate::h2up::PipeError::Source) {
+                    picked.state().on_request_failed("response body broke off");
+                    to_client.send_reset(Reason::INTERNAL_ERROR);
+                }
+            }
+            return Outcome::Relayed(status);
+        }
+        if tried.is_empty() {
+            Outcome::Own(503, "no server of the pool is available".into())
+        } else {
             Outcome::Own(502, "no server of the pool is reachable".into())
         }
     }
@@ -435,13 +551,9 @@ impl StreamCtx {
         let mut data = Vec::new();
         loop {
             data.clear();
-            let used = match end {
-                BodyEnd::Chunked(c) => c.feed_with(&upstream.buf, |d| data.extend_from_slice(d)),
-                _ => end.feed(&upstream.buf).inspect(|&n| {
-                    data.extend_from_slice(&upstream.buf[..n]);
-                }),
-            }
-            .map_err(|_| BodyError::Server)?;
+            let used = end
+                .decode(&upstream.buf, &mut data)
+                .map_err(|_| BodyError::Server)?;
             upstream.buf.drain(..used);
             let done = end.is_done();
             if !data.is_empty() || done {
@@ -453,13 +565,9 @@ impl StreamCtx {
             }
             // The client's window: wait until what was sent has room
             // before reading more (one read in memory per stream).
-            send.reserve_capacity(1);
-            while send.capacity() == 0 {
-                match rt::timeout(idle, poll_fn(|cx| send.poll_capacity(cx))).await {
-                    Ok(Some(Ok(_))) => {}
-                    Ok(Some(Err(_)) | None) | Err(_) => return Err(BodyError::Client),
-                }
-            }
+            crate::h2up::capacity(send, idle)
+                .await
+                .map_err(|_| BodyError::Client)?;
             match relay::read_timed(&mut upstream.stream, &mut upstream.buf, idle).await {
                 Ok(0) if *end == BodyEnd::UntilClose => {
                     send.send_data(Bytes::new(), true)

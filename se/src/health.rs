@@ -230,7 +230,7 @@ impl Checker {
     /// monitor's own `tls`; with neither it is an error.
     pub fn new(monitor: &HealthMonitor, pool_tls: Option<&PoolTls>) -> Result<Self, String> {
         let tls = match Self::tls_settings(monitor, pool_tls) {
-            Some(settings) => Some(Arc::new(UpstreamTls::new(settings, true)?)),
+            Some(settings) => Some(Arc::new(UpstreamTls::new(settings, &[b"http/1.1"])?)),
             None if monitor.kind == MonitorKind::Https => {
                 return Err(
                     "an https check needs TLS settings: the pool's `tls` or the monitor's".into(),

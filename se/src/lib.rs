@@ -21,6 +21,7 @@ pub mod counters;
 pub mod dataplane;
 pub mod h1;
 pub mod h2relay;
+pub mod h2up;
 pub mod health;
 pub mod l4;
 pub mod lb;

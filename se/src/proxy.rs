@@ -57,6 +57,8 @@ pub struct VirtualService {
     gate: Arc<rt::ConnGate>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    upstream_h2: std::sync::atomic::AtomicBool,
+    h2_conns: crate::h2up::H2Pool,
 }
 
 /// A request counted in flight on its virtual service until dropped.
@@ -95,7 +97,28 @@ impl VirtualService {
             )),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(VsHttp::default().max_requests_in_flight as usize),
+            upstream_h2: Default::default(),
+            h2_conns: Default::default(),
         }
+    }
+
+    /// Whether requests go to servers in HTTP/2 (`pools[].http2`).
+    pub fn upstream_h2(&self) -> bool {
+        self.upstream_h2.load(Ordering::Relaxed)
+    }
+
+    /// Speak HTTP/2 to servers (or HTTP/1.1); connections of the other
+    /// kind are closed.
+    pub fn set_upstream_h2(&self, h2: bool) {
+        if self.upstream_h2.swap(h2, Ordering::Relaxed) != h2 {
+            self.conns.retain(|_| false);
+            self.h2_conns.retain(|_| false);
+        }
+    }
+
+    /// Its HTTP/2 connections to servers.
+    pub fn h2_pool(&self) -> &crate::h2up::H2Pool {
+        &self.h2_conns
     }
 
     /// The cap on its open client connections (its accept loop admits
@@ -141,6 +164,7 @@ impl VirtualService {
     pub fn set_upstream_tls(&self, tls: Option<Arc<crate::upstream::UpstreamTls>>) {
         *self.upstream_tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
         self.conns.retain(|_| false);
+        self.h2_conns.retain(|_| false);
     }
 
     /// Its traffic counters on this SE.
@@ -223,6 +247,7 @@ impl VirtualService {
         let addrs: std::collections::BTreeSet<SocketAddr> = servers.addrs().collect();
         *self.servers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(servers);
         self.conns.retain(|a| addrs.contains(a));
+        self.h2_conns.retain(|a| addrs.contains(a));
     }
 }
 

@@ -461,6 +461,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         req_end: &mut BodyEnd,
         hash_value: Option<&[u8]>,
     ) -> Exchange {
+        if self.vs.upstream_h2() {
+            return self.exchange_h2(servers, head, req_end, hash_value).await;
+        }
         // An idempotent request that is all in `out` may go on a reused
         // connection and be sent again if that one turns out closed; any
         // other request gets a new connection, so that it is never sent
@@ -513,6 +516,231 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             tracing::warn!(vs = %self.vs.name, ?failures, "no server reachable");
             self.answer(502, "no server of the pool is reachable", close)
                 .await
+        }
+    }
+
+    /// [`Conn::exchange`] to HTTP/2 servers ([`crate::h2up`]): the head in
+    /// `out` becomes an HTTP/2 request, the body goes as DATA frames
+    /// (chunked coding removed), and the response comes back as HTTP/1.1
+    /// (chunked unless the server gave a length).
+    async fn exchange_h2(
+        &mut self,
+        servers: &crate::lb::ServerSet,
+        head: &h1::RequestHead,
+        req_end: &mut BodyEnd,
+        hash_value: Option<&[u8]>,
+    ) -> Exchange {
+        let unread = !req_end.is_done();
+        if head.upgrade {
+            let message = "upgrades are not relayed to HTTP/2 servers";
+            return self.answer(501, message, true).await;
+        }
+        let Some(head_len) = self.out.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return self.answer(500, "request head lost", true).await;
+        };
+        let head_len = head_len + 4;
+        let scheme = if self.vs.upstream_tls().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let (parts, ()) = match h1::h1_head_to_h2(&self.out[..head_len], scheme) {
+            Ok(req) => req.into_parts(),
+            Err(e) => return self.answer(e.status(), &e.to_string(), true).await,
+        };
+        let end = head.framing == Framing::Empty;
+        let tls = self.vs.upstream_tls();
+        let draws = servers.algorithm() == Algorithm::PowerOfTwoChoices;
+        let mut tried = Vec::new();
+        while tried.len() < MAX_CONNECT_ATTEMPTS {
+            let ctx = PickContext {
+                client: self.peer.ip(),
+                headers: None,
+                header_value: hash_value,
+                random: if draws { rt::random_u64() } else { 0 },
+            };
+            let Some(picked) = servers.pick(&ctx, &tried) else {
+                break;
+            };
+            let server = picked.addr();
+            let limits = self.limits;
+            let ready = self
+                .vs
+                .h2_pool()
+                .ready(server, limits.connect, limits.response, tls.as_deref())
+                .await;
+            let mut sender = match ready {
+                Ok(sender) => sender,
+                Err(Failed::Connect(e)) => {
+                    picked.state().on_request_failed(&e.to_string());
+                    tried.push(server);
+                    continue;
+                }
+                Err(Failed::Timeout) => {
+                    let message = format!("server {server} has no free stream");
+                    return self.answer(503, &message, unread).await;
+                }
+                Err(_) => {
+                    let message = format!("server {server} failed");
+                    return self.answer(502, &message, unread).await;
+                }
+            };
+            let mut req = http::Request::new(());
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = parts.uri.clone();
+            *req.headers_mut() = parts.headers.clone();
+            self.sent_at = rt::now();
+            let (answer, mut up) = match sender.send_request(req, end) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    picked.state().on_request_failed(&format!("http2: {e}"));
+                    let message = format!("server {server} failed: {e}");
+                    return self.answer(502, &message, unread).await;
+                }
+            };
+            if !end {
+                match self
+                    .h2_send_body(&mut up, head_len, head.framing, req_end)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(BodyError::Source) => return Exchange::Gone,
+                    Err(BodyError::Sink) => {
+                        picked.state().on_request_failed("server stopped reading");
+                        let message = format!("server {server} stopped reading");
+                        return self.answer(502, &message, true).await;
+                    }
+                }
+            }
+            let resp = match rt::timeout(limits.response, answer).await {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(e)) => {
+                    picked.state().on_request_failed(&format!("http2: {e}"));
+                    let message = format!("server {server} failed: {e}");
+                    return self.answer(502, &message, !req_end.is_done()).await;
+                }
+                Err(_) => {
+                    picked.state().on_request_failed("response timed out");
+                    let message = format!("server {server} did not answer in time");
+                    return self.answer(504, &message, !req_end.is_done()).await;
+                }
+            };
+            return self.h2_relay_response(picked, resp, head).await;
+        }
+        let close = !req_end.is_done();
+        if tried.is_empty() {
+            self.answer(503, "no server of the pool is available", close)
+                .await
+        } else {
+            self.answer(502, "no server of the pool is reachable", close)
+                .await
+        }
+    }
+
+    /// Send the request body (its first bytes in `out` after the head,
+    /// the rest still to read from the client) as DATA frames.
+    async fn h2_send_body(
+        &mut self,
+        up: &mut h2::SendStream<bytes::Bytes>,
+        head_len: usize,
+        framing: Framing,
+        req_end: &mut BodyEnd,
+    ) -> Result<(), BodyError> {
+        let idle = self.limits.body_idle;
+        // `dec` decodes the body from its start; `req_end` had seen the
+        // bytes in `out` already and keeps tracking the raw framing.
+        let mut dec = BodyEnd::new(framing);
+        let mut data = Vec::new();
+        dec.decode(&self.out[head_len..], &mut data)
+            .map_err(|_| BodyError::Source)?;
+        loop {
+            let done = dec.is_done();
+            if !data.is_empty() || done {
+                crate::h2up::capacity(up, idle)
+                    .await
+                    .map_err(|_| BodyError::Sink)?;
+                up.send_data(bytes::Bytes::copy_from_slice(&data), done)
+                    .map_err(|_| BodyError::Sink)?;
+            }
+            if done {
+                return Ok(());
+            }
+            data.clear();
+            match read_timed(&mut self.client, &mut self.inbuf, idle).await {
+                Ok(n) if n > 0 => {}
+                _ => return Err(BodyError::Source),
+            }
+            let n = req_end.feed(&self.inbuf).map_err(|_| BodyError::Source)?;
+            dec.decode(&self.inbuf[..n], &mut data)
+                .map_err(|_| BodyError::Source)?;
+            self.inbuf.drain(..n);
+        }
+    }
+
+    /// Relay a response from an HTTP/2 server to the HTTP/1.x client.
+    async fn h2_relay_response(
+        &mut self,
+        picked: Picked,
+        resp: http::Response<h2::RecvStream>,
+        head: &h1::RequestHead,
+    ) -> Exchange {
+        let status = resp.status().as_u16();
+        picked.state().on_response_status(status);
+        picked
+            .state()
+            .record_latency(rt::now().saturating_duration_since(self.sent_at));
+        let rw = ResponseRewrite {
+            is_head: head.is_head,
+            upgrade: false,
+            close: !head.keep_alive,
+            http10_keep_alive: head.http10 && head.keep_alive,
+            se_name: &self.se_name,
+        };
+        let framing =
+            h1::h2_response_head(status, resp.headers(), &rw, head.http10, &mut self.resp);
+        if write_all(&mut self.client, &self.resp).await.is_err() {
+            return Exchange::Gone;
+        }
+        self.vs.counters().response(status, self.started, false);
+        let mut body = resp.into_body();
+        if framing != Framing::Empty {
+            loop {
+                match rt::timeout(self.limits.body_idle, body.data()).await {
+                    Ok(Some(Ok(data))) => {
+                        let _ = body.flow_control().release_capacity(data.len());
+                        if data.is_empty() {
+                            continue;
+                        }
+                        self.scratch.clear();
+                        if framing == Framing::Chunked {
+                            self.scratch
+                                .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                            self.scratch.extend_from_slice(&data);
+                            self.scratch.extend_from_slice(b"\r\n");
+                        } else {
+                            self.scratch.extend_from_slice(&data);
+                        }
+                        if write_all(&mut self.client, &self.scratch).await.is_err() {
+                            return Exchange::Gone;
+                        }
+                    }
+                    Ok(None) => break,
+                    Ok(Some(Err(_))) | Err(_) => {
+                        picked.state().on_request_failed("response body broke off");
+                        return Exchange::Gone;
+                    }
+                }
+            }
+            if framing == Framing::Chunked
+                && write_all(&mut self.client, b"0\r\n\r\n").await.is_err()
+            {
+                return Exchange::Gone;
+            }
+        }
+        if framing == Framing::UntilClose || !head.keep_alive {
+            Exchange::Close
+        } else {
+            Exchange::KeepAlive
         }
     }
 

@@ -22,9 +22,9 @@ pub struct UpstreamTls {
 }
 
 impl UpstreamTls {
-    /// The settings for `tls`; `http`: offer ALPN `http/1.1`.
-    pub fn new(tls: &PoolTls, http: bool) -> Result<Self, String> {
-        let config = fabric::pki::upstream_client_config(tls, http).map_err(|e| e.to_string())?;
+    /// The settings for `tls`, offering `alpn` (none for L4).
+    pub fn new(tls: &PoolTls, alpn: &[&[u8]]) -> Result<Self, String> {
+        let config = fabric::pki::upstream_client_config(tls, alpn).map_err(|e| e.to_string())?;
         let name = match &tls.server_name {
             Some(n) => Some(ServerName::try_from(n.clone()).map_err(|e| e.to_string())?),
             None => None,

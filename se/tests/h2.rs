@@ -380,3 +380,193 @@ async fn the_se_answers_itself_when_no_server_can() {
     let (status, _, body) = send(&mut client, get("/")).await;
     assert_eq!(status, 503, "{body:?}");
 }
+
+/// An HTTP/2 server in the clear (h2c, prior knowledge; hyper, an
+/// implementation independent of ours): echoes what it got in `x-seen`
+/// (method, URI, version, X-Forwarded-For) and the request body; `/stream`
+/// answers a body of unknown length with trailers, gRPC style. Counts its
+/// connections.
+async fn h2c_server() -> (SocketAddr, Arc<AtomicUsize>) {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let addr = common::tcp_server(move |stream| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let service = hyper::service::service_fn(
+                |req: http::Request<hyper::body::Incoming>| async move {
+                    let seen = format!(
+                        "{} {} {:?} xff={}",
+                        req.method(),
+                        req.uri(),
+                        req.version(),
+                        req.headers()
+                            .get("x-forwarded-for")
+                            .map_or("", |v| v.to_str().unwrap())
+                    );
+                    let stream = req.uri().path() == "/stream";
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let body: Body = if stream {
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        let frames = [
+                            hyper::body::Frame::data(Bytes::from_static(b"part one, ")),
+                            hyper::body::Frame::data(Bytes::from_static(b"part two")),
+                            hyper::body::Frame::trailers(trailers),
+                        ];
+                        StreamBody::new(futures_util::stream::iter(frames.map(Ok))).boxed()
+                    } else {
+                        Full::new(body).boxed()
+                    };
+                    let resp = http::Response::builder()
+                        .header("x-seen", seen)
+                        .body(body)
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(resp)
+                },
+            );
+            let _ = hyper::server::conn::http2::Builder::new(rt::Exec)
+                .timer(rt::Timer)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+    })
+    .await;
+    (addr, accepted)
+}
+
+/// A plain HTTP virtual service over `server`, speaking HTTP/2 to it.
+async fn plain_vs_to_h2(server: SocketAddr) -> SocketAddr {
+    let listener = rt::TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let vs = Arc::new(VirtualService::new(
+        "h2up".into(),
+        "se-h2".into(),
+        ServerSet::standalone(Algorithm::RoundRobin, &[server]),
+    ));
+    vs.set_upstream_h2(true);
+    rt::spawn(rt::accept_loop(listener, 64, move |stream, peer| {
+        se::proxy::serve_connection(vs.clone(), stream, peer)
+    }));
+    addr
+}
+
+/// Read one whole HTTP/1.x response off `c` (length, chunked, or until
+/// close), returning its head and decoded body.
+async fn read_h1(c: &mut rt::TcpStream) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let head_end = read_until(c, &mut buf, b"\r\n\r\n", 0).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let mut body = Vec::new();
+    if let Some(n) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|n| n.trim().parse::<usize>().ok())
+    {
+        while buf.len() < head_end + n {
+            assert!(read_more(c, &mut buf).await, "body cut short");
+        }
+        body.extend_from_slice(&buf[head_end..head_end + n]);
+    } else if head.contains("transfer-encoding: chunked") {
+        let end = read_until(c, &mut buf, b"0\r\n\r\n", head_end)
+            .await
+            .unwrap();
+        let mut dec = se::h1::BodyEnd::new(se::h1::Framing::Chunked);
+        dec.decode(&buf[head_end..end], &mut body).unwrap();
+        assert!(dec.is_done());
+    } else {
+        while read_more(c, &mut buf).await {}
+        body.extend_from_slice(&buf[head_end..]);
+    }
+    (head, body)
+}
+
+#[tokio::test]
+async fn http1_clients_reach_an_h2c_server_over_one_shared_connection() {
+    let (server, accepted) = h2c_server().await;
+    let vip = plain_vs_to_h2(server).await;
+    let mut c = rt::connect(vip).await.unwrap();
+
+    c.write_all(b"GET /a?b=1 HTTP/1.1\r\nhost: app.test\r\nx-custom: 1\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_h1(&mut c).await;
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(
+        head.contains("x-seen: get http://app.test/a?b=1 http/2.0 xff=127.0.0.1"),
+        "{head}"
+    );
+    assert!(head.contains("x-fabric-se: se-h2"), "{head}");
+    assert!(body.is_empty());
+
+    // A chunked request body reaches the server decoded; the echo has a length.
+    c.write_all(
+        b"POST /up HTTP/1.1\r\nhost: app.test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    rt::sleep(std::time::Duration::from_millis(20)).await;
+    c.write_all(b"6\r\n world\r\n0\r\n\r\n").await.unwrap();
+    let (head, body) = read_h1(&mut c).await;
+    assert!(head.contains("content-length: 11"), "{head}");
+    assert_eq!(body, b"hello world");
+
+    // A body of unknown length goes chunked to an HTTP/1.1 client (the
+    // trailers stay behind), and until close to an HTTP/1.0 one.
+    c.write_all(b"GET /stream HTTP/1.1\r\nhost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_h1(&mut c).await;
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert_eq!(body, b"part one, part two");
+    let mut old = rt::connect(vip).await.unwrap();
+    old.write_all(b"GET /stream HTTP/1.0\r\nhost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_h1(&mut old).await;
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(body, b"part one, part two");
+
+    // Many clients at once: one connection to the server carries them all.
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        tasks.push(rt::spawn(async move {
+            let mut c = rt::connect(vip).await.unwrap();
+            let req = format!("GET /n/{i} HTTP/1.1\r\nhost: app.test\r\n\r\n");
+            c.write_all(req.as_bytes()).await.unwrap();
+            read_h1(&mut c).await.0
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let head = t.await.unwrap();
+        assert!(head.contains(&format!("/n/{i} ")), "{head}");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn h2_clients_reach_an_h2c_server_with_bodies_and_trailers() {
+    let (server, accepted) = h2c_server().await;
+    let (vip, vs) = h2_vs(&[server]).await;
+    vs.set_upstream_h2(true);
+    let mut client = h2_client(vip).await;
+    let post = http::Request::post("https://h2.test/echo")
+        .body(Full::new(Bytes::from_static(b"ping")).boxed())
+        .unwrap();
+    let (status, headers, body) = send(&mut client, post).await;
+    assert_eq!((status, &body[..]), (200, &b"ping"[..]));
+    let seen = headers["x-seen"].to_str().unwrap();
+    assert!(
+        seen.starts_with("POST https://h2.test/echo HTTP/2.0 xff=127.0.0.1"),
+        "{seen}"
+    );
+    assert_eq!(headers[se::SE_HEADER], "se-h2");
+
+    // Trailers come through (gRPC's status travels in them).
+    let resp = client.send_request(get("/stream")).await.unwrap();
+    let collected = resp.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    assert_eq!(&collected.to_bytes()[..], b"part one, part two");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}

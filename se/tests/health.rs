@@ -70,6 +70,7 @@ fn config(
             tls_resumption: true,
             http: Default::default(),
             server_tls: None,
+            server_http2: false,
             protocol: Default::default(),
             l4: Default::default(),
             outlier_detection: None,

@@ -70,6 +70,7 @@ fn vs(
         tls_resumption: true,
         http: Default::default(),
         server_tls: None,
+        server_http2: false,
         protocol,
         l4,
         outlier_detection: None,

@@ -108,6 +108,7 @@ fn config(version: u64, port: u16, origin: SocketAddr, certs: &[Certificate]) ->
             tls_resumption: true,
             http: Default::default(),
             server_tls: None,
+            server_http2: false,
             protocol: Default::default(),
             l4: Default::default(),
             outlier_detection: None,
@@ -312,4 +313,53 @@ async fn tls_to_servers_verifies_them_against_the_pool_ca() {
         Err(ApplyError::Tls { .. })
     ));
     assert_eq!(plane.applied_version(), 4);
+}
+
+#[tokio::test]
+async fn http2_to_servers_over_tls_negotiates_h2_by_alpn() {
+    use fabric::model::PoolTls;
+    // An HTTP/2-only origin behind TLS: it serves only what ALPN chose h2 for.
+    let cert = self_signed("h2-origin", &["origin.test"]);
+    let server_config = se::tls::server_config(&[cert], false, true).unwrap();
+    let origin = common::tcp_server(move |tcp| {
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_config.clone());
+        async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return;
+            }
+            let service = hyper::service::service_fn(|req: http::Request<_>| async move {
+                let body = format!("h2 origin saw {:?}\n", req.version());
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    Bytes::from(body),
+                )))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(rt::Exec)
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        }
+    })
+    .await;
+    let port = common::free_port().await;
+    let vip = SocketAddr::new(LOCALHOST, port);
+    let mut config = config(1, port, origin, &[]);
+    config.virtual_services[0].tls = None;
+    config.virtual_services[0].server_tls = Some(PoolTls {
+        server_name: Some("origin.test".into()),
+        verify: false,
+        ca_pem: String::new(),
+    });
+    let mut plane = DataPlane::new("se-tls", Arc::new(LoopbackL2));
+    plane.apply(&config).await.unwrap();
+    // HTTP/1.1 to the origin: ALPN offers only http/1.1, the origin hangs up.
+    assert_eq!(se::proxy::get(vip, "app", "/").await.unwrap().status(), 502);
+    // http2 = true: ALPN h2, requests multiplexed over it.
+    config.version = 2;
+    config.virtual_services[0].server_http2 = true;
+    plane.apply(&config).await.unwrap();
+    let resp = se::proxy::get(vip, "app", "/").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.body().as_ref(), b"h2 origin saw HTTP/2.0\n");
 }
