@@ -55,6 +55,49 @@ pub async fn timeout<F: Future>(duration: Duration, future: F) -> Result<F::Outp
         .map_err(|_| Elapsed(duration))
 }
 
+/// One timer reused for a sequence of waits, each with its own deadline
+/// (a connection's reads): moving it to a later instant does not touch
+/// tokio's timer wheel (the entry is moved only when it fires), where a new
+/// [`timeout`] per wait registers and removes an entry every time.
+pub struct Deadline(Pin<Box<tokio::time::Sleep>>);
+
+impl Default for Deadline {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Deadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deadline").finish_non_exhaustive()
+    }
+}
+
+impl Deadline {
+    /// A timer not due for a day.
+    pub fn new() -> Self {
+        Self(Box::pin(tokio::time::sleep(Duration::from_secs(86_400))))
+    }
+
+    /// Run `future` until `at`; `Err(Elapsed)` when it did not finish by then.
+    pub async fn run<F: Future>(&mut self, at: Instant, future: F) -> Result<F::Output, Elapsed> {
+        // tokio's own `Instant` on a real host; the std one in madsim.
+        #[allow(clippy::useless_conversion)]
+        self.0.as_mut().reset(at.into());
+        let mut future = std::pin::pin!(future);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = future.as_mut().poll(cx) {
+                return Poll::Ready(Ok(out));
+            }
+            match self.0.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(Elapsed(Duration::ZERO))),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
 /// A deadline passed before the future finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed(pub Duration);

@@ -47,13 +47,17 @@ impl VsCounters {
     /// A response head with `status` went out for a request that arrived
     /// at `since`; `own`: the SE made it (an error of ours).
     pub fn response(&self, status: u16, since: Instant, own: bool) {
+        self.response_at(status, since, rt::now(), own);
+    }
+
+    /// [`VsCounters::response`] with the time it went out, read already.
+    pub fn response_at(&self, status: u16, since: Instant, now: Instant, own: bool) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.responses[class].fetch_add(1, Ordering::Relaxed);
         if own {
             self.own_errors.fetch_add(1, Ordering::Relaxed);
         }
-        self.latency
-            .record(rt::now().saturating_duration_since(since));
+        self.latency.record(now.saturating_duration_since(since));
     }
 
     /// Bytes relayed (L4): from the client, to the client.

@@ -371,7 +371,7 @@ impl StreamCtx {
         framing: Framing,
     ) -> Result<Upstream, Failed> {
         if reuse {
-            if let Some(mut upstream) = self.vs.conn_pool().take(server, |_| true) {
+            if let Some(mut upstream) = self.vs.conn_pool().take(server, rt::now(), |_| true) {
                 match self.try_send(&mut upstream, head, body, framing).await {
                     Ok(()) => return Ok(upstream),
                     Err(Failed::Stale) => {} // sent again below on a new connection
@@ -534,7 +534,7 @@ impl StreamCtx {
             }
         }
         if head.keep_alive && upstream.buf.is_empty() && head.framing != Framing::UntilClose {
-            self.vs.conn_pool().give_back(server, upstream);
+            self.vs.conn_pool().give_back(server, upstream, rt::now());
         }
         Outcome::Relayed(head.status)
     }

@@ -103,10 +103,14 @@ impl<C> IdlePool<C> {
     /// The most recently used idle connection to `server` that is `usable`
     /// now. Expired ones are dropped; unusable ones stay (a response may
     /// still be finishing on them) until they expire or are pushed out.
-    pub(crate) fn take(&self, server: SocketAddr, usable: impl Fn(&C) -> bool) -> Option<C> {
+    pub(crate) fn take(
+        &self,
+        server: SocketAddr,
+        now: Instant,
+        usable: impl Fn(&C) -> bool,
+    ) -> Option<C> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let queue = idle.get_mut(&server)?;
-        let now = rt::now();
         // Oldest first: the expired ones are at the front.
         while queue.front().is_some_and(|(since, _)| {
             now.saturating_duration_since(*since) >= crate::proxy::IDLE_TIMEOUT
@@ -117,14 +121,15 @@ impl<C> IdlePool<C> {
         queue.remove(at).map(|(_, c)| c)
     }
 
-    /// Keep `conn` for reuse (the oldest goes when the server has too many).
-    pub(crate) fn give_back(&self, server: SocketAddr, conn: C) {
+    /// Keep `conn` for reuse from `now` (the oldest goes when the server
+    /// has too many).
+    pub(crate) fn give_back(&self, server: SocketAddr, conn: C, now: Instant) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let queue = idle.entry(server).or_default();
         if queue.len() >= crate::proxy::MAX_IDLE_PER_SERVER {
             queue.pop_front();
         }
-        queue.push_back((rt::now(), conn));
+        queue.push_back((now, conn));
     }
 
     /// Idle connections kept now, over all servers.
@@ -238,7 +243,12 @@ where
 /// them is [`Failed::Stale`]: the server had closed it (a reused one) or
 /// dropped the request unread.
 pub(crate) async fn first_bytes(upstream: &mut Upstream, limit: Duration) -> Result<(), Failed> {
-    match read_timed(&mut upstream.stream, &mut upstream.buf, limit).await {
+    first_bytes_verdict(read_timed(&mut upstream.stream, &mut upstream.buf, limit).await)
+}
+
+/// What the first read of a response says about the exchange.
+fn first_bytes_verdict(read: io::Result<usize>) -> Result<(), Failed> {
+    match read {
         Ok(0) => Err(Failed::Stale),
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(Failed::Timeout),
@@ -254,6 +264,20 @@ pub(crate) async fn first_bytes(upstream: &mut Upstream, limit: Duration) -> Res
         }
         Err(e) => Err(Failed::Broken(e.to_string())),
     }
+}
+
+/// Read once from `stream` into `buf`, giving up at `at` (one reused timer
+/// per connection: `timer`).
+async fn read_by<S: AsyncRead + Unpin>(
+    timer: &mut rt::Deadline,
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    at: Instant,
+) -> io::Result<usize> {
+    timer
+        .run(at, read_some(stream, buf))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "timed out"))?
 }
 
 /// One client connection and its buffers (reused request after request).
@@ -275,6 +299,10 @@ struct Conn<S> {
     started: Instant,
     /// When the current request went to its server.
     sent_at: Instant,
+    /// When the last response was done (the client's idle time starts).
+    responded: Instant,
+    /// The timer of every wait on this connection's reads.
+    timer: rt::Deadline,
 }
 
 /// Serve one HTTP/1.x client connection of `vs` (plain, or TLS already
@@ -297,6 +325,8 @@ where
         scratch: Vec::new(),
         started: rt::now(),
         sent_at: rt::now(),
+        responded: rt::now(),
+        timer: rt::Deadline::new(),
     };
     let mut first = true;
     loop {
@@ -305,7 +335,6 @@ where
             return;
         };
         first = false;
-        conn.started = rt::now();
         conn.vs.counters().request();
         let hash_value = head.hash_value.map(|(a, b)| conn.inbuf[a..b].to_vec());
         conn.inbuf.drain(..head.len);
@@ -387,8 +416,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let hash_header = servers.hash_header().map(|h| h.as_str());
         // The client may idle before it starts a head, and then has
         // `limits.header` to finish it.
-        let mut deadline =
-            (first || !self.inbuf.is_empty()).then(|| rt::now() + self.limits.header);
+        let mut deadline = None;
+        if first || !self.inbuf.is_empty() {
+            self.started = rt::now();
+            deadline = Some(self.started + self.limits.header);
+        }
         loop {
             match h1::parse_request(
                 &self.inbuf,
@@ -404,14 +436,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     return None;
                 }
             }
-            let wait = match deadline {
-                Some(d) => d.saturating_duration_since(rt::now()),
-                None => self.limits.client_idle,
-            };
-            match read_timed(&mut self.client, &mut self.inbuf, wait).await {
+            let at = deadline.unwrap_or(self.responded + self.limits.client_idle);
+            match read_by(&mut self.timer, &mut self.client, &mut self.inbuf, at).await {
                 Ok(0) => return None,
                 Ok(_) => {
-                    deadline.get_or_insert_with(|| rt::now() + self.limits.header);
+                    // The head is complete with some read: its time is the
+                    // request's start.
+                    self.started = rt::now();
+                    deadline.get_or_insert(self.started + self.limits.header);
                 }
                 Err(e) if e.kind() == io::ErrorKind::TimedOut && !self.inbuf.is_empty() => {
                     let message = "request head not received in time";
@@ -444,7 +476,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Answer with an error of our own; the connection stays open if the
     /// request was read to its end.
     async fn answer(&mut self, status: u16, message: &str, close: bool) -> Exchange {
-        self.vs.counters().response(status, self.started, true);
+        self.responded = rt::now();
+        self.vs
+            .counters()
+            .response_at(status, self.started, self.responded, true);
         h1::own_response(status, message, &self.se_name, close, &mut self.resp);
         match write_all(&mut self.client, &self.resp).await {
             Ok(()) if close => Exchange::Close,
@@ -737,6 +772,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return Exchange::Gone;
             }
         }
+        self.responded = rt::now();
         if framing == Framing::UntilClose || !head.keep_alive {
             Exchange::Close
         } else {
@@ -755,7 +791,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     ) -> Result<Upstream, Failed> {
         let pool = self.vs.conn_pool();
         if reuse {
-            if let Some(mut upstream) = pool.take(server, |_| true) {
+            if let Some(mut upstream) = pool.take(server, self.started, |_| true) {
+                self.sent_at = self.started;
                 match self.try_send(&mut upstream, req_end).await {
                     Ok(()) => return Ok(upstream),
                     Err(Failed::Stale) => {} // replayed below on a new connection
@@ -767,6 +804,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut upstream = connect(server, &self.limits, tls.as_deref())
             .await
             .map_err(Failed::Connect)?;
+        self.sent_at = rt::now();
         match self.try_send(&mut upstream, req_end).await {
             Ok(()) => Ok(upstream),
             Err(Failed::Stale) => Err(Failed::Broken("connection closed".into())),
@@ -780,7 +818,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         req_end: &mut BodyEnd,
     ) -> Result<(), Failed> {
         upstream.buf.clear();
-        self.sent_at = rt::now();
         if let Err(e) = write_all(&mut upstream.stream, &self.out).await {
             return Err(if req_end.is_done() {
                 Failed::Stale
@@ -806,7 +843,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
             }
         }
-        first_bytes(upstream, self.limits.response).await
+        let at = self.sent_at + self.limits.response;
+        first_bytes_verdict(
+            read_by(&mut self.timer, &mut upstream.stream, &mut upstream.buf, at).await,
+        )
     }
 
     /// Relay the response whose first bytes are in `upstream.buf`.
@@ -824,7 +864,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             http10_keep_alive: head.http10 && head.keep_alive,
             se_name: &self.se_name,
         };
-        let deadline = rt::now() + self.limits.response;
+        let deadline = self.sent_at + self.limits.response;
         let resp = loop {
             match h1::parse_response(&upstream.buf, self.limits.max_head, &rw, &mut self.resp) {
                 Ok(Some(resp)) if resp.is_interim() => {
@@ -844,8 +884,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     return self.answer(502, &message, false).await;
                 }
             }
-            let wait = deadline.saturating_duration_since(rt::now());
-            match read_timed(&mut upstream.stream, &mut upstream.buf, wait).await {
+            let read = read_by(
+                &mut self.timer,
+                &mut upstream.stream,
+                &mut upstream.buf,
+                deadline,
+            );
+            match read.await {
                 Ok(n) if n > 0 => {}
                 Ok(_) | Err(_) => {
                     picked
@@ -857,9 +902,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         };
         picked.state().on_response_status(resp.status);
+        self.responded = rt::now();
         picked
             .state()
-            .record_latency(rt::now().saturating_duration_since(self.sent_at));
+            .record_latency(self.responded.saturating_duration_since(self.sent_at));
         upstream.buf.drain(..resp.len);
         let mut end = BodyEnd::new(resp.framing);
         if take_body(&mut end, &mut upstream.buf, &mut self.resp).is_err() {
@@ -870,7 +916,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         self.vs
             .counters()
-            .response(resp.status, self.started, false);
+            .response_at(resp.status, self.started, self.responded, false);
         if resp.status == 101 {
             let rest = std::mem::take(&mut upstream.buf);
             tunnel(
@@ -901,9 +947,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 Err(BodyError::Sink) => return Exchange::Gone,
             }
+            self.responded = rt::now();
         }
         if resp.keep_alive && upstream.buf.is_empty() {
-            self.vs.conn_pool().give_back(server, upstream);
+            self.vs
+                .conn_pool()
+                .give_back(server, upstream, self.responded);
         }
         drop(picked);
         if resp.framing == Framing::UntilClose {
