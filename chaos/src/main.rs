@@ -28,7 +28,7 @@ mod runner {
     use std::thread;
     use std::time::Duration;
 
-    use chaos::scenario::{self, Fault, Outcome};
+    use chaos::scenario::{self, Outcome};
     use clap::{Parser, Subcommand};
     use serde::Serialize;
 
@@ -261,11 +261,7 @@ mod runner {
                     sim_secs += o.sim_secs;
                     outages.extend(&o.outages_ms);
                     for f in &o.faults {
-                        let name = match f {
-                            Fault::SeCrash => "se_crash",
-                            Fault::ControllerCrash => "controller_crash",
-                        };
-                        *faults_by_type.entry(name.to_string()).or_insert(0) += 1;
+                        *faults_by_type.entry(f.name().to_string()).or_insert(0) += 1;
                     }
                 }
                 Err(reason) => failures.push(Failure {

@@ -29,6 +29,30 @@ pub enum Fault {
     SeCrash,
     /// The Controller crashed and restarted after a while.
     ControllerCrash,
+    /// The Controller was cut off the network (both ways), then healed.
+    ControllerIsolated,
+    /// An origin server crashed and restarted after a while.
+    OriginCrash,
+}
+
+impl Fault {
+    /// Every fault type, for swarm selection.
+    pub const ALL: [Fault; 4] = [
+        Fault::SeCrash,
+        Fault::ControllerCrash,
+        Fault::ControllerIsolated,
+        Fault::OriginCrash,
+    ];
+
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::SeCrash => "se_crash",
+            Fault::ControllerCrash => "controller_crash",
+            Fault::ControllerIsolated => "controller_isolated",
+            Fault::OriginCrash => "origin_crash",
+        }
+    }
 }
 
 /// What one seed observed.
@@ -61,10 +85,15 @@ struct Window {
     phase: Phase,
 }
 
+/// The origin the scenario crashes (the other one keeps serving).
+const CRASHED_ORIGIN: &str = "origin-2";
+
 fn inject(world: &World, fault: Fault) -> Result<()> {
     match fault {
         Fault::SeCrash => world.cloud.kill("se-1")?,
         Fault::ControllerCrash => world.kill_controller(),
+        Fault::ControllerIsolated => world.isolate_controller_at(0, true),
+        Fault::OriginCrash => madsim::runtime::Handle::current().kill(CRASHED_ORIGIN),
     }
     Ok(())
 }
@@ -73,33 +102,48 @@ fn heal(world: &World, fault: Fault) -> Result<()> {
     match fault {
         Fault::SeCrash => world.cloud.restart("se-1")?,
         Fault::ControllerCrash => world.restart_controller(),
+        Fault::ControllerIsolated => world.isolate_controller_at(0, false),
+        Fault::OriginCrash => madsim::runtime::Handle::current().restart(CRASHED_ORIGIN),
     }
     Ok(())
 }
 
+/// Swarm testing (as FoundationDB and TigerBeetle's VOPR do): each seed
+/// turns on its own subset of fault types (each with probability 1/2, at
+/// least one) at its own intensity (how long a fault may last), so that
+/// some seeds meet rare combinations at full strength instead of every
+/// seed meeting every fault mildly.
 fn plan() -> Vec<Window> {
     let mut windows = Vec::new();
     let pick = |lo: u64, hi: u64| Duration::from_millis(lo + rt::random_u64() % (hi - lo));
-    for fault in [Fault::SeCrash, Fault::ControllerCrash] {
-        // Each fault type in three seeds of four.
-        if !rt::random_u64().is_multiple_of(4) {
-            windows.push(Window {
-                fault,
-                start: pick(1_000, 20_000),
-                down_for: pick(100, 8_000),
-                phase: Phase::Planned,
-            });
-        }
+    let mut enabled: Vec<Fault> = Fault::ALL
+        .into_iter()
+        .filter(|_| rt::random_u64().is_multiple_of(2))
+        .collect();
+    if enabled.is_empty() {
+        enabled.push(Fault::ALL[(rt::random_u64() % Fault::ALL.len() as u64) as usize]);
+    }
+    let longest = [2_000, 8_000, 15_000][(rt::random_u64() % 3) as usize];
+    for fault in enabled {
+        windows.push(Window {
+            fault,
+            start: pick(1_000, 20_000),
+            down_for: pick(100, longest),
+            phase: Phase::Planned,
+        });
     }
     windows.sort_by_key(|w| w.start);
     windows
 }
 
-/// The slice world under SE and Controller crashes. Safety: while the SE is
-/// up (and has had [`CONVERGE_DEADLINE`] since its restart) every request
-/// succeeds and is answered by `se-1`, including while the Controller is
-/// down; each SE's applied version never goes backwards. Liveness: once
-/// faults heal the SE is on the newest config and 99.9% of requests succeed.
+/// The slice world under a swarm of faults: SE and Controller crashes, the
+/// Controller cut off, an origin crash. Safety: while the SE is up (and
+/// has had [`CONVERGE_DEADLINE`] since its restart) every request succeeds
+/// and is answered by `se-1`, including while the Controller is down or cut
+/// off and while an origin is down (its refused connections are retried on
+/// the other); each SE's applied version never goes backwards. Liveness:
+/// once faults heal the SE is on the newest config and 99.9% of requests
+/// succeed.
 pub async fn slice_under_crashes() -> Result<Outcome> {
     let started = rt::now();
     let world = World::builder().build().await?;
@@ -119,7 +163,8 @@ pub async fn slice_under_crashes() -> Result<Outcome> {
     // reach a Controller (a fresh SE has no config until then).
     let mut se_ready_by = Duration::ZERO;
     let mut se_down = false;
-    let mut controller_down = false;
+    // The Controller is unreachable while it is crashed or cut off.
+    let (mut controller_crashed, mut controller_isolated) = (false, false);
     let mut outage_started: Option<Duration> = None;
     // Applied version per SE incarnation: it never goes backwards.
     let mut last_applied: std::collections::BTreeMap<u64, u64> = Default::default();
@@ -132,7 +177,9 @@ pub async fn slice_under_crashes() -> Result<Outcome> {
                 inject(&world, w.fault)?;
                 match w.fault {
                     Fault::SeCrash => se_down = true,
-                    Fault::ControllerCrash => controller_down = true,
+                    Fault::ControllerCrash => controller_crashed = true,
+                    Fault::ControllerIsolated => controller_isolated = true,
+                    Fault::OriginCrash => {}
                 }
             } else if w.phase == Phase::Down && t >= w.start + w.down_for {
                 w.phase = Phase::Healed;
@@ -140,18 +187,24 @@ pub async fn slice_under_crashes() -> Result<Outcome> {
                 match w.fault {
                     Fault::SeCrash => {
                         se_down = false;
-                        se_ready_by = if controller_down {
+                        se_ready_by = if controller_crashed || controller_isolated {
                             Duration::MAX
                         } else {
                             t + CONVERGE_DEADLINE
                         };
                     }
-                    Fault::ControllerCrash => {
-                        controller_down = false;
-                        if se_ready_by == Duration::MAX {
+                    Fault::ControllerCrash | Fault::ControllerIsolated => {
+                        if w.fault == Fault::ControllerCrash {
+                            controller_crashed = false;
+                        } else {
+                            controller_isolated = false;
+                        }
+                        let reachable = !controller_crashed && !controller_isolated;
+                        if reachable && se_ready_by == Duration::MAX {
                             se_ready_by = t + CONVERGE_DEADLINE;
                         }
                     }
+                    Fault::OriginCrash => {}
                 }
             }
         }
