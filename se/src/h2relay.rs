@@ -17,13 +17,13 @@
 //! new one if the server had closed it; a failure after the request went
 //! out is answered 502, no answer in time 504, never a retry.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use fabric::model::Algorithm;
+
 use fabric::rt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::SendResponse;
@@ -33,7 +33,7 @@ use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::h1::{self, BodyEnd, Forwarding, Framing};
-use crate::lb::{PickContext, Picked};
+use crate::lb::Picked;
 use crate::proxy::{VirtualService, MAX_CONNECT_ATTEMPTS};
 use crate::relay::{self, Failed, Limits, Upstream};
 
@@ -204,16 +204,10 @@ impl StreamCtx {
             "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
         );
         let reuse = idempotent && framing == Framing::Empty;
-        let draws = servers.algorithm() == Algorithm::PowerOfTwoChoices;
         let mut tried = Vec::new();
         while tried.len() < MAX_CONNECT_ATTEMPTS {
-            let pick = PickContext {
-                client: self.peer.ip(),
-                headers: Some(&parts.headers),
-                header_value: None,
-                random: if draws { rt::random_u64() } else { 0 },
-            };
-            let Some(picked) = servers.pick(&pick, &tried) else {
+            let Some(picked) = servers.pick_for(self.peer.ip(), Some(&parts.headers), None, &tried)
+            else {
                 break;
             };
             let server = picked.addr();
@@ -240,12 +234,8 @@ impl StreamCtx {
                 }
             }
         }
-        if tried.is_empty() {
-            Outcome::Own(503, "no server of the pool is available".into())
-        } else {
-            tracing::warn!(vs = %self.vs.name, ?tried, "no server reachable");
-            Outcome::Own(502, "no server of the pool is reachable".into())
-        }
+        let (status, message) = crate::proxy::no_server(&self.vs.name, &tried);
+        Outcome::Own(status, message.into())
     }
 
     /// The request as it goes to an HTTP/2 server: the client's, minus
@@ -271,18 +261,12 @@ impl StreamCtx {
         respond: &mut SendResponse<Bytes>,
         servers: &crate::lb::ServerSet,
     ) -> Outcome {
-        let draws = servers.algorithm() == Algorithm::PowerOfTwoChoices;
         let end = body.is_end_stream();
         let tls = self.vs.upstream_tls();
         let mut tried = Vec::new();
         while tried.len() < MAX_CONNECT_ATTEMPTS {
-            let pick = PickContext {
-                client: self.peer.ip(),
-                headers: Some(&parts.headers),
-                header_value: None,
-                random: if draws { rt::random_u64() } else { 0 },
-            };
-            let Some(picked) = servers.pick(&pick, &tried) else {
+            let Some(picked) = servers.pick_for(self.peer.ip(), Some(&parts.headers), None, &tried)
+            else {
                 break;
             };
             let server = picked.addr();
@@ -354,11 +338,8 @@ impl StreamCtx {
             }
             return Outcome::Relayed(status);
         }
-        if tried.is_empty() {
-            Outcome::Own(503, "no server of the pool is available".into())
-        } else {
-            Outcome::Own(502, "no server of the pool is reachable".into())
-        }
+        let (status, message) = crate::proxy::no_server(&self.vs.name, &tried);
+        Outcome::Own(status, message.into())
     }
 
     /// Send the request to `server` and wait for its first response bytes.
@@ -568,7 +549,21 @@ impl StreamCtx {
             crate::h2up::capacity(send, idle)
                 .await
                 .map_err(|_| BodyError::Client)?;
-            match relay::read_timed(&mut upstream.stream, &mut upstream.buf, idle).await {
+            // A client that resets the stream meanwhile ends it at once
+            // (the server connection, mid-response, is closed).
+            let read = relay::read_timed(&mut upstream.stream, &mut upstream.buf, idle);
+            let mut read = std::pin::pin!(read);
+            let read = poll_fn(|cx| {
+                if let Poll::Ready(r) = read.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                send.poll_reset(cx).map(|_| None)
+            })
+            .await;
+            let Some(read) = read else {
+                return Err(BodyError::Client);
+            };
+            match read {
                 Ok(0) if *end == BodyEnd::UntilClose => {
                     send.send_data(Bytes::new(), true)
                         .map_err(|_| BodyError::Client)?;

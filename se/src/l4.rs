@@ -23,26 +23,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fabric::model::Algorithm;
 use fabric::rt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::lb::{PickContext, Picked};
+use crate::lb::Picked;
 use crate::proxy::{VirtualService, MAX_CONNECT_ATTEMPTS};
 
 /// Largest UDP datagram relayed either way; larger ones are dropped.
 pub const MAX_DATAGRAM: usize = 16 * 1024;
 
 fn pick(vs: &VirtualService, client: SocketAddr, tried: &[SocketAddr]) -> Option<Picked> {
-    let servers = vs.servers();
-    let draws = servers.algorithm() == Algorithm::PowerOfTwoChoices;
-    let ctx = PickContext {
-        client: client.ip(),
-        headers: None,
-        header_value: None,
-        random: if draws { rt::random_u64() } else { 0 },
-    };
-    servers.pick(&ctx, tried)
+    vs.servers().pick_for(client.ip(), None, None, tried)
 }
 
 /// Relay one TCP client connection of `vs` to a server.

@@ -482,6 +482,27 @@ impl ServerSet {
         self.hash_header.as_ref()
     }
 
+    /// [`ServerSet::pick`] for a request from `client` with these headers
+    /// (or the hash header's value, looked up already). Only power of two
+    /// choices draws randomness: other algorithms leave the world's
+    /// generator (and so a simulation's other random choices) untouched.
+    pub fn pick_for(
+        &self,
+        client: IpAddr,
+        headers: Option<&HeaderMap>,
+        header_value: Option<&[u8]>,
+        exclude: &[SocketAddr],
+    ) -> Option<Picked> {
+        let draws = self.algorithm() == Algorithm::PowerOfTwoChoices;
+        let ctx = PickContext {
+            client,
+            headers,
+            header_value,
+            random: if draws { fabric::rt::random_u64() } else { 0 },
+        };
+        self.pick(&ctx, exclude)
+    }
+
     /// The next server for a request, skipping those in `exclude` (tried
     /// already); `None` if no server is eligible.
     pub fn pick(&self, ctx: &PickContext<'_>, exclude: &[SocketAddr]) -> Option<Picked> {

@@ -286,6 +286,18 @@ pub async fn serve_connection(vs: Arc<VirtualService>, stream: rt::TcpStream, pe
     }
 }
 
+/// The SE's answer when no server took a request: 503 when none was
+/// eligible, 502 when every one tried refused the connection.
+pub(crate) fn no_server(vs: &str, tried: &[SocketAddr]) -> (u16, &'static str) {
+    if tried.is_empty() {
+        tracing::debug!(vs, "no eligible server");
+        (503, "no server of the pool is available")
+    } else {
+        tracing::warn!(vs, ?tried, "no server reachable");
+        (502, "no server of the pool is reachable")
+    }
+}
+
 /// Why a request to a server failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {

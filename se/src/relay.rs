@@ -30,12 +30,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fabric::model::{Algorithm, VsHttp};
+use fabric::model::VsHttp;
 use fabric::rt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::h1::{self, BodyEnd, Forwarding, Framing, HeadError, ResponseRewrite};
-use crate::lb::{PickContext, Picked};
+use crate::lb::Picked;
 use crate::proxy::{VirtualService, MAX_CONNECT_ATTEMPTS};
 
 /// Time and size limits of one HTTP/1.x client connection, from its
@@ -507,16 +507,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
         let mut tried = [unspecified; MAX_CONNECT_ATTEMPTS];
         let mut attempts = 0;
-        let draws = servers.algorithm() == Algorithm::PowerOfTwoChoices;
         let mut failures: Vec<String> = Vec::new();
         while attempts < MAX_CONNECT_ATTEMPTS {
-            let ctx = PickContext {
-                client: self.peer.ip(),
-                headers: None,
-                header_value: hash_value,
-                random: if draws { rt::random_u64() } else { 0 },
-            };
-            let Some(picked) = servers.pick(&ctx, &tried[..attempts]) else {
+            let Some(picked) =
+                servers.pick_for(self.peer.ip(), None, hash_value, &tried[..attempts])
+            else {
                 break;
             };
             let server = picked.addr();
@@ -542,16 +537,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
             }
         }
-        let close = !req_end.is_done();
-        if attempts == 0 {
-            tracing::debug!(vs = %self.vs.name, "no eligible server");
-            self.answer(503, "no server of the pool is available", close)
-                .await
-        } else {
-            tracing::warn!(vs = %self.vs.name, ?failures, "no server reachable");
-            self.answer(502, "no server of the pool is reachable", close)
-                .await
-        }
+        tracing::debug!(vs = %self.vs.name, ?failures, "connects failed");
+        let (status, message) = crate::proxy::no_server(&self.vs.name, &tried[..attempts]);
+        self.answer(status, message, !req_end.is_done()).await
     }
 
     /// [`Conn::exchange`] to HTTP/2 servers ([`crate::h2up`]): the head in
@@ -585,16 +573,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         let end = head.framing == Framing::Empty;
         let tls = self.vs.upstream_tls();
-        let draws = servers.algorithm() == Algorithm::PowerOfTwoChoices;
         let mut tried = Vec::new();
         while tried.len() < MAX_CONNECT_ATTEMPTS {
-            let ctx = PickContext {
-                client: self.peer.ip(),
-                headers: None,
-                header_value: hash_value,
-                random: if draws { rt::random_u64() } else { 0 },
-            };
-            let Some(picked) = servers.pick(&ctx, &tried) else {
+            let Some(picked) = servers.pick_for(self.peer.ip(), None, hash_value, &tried) else {
                 break;
             };
             let server = picked.addr();
@@ -662,14 +643,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             };
             return self.h2_relay_response(picked, resp, head).await;
         }
-        let close = !req_end.is_done();
-        if tried.is_empty() {
-            self.answer(503, "no server of the pool is available", close)
-                .await
-        } else {
-            self.answer(502, "no server of the pool is reachable", close)
-                .await
-        }
+        let (status, message) = crate::proxy::no_server(&self.vs.name, &tried);
+        self.answer(status, message, !req_end.is_done()).await
     }
 
     /// Send the request body (its first bytes in `out` after the head,

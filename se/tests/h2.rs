@@ -83,6 +83,7 @@ fn get(path: &str) -> http::Request<Body> {
 struct Seen {
     requests: Mutex<Vec<String>>,
     connections: AtomicUsize,
+    closed_by_peer: AtomicUsize,
 }
 
 /// A raw HTTP/1.1 server: reads each request (a body by Content-Length or
@@ -98,6 +99,7 @@ async fn raw_server(respond: fn(&str) -> Vec<u8>) -> (SocketAddr, Arc<Seen>) {
             let mut buf = Vec::new();
             loop {
                 let Some(head_end) = read_until(&mut stream, &mut buf, b"\r\n\r\n", 0).await else {
+                    seen.closed_by_peer.fetch_add(1, Ordering::SeqCst);
                     return;
                 };
                 let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
@@ -180,6 +182,8 @@ fn answers(path: &str) -> Vec<u8> {
             r
         }
         "/hop" => b"HTTP/1.1 200 OK\r\nconnection: x-secret\r\nx-secret: 1\r\nkeep-alive: timeout=5\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+        // A head and the start of a long body, then nothing more.
+        "/stall" => b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\nthe start".to_vec(),
         "/bad" => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok".to_vec(),
         _ => b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n".to_vec(),
     }
@@ -345,16 +349,26 @@ async fn a_reset_stream_leaves_the_connection_and_the_pool_sound() {
     let (server, seen) = raw_server(answers).await;
     let (vip, _vs) = h2_vs(&[server]).await;
     let mut client = h2_client(vip).await;
-    // Take the head of a large response, then drop the body: a reset.
-    let resp = client.send_request(get("/big")).await.unwrap();
+    // Take the head of a response whose body stalls, then drop the body:
+    // a reset. (A whole body could fit in the client's window and be done
+    // before the reset, so the stall makes the case certain.)
+    let resp = client.send_request(get("/stall")).await.unwrap();
     assert_eq!(resp.status(), 200);
     drop(resp);
     for _ in 0..5 {
         let (status, _, body) = send(&mut client, get("/")).await;
         assert_eq!((status, &body[..]), (200, &b"ok\n"[..]));
     }
-    // The half-read connection was not given back for reuse.
+    // The connection with the response still on it was not reused, and
+    // the SE closed it when the client reset the stream.
     assert!(seen.connections.load(Ordering::SeqCst) >= 2);
+    for _ in 0..100 {
+        if seen.closed_by_peer.load(Ordering::SeqCst) >= 1 {
+            break;
+        }
+        rt::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen.closed_by_peer.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
