@@ -9,8 +9,10 @@
 //! OPT record, so parsing borrows the query and lower-cases the name into a
 //! stack buffer, and the response is a single `Vec` written front to back.
 //! Every owner name in a response is a compression pointer into the question
-//! (the answer name, the zone apex as a suffix of it), so nothing is formatted
-//! per query and the client's letter case is kept.
+//! (the answer name, the zone apex as a suffix of it) or into a name written
+//! before it (a CNAME's or MX's target), so nothing is formatted per query and
+//! the client's letter case is kept. Static RDATA is rendered once per engine,
+//! in-zone names as their labels plus a pointer patched per response.
 //!
 //! Behaviour, modelled on knot and NSD as authoritative-only servers:
 //! - FORMERR (header only) for anything that does not parse, has QDCOUNT != 1,
@@ -22,7 +24,12 @@
 //!   answer): the zones are small, and the UDP size limit and TC bound the
 //!   amplification exactly as for an A query.
 //! - No authority section on positive answers (minimal responses); the SOA in
-//!   the authority section on NXDOMAIN and NODATA; `ns1.<zone>` glue after NS.
+//!   the authority section on NXDOMAIN and NODATA (also at the end of a CNAME
+//!   chain); A/AAAA of in-zone NS, MX and SRV targets in the additional
+//!   section while they fit. CNAMEs are followed inside the zone.
+//! - Static records (`fabric::zone`): a zone text's SOA and NS replace the
+//!   generated ones. docs/dns.md has the whole behaviour and how it compares
+//!   with knot.
 //! - EDNS(0): OPT echoed with our payload size and the client's DO bit; BADVERS
 //!   for versions above 0; EDNS options are validated and ignored; a TSIG
 //!   record is ignored (the response is unsigned).
@@ -188,6 +195,12 @@ struct Rdata {
     /// The name that additional processing (NS, MX, SRV) or CNAME chasing
     /// looks up: its offset in `bytes` and its key, when it is in the zone.
     target: Option<(u16, Box<[u8]>)>,
+    /// When the target (the last thing in the RDATA) shares more labels with
+    /// the record's owner than the apex: where that shared suffix starts in
+    /// the target's key, and how many labels it has. An answer owned by the
+    /// question then points into the question there, as knot compresses
+    /// (`mx-1.manymx.example.com` under `manymx.example.com` is 7 bytes).
+    owner_cut: Option<(u16, u8)>,
 }
 
 impl Rdata {
@@ -196,6 +209,7 @@ impl Rdata {
             bytes: bytes.into(),
             apex_at: Box::new([]),
             target: None,
+            owner_cut: None,
         }
     }
 }
@@ -264,6 +278,7 @@ impl<'a> RdataWriter<'a> {
             bytes: self.bytes.into(),
             apex_at: self.apex_at.into(),
             target: self.target,
+            owner_cut: None,
         }
     }
 }
@@ -275,8 +290,30 @@ fn apex_suffix_at(key: &[u8], apex: &[u8]) -> Option<usize> {
         .find(|&start| key[start..] == *apex)
 }
 
-/// The wire RDATA of a static record.
-fn static_rdata(data: &RecordData, apex: &[u8]) -> Rdata {
+/// The wire RDATA of a static record owned by `owner` (a key).
+fn static_rdata(data: &RecordData, apex: &[u8], owner: &[u8]) -> Rdata {
+    let mut rdata = rdata_of(data, apex);
+    if let Some((name_at, key)) = &rdata.target {
+        debug_assert_eq!(
+            *name_at as usize + key.len() - apex.len() + 2,
+            rdata.bytes.len()
+        );
+        let (key_starts, owner_starts) = (label_starts(key), label_starts(owner));
+        let shared = key_starts
+            .iter()
+            .rev()
+            .zip(owner_starts.iter().rev())
+            .take_while(|(&k, &o)| key[k..] == owner[o..])
+            .count();
+        if shared > label_starts(apex).len() {
+            let cut = key_starts[key_starts.len() - shared];
+            rdata.owner_cut = Some((cut as u16, shared as u8));
+        }
+    }
+    rdata
+}
+
+fn rdata_of(data: &RecordData, apex: &[u8]) -> Rdata {
     let writer = RdataWriter::new(apex);
     match data {
         RecordData::A(v4) => Rdata::fixed(&v4.octets()),
@@ -559,7 +596,7 @@ fn build_zone(
         let Some(zone_label) = starts.iter().position(|&s| key[s..] == *apex) else {
             continue; // outside the zone: validation rejects it
         };
-        let rdata = static_rdata(&record.data, apex);
+        let rdata = static_rdata(&record.data, apex, &key);
         nodes
             .entry(key.clone().into_boxed_slice())
             .or_default()
@@ -874,7 +911,7 @@ enum Section {
 }
 
 /// A compression pointer to a name inside the echoed question.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Pointer(u16);
 
 impl Pointer {
@@ -929,6 +966,8 @@ struct Response {
     authoritative: bool,
     /// The transport's size limit for this response.
     limit_bytes: usize,
+    /// Length of the question name without its root label.
+    question_name_len: usize,
 }
 
 impl Response {
@@ -943,6 +982,7 @@ impl Response {
             rcode: RCODE_NOERROR,
             authoritative: false,
             limit_bytes,
+            question_name_len: request.name.len,
         }
     }
 
@@ -1008,7 +1048,26 @@ impl Response {
         let mut first = None;
         for rdata in &rrset.rdatas {
             let at = self.record(section, owner, rrset.rtype, rrset.ttl_secs);
-            let start = self.rdata(rdata, apex);
+            // Owned by the question: the target's shared suffix with it is
+            // the question's tail, so the target is its head plus a pointer.
+            let shared_at = match (owner, rdata.owner_cut, &rdata.target) {
+                (Owner::Pointer(Pointer::QNAME), Some((cut, _)), Some((name_at, key))) => self
+                    .question_name_len
+                    .checked_sub(key.len() - cut as usize)
+                    .map(|tail| (tail, *name_at as usize, &key[..cut as usize])),
+                _ => None,
+            };
+            let start = match shared_at {
+                Some((tail, name_at, head)) => {
+                    let start = self.buf.len();
+                    self.buf.extend_from_slice(&rdata.bytes[..name_at]);
+                    self.buf.extend_from_slice(head);
+                    let pointer = Pointer((HEADER_LEN + tail) as u16);
+                    self.buf.extend_from_slice(&pointer.bytes());
+                    start
+                }
+                None => self.rdata(rdata, apex),
+            };
             first.get_or_insert(start);
             if let (Some(targets), Some((name_at, key))) = (targets.as_deref_mut(), &rdata.target) {
                 targets.note(start + *name_at as usize, key);

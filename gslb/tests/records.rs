@@ -321,3 +321,30 @@ fn names_written_past_the_pointer_range_are_spelled_out() {
         ]
     );
 }
+
+#[test]
+fn rdata_names_are_compressed_against_the_question() {
+    let config = with_records(vec![
+        record("sub", "MX", "10 mail.sub"),
+        record("mail.sub", "A", "192.0.2.25"),
+    ]);
+    let engine = Engine::from_config(&config, 1);
+    let raw = engine
+        .answer(
+            &bytes(&query("Sub.fabric.test.", RecordType::MX)),
+            Transport::Udp,
+        )
+        .unwrap();
+    let response = parse(&raw);
+    let RData::MX(mx) = &response.answers[0].data else {
+        panic!("{response}")
+    };
+    assert_eq!(mx.exchange, name("mail.sub.fabric.test."));
+    assert_eq!(
+        types(&response.additionals),
+        [("mail.sub.fabric.test.".into(), RecordType::A)]
+    );
+    // Header 12, question 21, MX 12 + 9 (`\x04mail` and a pointer to the
+    // question's `Sub...`), glue 16.
+    assert_eq!(raw.len(), 12 + 21 + 21 + 16);
+}
