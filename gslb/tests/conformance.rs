@@ -35,7 +35,12 @@ const KNOT_START_INTERVAL: Duration = Duration::from_millis(100);
 const KNOT_PORT_FIRST: u16 = 25353;
 const KNOT_PORT_TRIES: u16 = 20;
 
+/// `knotd` from `$KNOTD` (a path; one that does not exist forces the skip)
+/// or the usual places.
 fn knotd_path() -> Option<PathBuf> {
+    if let Some(knotd) = std::env::var_os("KNOTD") {
+        return Some(PathBuf::from(knotd)).filter(|p| p.is_file());
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
