@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Install the peer servers and load generators the benchmarks in benches/ run
 # beside ours (Debian packages; versions measured are in docs/benchmarks.md).
-# The tests need none of them.
+# The tests need none of them: the DNS conformance test
+# (scripts/dns-conformance.sh) compares against knotd when it is installed
+# and skips otherwise.
 set -euo pipefail
-pkgs=(haproxy nginx-light wrk nghttp2-client bc)
+# knot (knotd) and knot-dnsutils (kdig): the reference authoritative server;
+# gdnsd: the GSLB speed anchor; dnsperf: the DNS load generator.
+pkgs=(haproxy nginx-light wrk nghttp2-client bc knot knot-dnsutils gdnsd dnsperf)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -323,10 +323,9 @@ async fn run(command: Command) -> Result<()> {
     }
 }
 
+/// Read a config file (and the zone files it names, relative to it).
 fn load(path: &Path) -> Result<Config> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Config::parse(&text).with_context(|| format!("in {}", path.display()))
+    Config::load(path).with_context(|| format!("in {}", path.display()))
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<rt::TcpListener> {

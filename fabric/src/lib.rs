@@ -7,6 +7,7 @@
 //! - [`proto`]: Controller <-> SE messages over TCP.
 //! - [`controller`]: holds the desired state and pushes it to SEs.
 //! - [`stats`]: traffic counters and latency histograms SEs report.
+//! - [`zone`]: static DNS records from the config and from zone files.
 #![deny(missing_docs)]
 
 pub mod api;
@@ -18,3 +19,4 @@ pub mod platform;
 pub mod proto;
 pub mod rt;
 pub mod stats;
+pub mod zone;

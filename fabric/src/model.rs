@@ -835,9 +835,44 @@ pub struct DnsConfig {
 pub struct ZoneConfig {
     /// The apex, e.g. `fabric.test`.
     pub name: String,
-    /// TTL of the SOA and NS records, and the negative-caching TTL.
+    /// TTL of the SOA and NS records, and the negative-caching TTL; also
+    /// the TTL of `records` entries that give none.
     #[serde(default = "default_zone_ttl")]
     pub ttl_secs: u32,
+    /// Static records (A, AAAA, CNAME, TXT, SRV, MX).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub records: Vec<StaticRecord>,
+    /// Static records in RFC 1035 master-file format, origin the zone name
+    /// (docs/dns.md). A SOA here replaces the generated one, NS records the
+    /// generated `ns1` NS. This is what a replicated config carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_text: Option<String>,
+    /// A master file, relative to the config file's directory: read by
+    /// [`Config::load`] into `zone_text`, so an unreadable file fails the load
+    /// and nothing downstream ever reads a path. Not allowed in a config given
+    /// as text ([`Config::parse`], the API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_file: Option<std::path::PathBuf>,
+}
+
+/// One static DNS record in the config. Names follow the zone-file rule:
+/// `@` is the apex, a name ending in `.` is absolute, others are relative to
+/// the zone (`www` in `example.com` is `www.example.com`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticRecord {
+    /// Owner name.
+    pub name: String,
+    /// A, AAAA, CNAME, TXT, SRV or MX (any letter case).
+    #[serde(rename = "type")]
+    pub rtype: String,
+    /// The data: an address, a name, `PREF EXCHANGE` (MX),
+    /// `PRIORITY WEIGHT PORT TARGET` (SRV), or a text (TXT: one string, or
+    /// zone-file `"..." "..."` strings when it starts with a quote).
+    pub value: String,
+    /// TTL (default: the zone's `ttl_secs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u32>,
 }
 
 fn default_zone_ttl() -> u32 {
@@ -908,6 +943,53 @@ impl Config {
     /// Parse and validate TOML text. Unknown fields, wrong types and invalid
     /// values are errors naming the field's path.
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let config = Config::from_toml(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Read, parse and validate a config file; `dns.zones[].zone_file` paths
+    /// (relative to the file's directory) are read into `zone_text` here, so
+    /// the config that comes out refers to no file.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
+        let one = |path: String, reason: String| ConfigErrors(vec![ConfigError { path, reason }]);
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| one(String::new(), format!("reading {}: {e}", path.display())))?;
+        let mut config = Config::from_toml(&text)?;
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        let mut errors = Vec::new();
+        if let Some(dns) = &mut config.dns {
+            for (i, zone) in dns.zones.iter_mut().enumerate() {
+                let Some(file) = zone.zone_file.take() else {
+                    continue;
+                };
+                let at = format!("dns.zones[{i}].zone_file");
+                if zone.zone_text.is_some() {
+                    errors.push(ConfigError {
+                        path: at,
+                        reason: "give zone_file or zone_text, not both".into(),
+                    });
+                    continue;
+                }
+                let full = base.join(&file);
+                match std::fs::read_to_string(&full) {
+                    Ok(text) => zone.zone_text = Some(text),
+                    Err(e) => errors.push(ConfigError {
+                        path: at,
+                        reason: format!("cannot read `{}`: {e}", full.display()),
+                    }),
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parse TOML into a config, without the checks types cannot express.
+    fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
         let one = |path: String, reason: String| ConfigErrors(vec![ConfigError { path, reason }]);
         let value: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             one(String::new(), format!("not valid TOML: {}", e.message()))
@@ -918,7 +1000,6 @@ impl Config {
                 let path = if path == "." { String::new() } else { path };
                 one(path, e.into_inner().message().to_string())
             })?;
-        config.validate()?;
         Ok(config)
     }
 
@@ -1082,6 +1163,8 @@ impl Config {
         }
 
         let mut zones = Vec::new();
+        // Owner names of static records, with the index of their zone.
+        let mut static_names: BTreeMap<String, usize> = BTreeMap::new();
         if let Some(dns) = &self.dns {
             if dns.listen.port() == 0 {
                 err("dns.listen".into(), "port 0 is not a usable port".into());
@@ -1104,6 +1187,41 @@ impl Config {
                     );
                 }
             }
+            for (i, z) in dns.zones.iter().enumerate() {
+                let at = format!("dns.zones[{i}]");
+                if z.zone_file.is_some() {
+                    err(
+                        format!("{at}.zone_file"),
+                        "a zone file is read when a config file is loaded (`--config FILE`); \
+                         a config given as text carries zone_text instead"
+                            .into(),
+                    );
+                }
+                let apex = normalize_name(&z.name);
+                match crate::zone::zone_records(z, &at) {
+                    Err(problems) => problems.into_iter().for_each(|(p, r)| err(p, r)),
+                    Ok(records) => {
+                        for r in records {
+                            // A name under a nested zone belongs to that zone.
+                            let closer = zones.iter().find(|other| {
+                                Some(*other) != apex.as_ref()
+                                    && in_zone(other, apex.as_deref().unwrap_or(""))
+                                    && in_zone(&r.owner, other)
+                            });
+                            if let Some(closer) = closer {
+                                err(
+                                    at.clone(),
+                                    format!(
+                                        "`{}` is inside zone `{closer}`: put its records there",
+                                        r.owner
+                                    ),
+                                );
+                            }
+                            static_names.insert(r.owner, i);
+                        }
+                    }
+                }
+            }
         }
         let mut fqdns = BTreeSet::new();
         for (i, s) in self.gslb_services.iter().enumerate() {
@@ -1117,6 +1235,15 @@ impl Config {
                         err(
                             format!("gslb_services[{i}].fqdn"),
                             format!("`{n}` is in no zone of `dns.zones`"),
+                        );
+                    }
+                    if let Some(zone) = static_names.get(&n) {
+                        err(
+                            format!("gslb_services[{i}].fqdn"),
+                            format!(
+                                "`{n}` has static records in dns.zones[{zone}]: \
+                                 a GSLB name has only its GSLB answers"
+                            ),
                         );
                     }
                     if !fqdns.insert(n.clone()) {

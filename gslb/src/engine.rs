@@ -9,8 +9,10 @@
 //! OPT record, so parsing borrows the query and lower-cases the name into a
 //! stack buffer, and the response is a single `Vec` written front to back.
 //! Every owner name in a response is a compression pointer into the question
-//! (the answer name, the zone apex as a suffix of it), so nothing is formatted
-//! per query and the client's letter case is kept.
+//! (the answer name, the zone apex as a suffix of it) or into a name written
+//! before it (a CNAME's or MX's target), so nothing is formatted per query and
+//! the client's letter case is kept. Static RDATA is rendered once per engine,
+//! in-zone names as their labels plus a pointer patched per response.
 //!
 //! Behaviour, modelled on knot and NSD as authoritative-only servers:
 //! - FORMERR (header only) for anything that does not parse, has QDCOUNT != 1,
@@ -22,7 +24,12 @@
 //!   answer): the zones are small, and the UDP size limit and TC bound the
 //!   amplification exactly as for an A query.
 //! - No authority section on positive answers (minimal responses); the SOA in
-//!   the authority section on NXDOMAIN and NODATA; `ns1.<zone>` glue after NS.
+//!   the authority section on NXDOMAIN and NODATA (also at the end of a CNAME
+//!   chain); A/AAAA of in-zone NS, MX and SRV targets in the additional
+//!   section while they fit. CNAMEs are followed inside the zone.
+//! - Static records (`fabric::zone`): a zone text's SOA and NS replace the
+//!   generated ones. docs/dns.md has the whole behaviour and how it compares
+//!   with knot.
 //! - EDNS(0): OPT echoed with our payload size and the client's DO bit; BADVERS
 //!   for versions above 0; EDNS options are validated and ignored; a TSIG
 //!   record is ignored (the response is unsigned).
@@ -31,6 +38,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use fabric::model::{self, Config};
+use fabric::zone::{self, RecordData, ZoneRecord};
 
 /// Which transport a query arrived on: it decides the response size limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,8 +64,11 @@ const FLAG_CD: u8 = 0x10;
 
 const TYPE_A: u16 = 1;
 const TYPE_NS: u16 = 2;
+const TYPE_CNAME: u16 = 5;
 const TYPE_SOA: u16 = 6;
+const TYPE_MX: u16 = 15;
 const TYPE_AAAA: u16 = 28;
+const TYPE_SRV: u16 = 33;
 const TYPE_OPT: u16 = 41;
 const TYPE_IXFR: u16 = 251;
 const TYPE_AXFR: u16 = 252;
@@ -91,37 +102,32 @@ const LABEL_HOSTMASTER: &[u8] = b"\x0ahostmaster";
 pub struct Engine {
     /// Zones by apex, as lower-case wire-format labels without the root label.
     zones: BTreeMap<Box<[u8]>, Zone>,
-    serial: u32,
 }
 
 #[derive(Debug, Clone)]
 struct Zone {
-    /// TTL of SOA and NS.
-    ttl_secs: u32,
-    /// The SOA minimum: the negative-caching TTL (RFC 2308). The config has one
-    /// TTL per zone for both; they are kept apart so that the negative TTL
-    /// stays min(SOA TTL, minimum) if the config ever splits them.
-    minimum_secs: u32,
-    /// Every name that exists in the zone (same key format as the zones):
-    /// the apex, GSLB names, `ns1`, and the empty non-terminals between them.
-    nodes: BTreeMap<Box<[u8]>, Node>,
-    /// Addresses of `ns1.<zone>`, sent as glue after the NS record.
-    glue: Node,
-}
-
-impl Zone {
+    /// The SOA, for the authority section of negative answers (the apex node
+    /// has it too, for SOA and ANY queries).
+    soa: Rdata,
     /// TTL of the SOA in negative answers: min(SOA TTL, SOA minimum) (RFC 2308).
-    fn negative_ttl_secs(&self) -> u32 {
-        self.ttl_secs.min(self.minimum_secs)
-    }
+    negative_ttl_secs: u32,
+    /// Every name that exists in the zone (same key format as the zones):
+    /// the apex, static and GSLB names, `ns1` when generated, and the empty
+    /// non-terminals between them.
+    nodes: BTreeMap<Box<[u8]>, Node>,
 }
 
-/// The address records at one name; both lists empty for an empty non-terminal.
+/// What one name holds; nothing at all for an empty non-terminal.
 #[derive(Debug, Clone, Default)]
 struct Node {
+    /// TTL of the GSLB addresses.
     ttl_secs: u32,
+    /// GSLB addresses (a GSLB name has no static records).
     v4: Vec<[u8; 4]>,
     v6: Vec<[u8; 16]>,
+    /// Static RRsets (and the apex's SOA and NS), SOA first then by type,
+    /// each type once.
+    rrsets: Vec<Rrset>,
 }
 
 impl Node {
@@ -140,51 +146,250 @@ impl Node {
         }
         node
     }
+
+    fn rrset(&self, rtype: u16) -> Option<&Rrset> {
+        self.rrsets.iter().find(|rrset| rrset.rtype == rtype)
+    }
+
+    fn add(&mut self, rtype: u16, ttl_secs: u32, rdata: Rdata) {
+        match self.rrsets.iter_mut().find(|rrset| rrset.rtype == rtype) {
+            Some(rrset) => rrset.rdatas.push(rdata),
+            None => {
+                self.rrsets.push(Rrset {
+                    rtype,
+                    ttl_secs,
+                    rdatas: vec![rdata],
+                });
+                // SOA first, as a zone file starts; then by type.
+                self.rrsets
+                    .sort_by_key(|rrset| (rrset.rtype != TYPE_SOA, rrset.rtype));
+            }
+        }
+    }
+
+    fn has_addresses(&self) -> bool {
+        !self.v4.is_empty()
+            || !self.v6.is_empty()
+            || self.rrset(TYPE_A).is_some()
+            || self.rrset(TYPE_AAAA).is_some()
+    }
+}
+
+/// The records of one name and type.
+#[derive(Debug, Clone)]
+struct Rrset {
+    rtype: u16,
+    ttl_secs: u32,
+    rdatas: Vec<Rdata>,
+}
+
+/// One record's RDATA, rendered once when the engine is built. A name in it
+/// that lies in the zone is written as its labels below the apex plus a
+/// compression pointer to the apex, patched per response (the apex is always
+/// a suffix of the question); other names are written in full.
+#[derive(Debug, Clone)]
+struct Rdata {
+    bytes: Box<[u8]>,
+    /// Where in `bytes` an apex pointer goes (two bytes each).
+    apex_at: Box<[u16]>,
+    /// The name that additional processing (NS, MX, SRV) or CNAME chasing
+    /// looks up: its offset in `bytes` and its key, when it is in the zone.
+    target: Option<(u16, Box<[u8]>)>,
+    /// When the target (the last thing in the RDATA) shares more labels with
+    /// the record's owner than the apex: where that shared suffix starts in
+    /// the target's key, and how many labels it has. An answer owned by the
+    /// question then points into the question there, as knot compresses
+    /// (`mx-1.manymx.example.com` under `manymx.example.com` is 7 bytes).
+    owner_cut: Option<(u16, u8)>,
+}
+
+impl Rdata {
+    fn fixed(bytes: &[u8]) -> Rdata {
+        Rdata {
+            bytes: bytes.into(),
+            apex_at: Box::new([]),
+            target: None,
+            owner_cut: None,
+        }
+    }
+}
+
+/// Builds one zone's RDATA: names relative to `apex` (its key).
+struct RdataWriter<'a> {
+    apex: &'a [u8],
+    bytes: Vec<u8>,
+    apex_at: Vec<u16>,
+    target: Option<(u16, Box<[u8]>)>,
+}
+
+impl<'a> RdataWriter<'a> {
+    fn new(apex: &'a [u8]) -> Self {
+        RdataWriter {
+            apex,
+            bytes: Vec::new(),
+            apex_at: Vec::new(),
+            target: None,
+        }
+    }
+
+    fn u16(mut self, value: u16) -> Self {
+        self.bytes.extend_from_slice(&value.to_be_bytes());
+        self
+    }
+
+    fn u32(mut self, value: u32) -> Self {
+        self.bytes.extend_from_slice(&value.to_be_bytes());
+        self
+    }
+
+    /// A name given as its key (wire labels, no root label; empty: the root).
+    fn name_key(mut self, key: &[u8], is_target: bool) -> Self {
+        let at = self.bytes.len();
+        match apex_suffix_at(key, self.apex) {
+            Some(apex_start) => {
+                self.bytes.extend_from_slice(&key[..apex_start]);
+                self.apex_at.push(self.bytes.len() as u16);
+                self.bytes.extend_from_slice(&[0xC0, 0]);
+                if is_target {
+                    self.target = Some((at as u16, key.into()));
+                }
+            }
+            None => {
+                self.bytes.extend_from_slice(key);
+                self.bytes.push(0);
+            }
+        }
+        self
+    }
+
+    /// A normalized name ("" is the root).
+    fn name(self, normalized: &str, is_target: bool) -> Self {
+        let key = if normalized.is_empty() {
+            Vec::new()
+        } else {
+            wire_name(normalized)
+        };
+        self.name_key(&key, is_target)
+    }
+
+    fn finish(self) -> Rdata {
+        debug_assert!(self.bytes.len() <= u16::MAX as usize);
+        Rdata {
+            bytes: self.bytes.into(),
+            apex_at: self.apex_at.into(),
+            target: self.target,
+            owner_cut: None,
+        }
+    }
+}
+
+/// Where the apex starts in `key` when `key` is the apex or below it.
+fn apex_suffix_at(key: &[u8], apex: &[u8]) -> Option<usize> {
+    label_starts(key)
+        .into_iter()
+        .find(|&start| key[start..] == *apex)
+}
+
+/// The wire RDATA of a static record owned by `owner` (a key).
+fn static_rdata(data: &RecordData, apex: &[u8], owner: &[u8]) -> Rdata {
+    let mut rdata = rdata_of(data, apex);
+    if let Some((name_at, key)) = &rdata.target {
+        debug_assert_eq!(
+            *name_at as usize + key.len() - apex.len() + 2,
+            rdata.bytes.len()
+        );
+        let (key_starts, owner_starts) = (label_starts(key), label_starts(owner));
+        let shared = key_starts
+            .iter()
+            .rev()
+            .zip(owner_starts.iter().rev())
+            .take_while(|(&k, &o)| key[k..] == owner[o..])
+            .count();
+        if shared > label_starts(apex).len() {
+            let cut = key_starts[key_starts.len() - shared];
+            rdata.owner_cut = Some((cut as u16, shared as u8));
+        }
+    }
+    rdata
+}
+
+fn rdata_of(data: &RecordData, apex: &[u8]) -> Rdata {
+    let writer = RdataWriter::new(apex);
+    match data {
+        RecordData::A(v4) => Rdata::fixed(&v4.octets()),
+        RecordData::Aaaa(v6) => Rdata::fixed(&v6.octets()),
+        RecordData::Cname(target) | RecordData::Ns(target) => writer.name(target, true).finish(),
+        RecordData::Mx {
+            preference,
+            exchange,
+        } => writer.u16(*preference).name(exchange, true).finish(),
+        RecordData::Srv {
+            priority,
+            weight,
+            port,
+            target,
+        } => writer
+            .u16(*priority)
+            .u16(*weight)
+            .u16(*port)
+            .name(target, true)
+            .finish(),
+        RecordData::Txt(strings) => {
+            let mut bytes = Vec::new();
+            for s in strings {
+                debug_assert!(
+                    s.len() <= 255,
+                    "validated: TXT strings of 255 bytes at most"
+                );
+                bytes.push(s.len() as u8);
+                bytes.extend_from_slice(s);
+            }
+            Rdata::fixed(&bytes)
+        }
+        RecordData::Soa(soa) => writer
+            .name(&soa.mname, false)
+            .name(&soa.rname, false)
+            .u32(soa.serial)
+            .u32(soa.refresh_secs)
+            .u32(soa.retry_secs)
+            .u32(soa.expire_secs)
+            .u32(soa.minimum_secs)
+            .finish(),
+    }
 }
 
 impl Engine {
-    /// Build from a validated config: one zone per `dns.zones` entry; each GSLB
-    /// service's fqdn answers A (IPv4 VIPs) and AAAA (IPv6 VIPs) with the VIPs
-    /// of its member virtual services, TTL `ttl_secs`.
+    /// Build from a validated config: one zone per `dns.zones` entry with its
+    /// static records (`records` and `zone_text`); each GSLB service's fqdn
+    /// answers A (IPv4 VIPs) and AAAA (IPv6 VIPs) with the VIPs of its member
+    /// virtual services, TTL `ttl_secs`.
     ///
-    /// Each zone's apex has SOA (`ns1.<zone>`, `hostmaster.<zone>`, `serial`)
-    /// and NS `ns1.<zone>`; `ns1.<zone>` has the address of `dns.listen` unless
-    /// that is unspecified. A GSLB service named `ns1.<zone>` replaces that
-    /// address. A name in nested zones belongs to the closest one. Entries that
-    /// would fail validation are skipped rather than trusted.
+    /// A zone without a static SOA gets one: `ns1.<zone>`,
+    /// `hostmaster.<zone>`, `serial`. A zone without static NS gets NS
+    /// `ns1.<zone>`, and `ns1.<zone>` has the address of `dns.listen` unless
+    /// that is unspecified or `ns1` has addresses of its own (static, or a
+    /// GSLB service of that name). A name in nested zones belongs to the
+    /// closest one. Entries that would fail validation are skipped rather
+    /// than trusted.
     pub fn from_config(config: &Config, serial: u32) -> Engine {
         let mut zones = BTreeMap::new();
         let Some(dns) = &config.dns else {
-            return Engine { zones, serial };
+            return Engine { zones };
         };
-        for zone_config in &dns.zones {
+        for (i, zone_config) in dns.zones.iter().enumerate() {
             let Some(apex) =
                 model::normalize_name(&zone_config.name).map(|n| wire_name(&n).into_boxed_slice())
             else {
                 continue;
             };
-            let mut nodes = BTreeMap::new();
-            nodes.insert(apex.clone(), Node::default());
-            let listen = dns.listen.ip();
-            if !listen.is_unspecified() {
-                let ns1 = [LABEL_NS1, &apex[..]].concat().into_boxed_slice();
-                nodes.insert(ns1, Node::with_addresses(zone_config.ttl_secs, [listen]));
-            }
-            let zone = Zone {
-                ttl_secs: zone_config.ttl_secs,
-                minimum_secs: zone_config.ttl_secs,
-                nodes,
-                glue: Node::default(),
-            };
+            let records =
+                zone::zone_records(zone_config, &format!("dns.zones[{i}]")).unwrap_or_default();
+            let zone = build_zone(&apex, zone_config.ttl_secs, &records, dns, serial);
             zones.insert(apex, zone);
         }
-        let mut engine = Engine { zones, serial };
+        let mut engine = Engine { zones };
         for service in &config.gslb_services {
             engine.add_service(config, service);
-        }
-        for (apex, zone) in engine.zones.iter_mut() {
-            let ns1 = [LABEL_NS1, &apex[..]].concat();
-            zone.glue = zone.nodes.get(&ns1[..]).cloned().unwrap_or_default();
         }
         engine
     }
@@ -208,15 +413,15 @@ impl Engine {
             .iter()
             .filter_map(|m| config.virtual_service(m))
             .map(|vs| vs.vip);
-        zone.nodes.insert(
-            name.clone().into_boxed_slice(),
-            Node::with_addresses(service.ttl_secs, vips),
-        );
-        // Names between the service and the apex exist without records: they
-        // must answer NODATA, not NXDOMAIN (RFC 8020).
-        for &start in starts.iter().take(zone_label).skip(1) {
-            zone.nodes.entry(name[start..].into()).or_default();
+        let mut node = Node::with_addresses(service.ttl_secs, vips);
+        if zone_label == 0 {
+            // A GSLB service at the apex: the apex keeps its SOA and NS.
+            if let Some(apex) = zone.nodes.get(&name[..]) {
+                node.rrsets = apex.rrsets.clone();
+            }
         }
+        zone.nodes.insert(name.clone().into_boxed_slice(), node);
+        add_empty_non_terminals(zone, &name, &starts[..zone_label]);
     }
 
     /// Answer one wire-format query.
@@ -233,9 +438,9 @@ impl Engine {
             Ok(request) => request,
             Err(rcode) => return Some(header_only(query, rcode)),
         };
-        let mut response = Response::start(&request);
+        let mut response = Response::start(&request, request.size_limit(transport));
         self.resolve(&request, &mut response);
-        Some(response.finish(&request, request.size_limit(transport)))
+        Some(response.finish(&request))
     }
 
     fn resolve(&self, request: &Request<'_>, response: &mut Response) {
@@ -254,35 +459,204 @@ impl Engine {
         };
         response.authoritative = true;
         let apex = Pointer::to_label(&request.name, zone_label);
-        let Some(node) = zone.nodes.get(request.name.bytes()) else {
+        let Some(mut node) = zone.nodes.get(request.name.bytes()) else {
             response.rcode = RCODE_NXDOMAIN;
-            response.soa(Section::Authority, apex, zone, self.serial);
+            response.soa(apex, zone);
             return;
         };
         let any = qtype == TYPE_ANY;
-        let at_apex = zone_label == 0;
-        if at_apex && (any || qtype == TYPE_SOA) {
-            response.soa(Section::Answer, apex, zone, self.serial);
+        let mut owner = Owner::Pointer(Pointer::QNAME);
+        // Follow CNAMEs inside the zone, as knot does: each hop's target was
+        // just written as the CNAME's RDATA, so its owner is a pointer there.
+        // A name already answered for ends the chain (a loop).
+        let mut visited: [&[u8]; CNAME_HOPS_MAX] = [&[]; CNAME_HOPS_MAX];
+        visited[0] = request.name.bytes();
+        for hop in 1..CNAME_HOPS_MAX {
+            let Some(cname) = node
+                .rrset(TYPE_CNAME)
+                .filter(|_| !any && qtype != TYPE_CNAME)
+            else {
+                break;
+            };
+            let Some(rdata) = cname.rdatas.first() else {
+                break;
+            };
+            let rdata_at = response.rrset(Section::Answer, owner, cname, apex, None);
+            let Some((name_at, key)) = &rdata.target else {
+                return; // out of the zone: the resolver goes on from here
+            };
+            if visited[..hop].contains(&&key[..]) {
+                return;
+            }
+            let Some(next) = zone.nodes.get(key) else {
+                // RFC 6604: the rcode is that of the last name in the chain.
+                response.rcode = RCODE_NXDOMAIN;
+                response.soa(apex, zone);
+                return;
+            };
+            visited[hop] = key;
+            owner = Owner::at(rdata_at + *name_at as usize, key);
+            node = next;
         }
-        let with_ns = at_apex && (any || qtype == TYPE_NS);
-        if with_ns {
-            response.ns(apex, zone.ttl_secs);
+        let answered_before = response.count(Section::Answer);
+        let mut targets = Targets::new();
+        for rrset in node.rrsets.iter().filter(|r| any || r.rtype == qtype) {
+            let additional = matches!(rrset.rtype, TYPE_NS | TYPE_MX | TYPE_SRV);
+            let targets = additional.then_some(&mut targets);
+            response.rrset(Section::Answer, owner, rrset, apex, targets);
         }
         if any || qtype == TYPE_A || qtype == TYPE_AAAA {
-            response.addresses(node, any || qtype == TYPE_A, any || qtype == TYPE_AAAA);
+            let (v4, v6) = (any || qtype == TYPE_A, any || qtype == TYPE_AAAA);
+            response.addresses(Section::Answer, owner, node, v4, v6);
         }
-        if response.count(Section::Answer) == 0 {
-            // NODATA: an existing name (or empty non-terminal) without this type.
-            response.soa(Section::Authority, apex, zone, self.serial);
+        if response.count(Section::Answer) == answered_before {
+            // NODATA: an existing name (or empty non-terminal) without this
+            // type, also at the end of a CNAME chain.
+            response.soa(apex, zone);
         }
-        if with_ns {
-            response.glue(apex, &zone.glue);
+        // Addresses of the NS, MX and SRV targets, as many RRsets as fit:
+        // they are optional, so one that does not fit ends the section
+        // without TC, as knot does.
+        for (offset, key) in targets.iter() {
+            let Some(target) = zone.nodes.get(key) else {
+                continue;
+            };
+            let owner = Owner::at(offset, key);
+            for rtype in [TYPE_A, TYPE_AAAA] {
+                let mark = response.mark();
+                if let Some(rrset) = target.rrset(rtype) {
+                    response.rrset(Section::Additional, owner, rrset, apex, None);
+                }
+                let gslb = (rtype == TYPE_A, rtype == TYPE_AAAA);
+                response.addresses(Section::Additional, owner, target, gslb.0, gslb.1);
+                if !response.fits(request) {
+                    response.rewind(mark);
+                    return;
+                }
+            }
         }
     }
 
     /// The closest enclosing zone of `name` and the index of its apex label.
     fn zone_of(&self, name: &LowerName) -> Option<(usize, &Zone)> {
         (0..name.label_count).find_map(|i| self.zones.get(name.suffix(i)).map(|zone| (i, zone)))
+    }
+}
+
+/// Names in one CNAME chain, the question's included; a longer chain ends
+/// with the CNAMEs written so far.
+const CNAME_HOPS_MAX: usize = 8;
+/// Most names that additional processing looks up for one answer.
+const TARGETS_MAX: usize = 64;
+
+/// In-zone names in the NS, MX and SRV records of an answer: where each was
+/// written in the response and its key. Fixed-size, no allocation; names past
+/// the bound get no additional records (which are optional).
+struct Targets<'e> {
+    found: [(usize, &'e [u8]); TARGETS_MAX],
+    len: usize,
+}
+
+impl<'e> Targets<'e> {
+    fn new() -> Self {
+        Targets {
+            found: [(0, &[]); TARGETS_MAX],
+            len: 0,
+        }
+    }
+
+    /// The in-zone name `key`, written at `offset` of the response.
+    fn note(&mut self, offset: usize, key: &'e [u8]) {
+        let known = self.found[..self.len].iter().any(|&(_, k)| k == key);
+        if !known && self.len < TARGETS_MAX {
+            self.found[self.len] = (offset, key);
+            self.len += 1;
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (usize, &'e [u8])> + '_ {
+        self.found[..self.len].iter().copied()
+    }
+}
+
+/// Build one zone from its static records, adding what the zone lacks:
+/// SOA, NS `ns1.<zone>` and the address of `ns1`.
+fn build_zone(
+    apex: &[u8],
+    ttl_secs: u32,
+    records: &[ZoneRecord],
+    dns: &model::DnsConfig,
+    serial: u32,
+) -> Zone {
+    let mut nodes: BTreeMap<Box<[u8]>, Node> = BTreeMap::new();
+    nodes.insert(apex.into(), Node::default());
+    for record in records {
+        let key = wire_name(&record.owner);
+        let starts = label_starts(&key);
+        let Some(zone_label) = starts.iter().position(|&s| key[s..] == *apex) else {
+            continue; // outside the zone: validation rejects it
+        };
+        let rdata = static_rdata(&record.data, apex, &key);
+        nodes
+            .entry(key.clone().into_boxed_slice())
+            .or_default()
+            .add(record.data.rtype(), record.ttl_secs, rdata);
+        for &start in starts.iter().take(zone_label).skip(1) {
+            nodes.entry(key[start..].into()).or_default();
+        }
+    }
+    let apex_node = nodes.get_mut(apex).expect("inserted above");
+    if apex_node.rrset(TYPE_SOA).is_none() {
+        let soa = RdataWriter::new(apex)
+            .name_key(&[LABEL_NS1, apex].concat(), false)
+            .name_key(&[LABEL_HOSTMASTER, apex].concat(), false)
+            .u32(serial)
+            .u32(SOA_REFRESH_SECS)
+            .u32(SOA_RETRY_SECS)
+            .u32(SOA_EXPIRE_SECS)
+            .u32(ttl_secs)
+            .finish();
+        apex_node.add(TYPE_SOA, ttl_secs, soa);
+    }
+    if apex_node.rrset(TYPE_NS).is_none() {
+        let ns1 = [LABEL_NS1, apex].concat();
+        let ns = RdataWriter::new(apex).name_key(&ns1, true).finish();
+        apex_node.add(TYPE_NS, ttl_secs, ns);
+        let listen = dns.listen.ip();
+        let node = nodes.entry(ns1.into_boxed_slice()).or_default();
+        if !listen.is_unspecified() && !node.has_addresses() {
+            let (rtype, rdata) = match listen {
+                IpAddr::V4(v4) => (TYPE_A, Rdata::fixed(&v4.octets())),
+                IpAddr::V6(v6) => (TYPE_AAAA, Rdata::fixed(&v6.octets())),
+            };
+            node.add(rtype, ttl_secs, rdata);
+        }
+        if node.rrsets.is_empty() {
+            // No address: `ns1` does not exist (a GSLB service may add it).
+            nodes.remove(&[LABEL_NS1, apex].concat()[..]);
+        }
+    }
+    let apex_node = nodes.get(apex).expect("inserted above");
+    let soa_rrset = apex_node.rrset(TYPE_SOA).expect("added above");
+    let soa = soa_rrset.rdatas[0].clone();
+    let minimum_secs = u32::from_be_bytes(
+        soa.bytes[soa.bytes.len() - 4..]
+            .try_into()
+            .expect("a SOA ends in 4 bytes of minimum"),
+    );
+    Zone {
+        negative_ttl_secs: soa_rrset.ttl_secs.min(minimum_secs),
+        soa,
+        nodes,
+    }
+}
+
+/// Names between a name and its apex exist without records: they answer
+/// NODATA, not NXDOMAIN (RFC 8020). `starts` are the name's label offsets
+/// above the apex.
+fn add_empty_non_terminals(zone: &mut Zone, name: &[u8], starts: &[usize]) {
+    for &start in starts.iter().skip(1) {
+        zone.nodes.entry(name[start..].into()).or_default();
     }
 }
 
@@ -537,7 +911,7 @@ enum Section {
 }
 
 /// A compression pointer to a name inside the echoed question.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Pointer(u16);
 
 impl Pointer {
@@ -564,16 +938,40 @@ impl Pointer {
     }
 }
 
+/// How a record's owner is written.
+#[derive(Clone, Copy, Debug)]
+enum Owner<'k> {
+    /// A compression pointer to the name written earlier.
+    Pointer(Pointer),
+    /// The name in full (its key plus the root label): for a name first
+    /// written past the reach of a pointer.
+    Spelled(&'k [u8]),
+}
+
+impl<'k> Owner<'k> {
+    /// The name `key` that was written at `offset` in the response.
+    fn at(offset: usize, key: &'k [u8]) -> Owner<'k> {
+        Pointer::to_offset(offset).map_or(Owner::Spelled(key), Owner::Pointer)
+    }
+}
+
+/// Size of our OPT record: root owner, type, class, TTL, empty RDATA.
+const OPT_BYTES: usize = 11;
+
 /// A response being written front to back: header, echoed question, records.
 struct Response {
     buf: Vec<u8>,
     counts: [u16; 3],
     rcode: u16,
     authoritative: bool,
+    /// The transport's size limit for this response.
+    limit_bytes: usize,
+    /// Length of the question name without its root label.
+    question_name_len: usize,
 }
 
 impl Response {
-    fn start(request: &Request<'_>) -> Response {
+    fn start(request: &Request<'_>, limit_bytes: usize) -> Response {
         let mut buf = Vec::with_capacity(UDP_PLAIN_BYTES);
         buf.extend_from_slice(&request.id);
         buf.extend_from_slice(&[0; HEADER_LEN - 2]); // flags and counts, set by `finish`
@@ -583,6 +981,8 @@ impl Response {
             counts: [0; 3],
             rcode: RCODE_NOERROR,
             authoritative: false,
+            limit_bytes,
+            question_name_len: request.name.len,
         }
     }
 
@@ -597,11 +997,17 @@ impl Response {
         *count = count.saturating_add(1);
     }
 
-    /// Write a record's owner (encoded), type, class and TTL; returns where
-    /// RDLENGTH goes, for [`end_rdata`](Self::end_rdata).
-    fn record(&mut self, section: Section, owner: &[u8], rtype: u16, ttl_secs: u32) -> usize {
+    /// Write a record's owner, type, class and TTL; returns where RDLENGTH
+    /// goes, for [`end_rdata`](Self::end_rdata).
+    fn record(&mut self, section: Section, owner: Owner<'_>, rtype: u16, ttl_secs: u32) -> usize {
         self.bump(section);
-        self.buf.extend_from_slice(owner);
+        match owner {
+            Owner::Pointer(pointer) => self.buf.extend_from_slice(&pointer.bytes()),
+            Owner::Spelled(key) => {
+                self.buf.extend_from_slice(key);
+                self.buf.push(0);
+            }
+        }
         self.buf.extend_from_slice(&rtype.to_be_bytes());
         self.buf.extend_from_slice(&CLASS_IN.to_be_bytes());
         self.buf.extend_from_slice(&ttl_secs.to_be_bytes());
@@ -617,74 +1023,97 @@ impl Response {
         self.buf[rdlength_at..rdlength_at + 2].copy_from_slice(&(rdlength as u16).to_be_bytes());
     }
 
-    /// The zone's SOA: TTL the zone's in the answer section, the negative TTL
-    /// in the authority section.
-    fn soa(&mut self, section: Section, apex: Pointer, zone: &Zone, serial: u32) {
-        let ttl_secs = match section {
-            Section::Authority => zone.negative_ttl_secs(),
-            _ => zone.ttl_secs,
-        };
-        let at = self.record(section, &apex.bytes(), TYPE_SOA, ttl_secs);
-        self.buf.extend_from_slice(LABEL_NS1);
-        self.buf.extend_from_slice(&apex.bytes());
-        self.buf.extend_from_slice(LABEL_HOSTMASTER);
-        self.buf.extend_from_slice(&apex.bytes());
-        for value in [
-            serial,
-            SOA_REFRESH_SECS,
-            SOA_RETRY_SECS,
-            SOA_EXPIRE_SECS,
-            zone.minimum_secs,
-        ] {
-            self.buf.extend_from_slice(&value.to_be_bytes());
+    /// One prepared RDATA, its apex pointers patched in; returns where it starts.
+    fn rdata(&mut self, rdata: &Rdata, apex: Pointer) -> usize {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&rdata.bytes);
+        for &at in rdata.apex_at.iter() {
+            let at = start + at as usize;
+            self.buf[at..at + 2].copy_from_slice(&apex.bytes());
         }
+        start
+    }
+
+    /// Every record of `rrset`, owned by `owner`; returns where the first
+    /// RDATA starts. In-zone names of the RDATA are noted in `targets` with
+    /// where they were written, for additional processing.
+    fn rrset<'e>(
+        &mut self,
+        section: Section,
+        owner: Owner<'_>,
+        rrset: &'e Rrset,
+        apex: Pointer,
+        mut targets: Option<&mut Targets<'e>>,
+    ) -> usize {
+        let mut first = None;
+        for rdata in &rrset.rdatas {
+            let at = self.record(section, owner, rrset.rtype, rrset.ttl_secs);
+            // Owned by the question: the target's shared suffix with it is
+            // the question's tail, so the target is its head plus a pointer.
+            let shared_at = match (owner, rdata.owner_cut, &rdata.target) {
+                (Owner::Pointer(Pointer::QNAME), Some((cut, _)), Some((name_at, key))) => self
+                    .question_name_len
+                    .checked_sub(key.len() - cut as usize)
+                    .map(|tail| (tail, *name_at as usize, &key[..cut as usize])),
+                _ => None,
+            };
+            let start = match shared_at {
+                Some((tail, name_at, head)) => {
+                    let start = self.buf.len();
+                    self.buf.extend_from_slice(&rdata.bytes[..name_at]);
+                    self.buf.extend_from_slice(head);
+                    let pointer = Pointer((HEADER_LEN + tail) as u16);
+                    self.buf.extend_from_slice(&pointer.bytes());
+                    start
+                }
+                None => self.rdata(rdata, apex),
+            };
+            first.get_or_insert(start);
+            if let (Some(targets), Some((name_at, key))) = (targets.as_deref_mut(), &rdata.target) {
+                targets.note(start + *name_at as usize, key);
+            }
+            self.end_rdata(at);
+        }
+        first.unwrap_or(self.buf.len())
+    }
+
+    /// The zone's SOA in the authority section, with the negative TTL.
+    fn soa(&mut self, apex: Pointer, zone: &Zone) {
+        let at = self.record(
+            Section::Authority,
+            Owner::Pointer(apex),
+            TYPE_SOA,
+            zone.negative_ttl_secs,
+        );
+        self.rdata(&zone.soa, apex);
         self.end_rdata(at);
     }
 
-    fn ns(&mut self, apex: Pointer, ttl_secs: u32) {
-        let at = self.record(Section::Answer, &apex.bytes(), TYPE_NS, ttl_secs);
-        self.buf.extend_from_slice(LABEL_NS1);
-        self.buf.extend_from_slice(&apex.bytes());
-        self.end_rdata(at);
-    }
-
-    /// A and/or AAAA records of `node`, owned by the question name.
-    fn addresses(&mut self, node: &Node, v4: bool, v6: bool) {
-        let owner = Pointer::QNAME.bytes();
+    /// The GSLB A and/or AAAA records of `node`.
+    fn addresses(&mut self, section: Section, owner: Owner<'_>, node: &Node, v4: bool, v6: bool) {
         let v4s = node.v4.iter().filter(|_| v4).map(|a| (TYPE_A, &a[..]));
         let v6s = node.v6.iter().filter(|_| v6).map(|a| (TYPE_AAAA, &a[..]));
         for (rtype, rdata) in v4s.chain(v6s) {
-            let at = self.record(Section::Answer, &owner, rtype, node.ttl_secs);
+            let at = self.record(section, owner, rtype, node.ttl_secs);
             self.buf.extend_from_slice(rdata);
             self.end_rdata(at);
         }
     }
 
-    /// `ns1.<zone>` addresses in the additional section, so a resolver needs
-    /// no second query to reach the name server it was just told about.
-    fn glue(&mut self, apex: Pointer, glue: &Node) {
-        // The first owner is written as the label `ns1` plus a pointer to the
-        // apex; later ones point at that first one.
-        let mut spelled = [0u8; 6];
-        spelled[..4].copy_from_slice(LABEL_NS1);
-        spelled[4..].copy_from_slice(&apex.bytes());
-        let mut first: Option<Pointer> = None;
-        let v4s = glue.v4.iter().map(|a| (TYPE_A, &a[..]));
-        let v6s = glue.v6.iter().map(|a| (TYPE_AAAA, &a[..]));
-        for (rtype, rdata) in v4s.chain(v6s) {
-            let owner_at = self.buf.len();
-            let at = match first {
-                Some(pointer) => {
-                    self.record(Section::Additional, &pointer.bytes(), rtype, glue.ttl_secs)
-                }
-                None => {
-                    first = Pointer::to_offset(owner_at);
-                    self.record(Section::Additional, &spelled, rtype, glue.ttl_secs)
-                }
-            };
-            self.buf.extend_from_slice(rdata);
-            self.end_rdata(at);
-        }
+    /// Where the response is now, to [`rewind`](Self::rewind) to.
+    fn mark(&self) -> (usize, [u16; 3]) {
+        (self.buf.len(), self.counts)
+    }
+
+    fn rewind(&mut self, (len, counts): (usize, [u16; 3])) {
+        self.buf.truncate(len);
+        self.counts = counts;
+    }
+
+    /// Whether what is written so far, plus the OPT record, fits the limit.
+    fn fits(&self, request: &Request<'_>) -> bool {
+        let opt_bytes = if request.edns.is_some() { OPT_BYTES } else { 0 };
+        self.buf.len() + opt_bytes <= self.limit_bytes
     }
 
     /// OPT: our payload size, the high bits of the rcode, version 0, DO echoed.
@@ -703,7 +1132,8 @@ impl Response {
 
     /// Close the response; past `limit_bytes`, replace it by a truncated one
     /// (TC, question and OPT only) so that the client retries over TCP.
-    fn finish(mut self, request: &Request<'_>, limit_bytes: usize) -> Vec<u8> {
+    fn finish(mut self, request: &Request<'_>) -> Vec<u8> {
+        let limit_bytes = self.limit_bytes;
         if let Some(edns) = request.edns {
             self.opt(edns);
         }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{bytes, config, parse, query, query_edns};
+use common::{bytes, config, parse, query, query_edns, static_config};
 use gslb::{Engine, Transport};
 use hickory_proto::rr::RecordType;
 use rand::rngs::SmallRng;
@@ -97,6 +97,40 @@ fn mutated_queries_never_panic() {
             0 => input.truncate(rng.gen_range(0..input.len())),
             1 => input.extend((0..rng.gen_range(1..20)).map(|_| rng.gen::<u8>())),
             _ => {}
+        }
+        let transport = transport(&mut rng);
+        if let Some(output) = engine.answer(&input, transport) {
+            answered_noerror += usize::from(output.len() > 3 && output[3] & 0x0F == 0);
+        }
+        check(&engine, &input, transport, case);
+    }
+    assert!(
+        answered_noerror > CASES / 20,
+        "only {answered_noerror} NOERROR answers: mutations too destructive"
+    );
+}
+
+#[test]
+fn mutated_queries_to_a_static_zone_never_panic() {
+    let engine = Engine::from_config(&static_config(), 1);
+    let mut rng = SmallRng::seed_from_u64(SEED + 2);
+    let seeds = [
+        bytes(&query("chain1.example.com.", RecordType::AAAA)),
+        bytes(&query_edns("example.com.", RecordType::MX, 1232, true)),
+        bytes(&query_edns("huge.example.com.", RecordType::A, 4096, false)),
+        bytes(&query("_sip._tcp.example.com.", RecordType::SRV)),
+        bytes(&query("loop1.example.com.", RecordType::A)),
+        bytes(&query("big.example.com.", RecordType::ANY)),
+    ];
+    let mut answered_noerror = 0;
+    for case in 0..CASES {
+        let mut input = seeds[case % seeds.len()].clone();
+        for _ in 0..rng.gen_range(1..=3) {
+            let at = rng.gen_range(0..input.len());
+            input[at] ^= 1 << rng.gen_range(0..8);
+        }
+        if rng.gen_ratio(1, 8) {
+            input.truncate(rng.gen_range(0..input.len()));
         }
         let transport = transport(&mut rng);
         if let Some(output) = engine.answer(&input, transport) {

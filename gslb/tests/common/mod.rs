@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use fabric::model::{Config, GslbService, VirtualService};
+use fabric::model::{Config, DnsConfig, GslbService, VirtualService, ZoneConfig};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 
@@ -74,4 +74,25 @@ pub fn bytes(message: &Message) -> Vec<u8> {
 pub fn parse(response: &[u8]) -> Message {
     Message::from_vec(response)
         .unwrap_or_else(|e| panic!("response does not parse: {e:?}\n{response:02x?}"))
+}
+
+/// The static zone that knot serves in the conformance test.
+pub const STATIC_ZONE: &str = include_str!("../data/conformance.zone");
+
+/// A config serving only `example.com` from [`STATIC_ZONE`].
+pub fn static_config() -> Config {
+    let mut config = Config::example();
+    config.gslb_services.clear();
+    config.dns = Some(DnsConfig {
+        listen: "127.0.0.1:53".parse().unwrap(),
+        zones: vec![ZoneConfig {
+            name: "example.com".into(),
+            ttl_secs: 300,
+            records: Vec::new(),
+            zone_text: Some(STATIC_ZONE.into()),
+            zone_file: None,
+        }],
+    });
+    config.validate().expect("the static zone is valid");
+    config
 }
