@@ -123,6 +123,8 @@ pub struct VsHttp {
     /// Most streams one HTTP/2 client connection may have open
     /// (SETTINGS_MAX_CONCURRENT_STREAMS).
     pub max_h2_streams: u32,
+    /// Largest request body; a larger one is answered 413 (0: no limit).
+    pub max_body_bytes: u64,
 }
 
 impl Default for VsHttp {
@@ -140,6 +142,7 @@ impl Default for VsHttp {
             max_connections: 10_000,
             max_requests_in_flight: 10_000,
             max_h2_streams: 256,
+            max_body_bytes: 0,
         }
     }
 }
@@ -170,6 +173,12 @@ impl VsHttp {
             err(
                 format!("{at}.max_header_bytes"),
                 "must be between 1024 and 1048576".into(),
+            );
+        }
+        if self.max_body_bytes > 1 << 40 {
+            err(
+                format!("{at}.max_body_bytes"),
+                "must be at most 1099511627776 (1 TiB; 0: no limit)".into(),
             );
         }
         for (name, n, most) in [
@@ -1934,7 +1943,7 @@ mod tests {
             vip = "127.0.0.10"
             port = 80
             pool = "web"
-            http = { header_timeout_ms = 0, max_header_bytes = 10, forwarded = true, max_h2_streams = 0, max_connections = 5 }
+            http = { header_timeout_ms = 0, max_header_bytes = 10, forwarded = true, max_h2_streams = 0, max_connections = 5, max_body_bytes = 2199023255552 }
             "#,
         )
         .unwrap();
@@ -1953,6 +1962,7 @@ mod tests {
             [
                 "virtual_services[0].http.header_timeout_ms",
                 "virtual_services[0].http.max_header_bytes",
+                "virtual_services[0].http.max_body_bytes",
                 "virtual_services[0].http.max_h2_streams"
             ]
         );

@@ -182,6 +182,9 @@ impl StreamCtx {
                 None => Framing::Chunked,
             }
         };
+        if matches!(framing, Framing::Length(n) if n > self.limits.max_body) {
+            return Outcome::Own(413, "request body too large".into());
+        }
         let servers = self.vs.servers();
         if self.vs.upstream_h2() {
             return self.to_h2_server(parts, body, respond, &servers).await;
@@ -224,6 +227,7 @@ impl StreamCtx {
                 }
                 Err(Failed::Stale) => unreachable!("send replays stale connections"),
                 Err(Failed::Client) => return Outcome::Gone,
+                Err(Failed::TooLarge) => return Outcome::Own(413, "request body too large".into()),
                 Err(Failed::Timeout) => {
                     picked.state().on_request_failed("response timed out");
                     return Outcome::Own(504, format!("server {server} did not answer in time"));
@@ -296,9 +300,14 @@ impl StreamCtx {
                 }
             };
             if !end {
-                match crate::h2up::pipe(&mut body, &mut up, limits.body_idle).await {
+                match crate::h2up::pipe(&mut body, &mut up, limits.body_idle, limits.max_body).await
+                {
                     Ok(()) => {}
                     Err(crate::h2up::PipeError::Source) => return Outcome::Gone,
+                    Err(crate::h2up::PipeError::TooLarge) => {
+                        up.send_reset(Reason::CANCEL);
+                        return Outcome::Own(413, "request body too large".into());
+                    }
                     Err(crate::h2up::PipeError::Sink) => {
                         picked.state().on_request_failed("server stopped reading");
                         return Outcome::Own(502, format!("server {server} stopped reading"));
@@ -330,7 +339,8 @@ impl StreamCtx {
             };
             if !end {
                 let piped =
-                    crate::h2up::pipe(&mut from_server, &mut to_client, limits.body_idle).await;
+                    crate::h2up::pipe(&mut from_server, &mut to_client, limits.body_idle, u64::MAX)
+                        .await;
                 if piped == Err(crate::h2up::PipeError::Source) {
                     picked.state().on_request_failed("response body broke off");
                     to_client.send_reset(Reason::INTERNAL_ERROR);
@@ -402,6 +412,7 @@ impl StreamCtx {
         chunked: bool,
     ) -> Result<(), Failed> {
         let mut out = Vec::new();
+        let mut budget = self.limits.max_body;
         loop {
             let data = match rt::timeout(self.limits.body_idle, body.data()).await {
                 Ok(Some(Ok(data))) => data,
@@ -409,6 +420,9 @@ impl StreamCtx {
                 Ok(Some(Err(_))) | Err(_) => return Err(Failed::Client),
             };
             let _ = body.flow_control().release_capacity(data.len());
+            budget = budget
+                .checked_sub(data.len() as u64)
+                .ok_or(Failed::TooLarge)?;
             if data.is_empty() {
                 continue;
             }

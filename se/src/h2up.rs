@@ -101,6 +101,8 @@ pub(crate) enum PipeError {
     Source,
     /// The receiving side reset the stream or stopped reading.
     Sink,
+    /// More than the allowed bytes came.
+    TooLarge,
 }
 
 /// Wait until `send` may take more data (the peer's window), at most `idle`.
@@ -117,17 +119,20 @@ pub(crate) async fn capacity(send: &mut SendStream<Bytes>, idle: Duration) -> Re
 
 /// Move a body, then its trailers, from one HTTP/2 stream to another: data
 /// is taken from `src` only once `dst` has window for it, so at most one
-/// frame per stream waits in memory. No pause may be longer than `idle`.
+/// frame per stream waits in memory. No pause may be longer than `idle`,
+/// and no more than `max` bytes may come.
 pub(crate) async fn pipe(
     src: &mut RecvStream,
     dst: &mut SendStream<Bytes>,
     idle: Duration,
+    mut max: u64,
 ) -> Result<(), PipeError> {
     loop {
         capacity(dst, idle).await.map_err(|_| PipeError::Sink)?;
         match rt::timeout(idle, src.data()).await {
             Ok(Some(Ok(data))) => {
                 let n = data.len();
+                max = max.checked_sub(n as u64).ok_or(PipeError::TooLarge)?;
                 dst.send_data(data, false).map_err(|_| PipeError::Sink)?;
                 let _ = src.flow_control().release_capacity(n);
             }

@@ -57,6 +57,8 @@ pub struct Limits {
     pub tunnel_idle: Duration,
     /// Largest request or response head.
     pub max_head: usize,
+    /// Largest request body (`u64::MAX`: no limit).
+    pub max_body: u64,
 }
 
 impl From<&VsHttp> for Limits {
@@ -70,6 +72,10 @@ impl From<&VsHttp> for Limits {
             body_idle: ms(h.body_idle_timeout_ms),
             tunnel_idle: ms(h.tunnel_idle_timeout_ms),
             max_head: h.max_header_bytes as usize,
+            max_body: match h.max_body_bytes {
+                0 => u64::MAX,
+                n => n,
+            },
         }
     }
 }
@@ -205,6 +211,8 @@ enum BodyError {
     Source,
     /// The receiving side failed.
     Sink,
+    /// More body than allowed.
+    TooLarge,
 }
 
 /// Stream the rest of a body from `src` (with `srcbuf` holding what was
@@ -217,6 +225,7 @@ async fn relay_body<R, W>(
     end: &mut BodyEnd,
     idle: Duration,
     scratch: &mut Vec<u8>,
+    budget: &mut u64,
 ) -> Result<(), BodyError>
 where
     R: AsyncRead + Unpin,
@@ -233,7 +242,8 @@ where
             Ok(_) => {}
         }
         scratch.clear();
-        take_body(end, srcbuf, scratch).map_err(|_| BodyError::Source)?;
+        let n = take_body(end, srcbuf, scratch).map_err(|_| BodyError::Source)?;
+        *budget = budget.checked_sub(n as u64).ok_or(BodyError::TooLarge)?;
         write_all(dst, scratch).await.map_err(|_| BodyError::Sink)?;
     }
 }
@@ -303,6 +313,8 @@ struct Conn<S> {
     responded: Instant,
     /// The timer of every wait on this connection's reads.
     timer: rt::Deadline,
+    /// Request body bytes the current request may still send.
+    budget: u64,
 }
 
 /// Serve one HTTP/1.x client connection of `vs` (plain, or TLS already
@@ -327,6 +339,7 @@ where
         sent_at: rt::now(),
         responded: rt::now(),
         timer: rt::Deadline::new(),
+        budget: u64::MAX,
     };
     let mut first = true;
     loop {
@@ -361,11 +374,24 @@ where
         }
         // The head for the server, then the body bytes that came with it.
         let mut req_end = BodyEnd::new(head.framing);
-        if take_body(&mut req_end, &mut conn.inbuf, &mut conn.out).is_err() {
-            let e = HeadError::Framing("malformed chunked body");
-            conn.refuse(&e).await;
+        let first = match take_body(&mut req_end, &mut conn.inbuf, &mut conn.out) {
+            Ok(n) => n as u64,
+            Err(_) => {
+                let e = HeadError::Framing("malformed chunked body");
+                conn.refuse(&e).await;
+                return;
+            }
+        };
+        let declared = match head.framing {
+            Framing::Length(n) => n,
+            _ => first,
+        };
+        if declared > conn.limits.max_body {
+            let _ = conn.answer(413, "request body too large", true).await;
+            let _ = conn.client.shutdown().await;
             return;
         }
+        conn.budget = conn.limits.max_body - declared;
         let outcome = conn
             .exchange(&servers, &head, &mut req_end, hash_value.as_deref())
             .await;
@@ -402,6 +428,8 @@ pub(crate) enum Failed {
     Timeout,
     /// The client broke off while its body streamed.
     Client,
+    /// The request body is larger than allowed.
+    TooLarge,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -525,6 +553,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 Err(Failed::Stale) => unreachable!("send replays stale connections"),
                 Err(Failed::Client) => return Exchange::Gone,
+                Err(Failed::TooLarge) => {
+                    return self.answer(413, "request body too large", true).await
+                }
                 Err(Failed::Timeout) => {
                     picked.state().on_request_failed("response timed out");
                     let message = format!("server {server} did not answer in time");
@@ -621,6 +652,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 {
                     Ok(()) => {}
                     Err(BodyError::Source) => return Exchange::Gone,
+                    Err(BodyError::TooLarge) => {
+                        return self.answer(413, "request body too large", true).await
+                    }
                     Err(BodyError::Sink) => {
                         picked.state().on_request_failed("server stopped reading");
                         let message = format!("server {server} stopped reading");
@@ -681,6 +715,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 _ => return Err(BodyError::Source),
             }
             let n = req_end.feed(&self.inbuf).map_err(|_| BodyError::Source)?;
+            self.budget = self
+                .budget
+                .checked_sub(n as u64)
+                .ok_or(BodyError::TooLarge)?;
             dec.decode(&self.inbuf[..n], &mut data)
                 .map_err(|_| BodyError::Source)?;
             self.inbuf.drain(..n);
@@ -808,10 +846,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 req_end,
                 self.limits.body_idle,
                 &mut self.scratch,
+                &mut self.budget,
             )
             .await
             {
                 Ok(()) => {}
+                Err(BodyError::TooLarge) => return Err(Failed::TooLarge),
                 Err(BodyError::Source) => return Err(Failed::Client),
                 Err(BodyError::Sink) => {
                     return Err(Failed::Broken("server stopped reading".into()))
@@ -912,11 +952,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 &mut end,
                 self.limits.body_idle,
                 &mut self.scratch,
+                &mut { u64::MAX },
             )
             .await;
             match relayed {
                 Ok(()) => {}
-                Err(BodyError::Source) => {
+                Err(BodyError::Source | BodyError::TooLarge) => {
                     picked.state().on_request_failed("response body broke off");
                     return Exchange::Gone;
                 }

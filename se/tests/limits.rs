@@ -221,3 +221,63 @@ async fn a_tcp_service_takes_its_connection_cap_from_l4() {
     vs.set_l4(VsProtocol::Http, l4);
     assert_eq!(vs.gate().max(), 10_000);
 }
+
+#[tokio::test]
+async fn request_bodies_over_max_body_bytes_get_413() {
+    let http = VsHttp {
+        max_body_bytes: 10,
+        ..VsHttp::default()
+    };
+    let (vip, vs) = service(http, false).await;
+    let wait = Duration::from_secs(5);
+    // Within the limit: relayed.
+    let mut c = rt::connect(vip).await.unwrap();
+    c.write_all(b"POST / HTTP/1.1\r\nhost: limits.test\r\ncontent-length: 10\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    assert_eq!(status(&mut c, wait).await, Some(200));
+    // A declared length over it: 413 before anything goes to a server, and
+    // the connection closes (its body was not read).
+    let mut c = rt::connect(vip).await.unwrap();
+    c.write_all(b"POST / HTTP/1.1\r\nhost: limits.test\r\ncontent-length: 11\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(status(&mut c, wait).await, Some(413));
+    let mut rest = Vec::new();
+    let n = rt::timeout(wait, c.read_to_end(&mut rest)).await.unwrap();
+    assert!(n.is_ok(), "closed");
+    // A chunked body that grows past it: 413 too.
+    let mut c = rt::connect(vip).await.unwrap();
+    c.write_all(b"POST / HTTP/1.1\r\nhost: limits.test\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    rt::sleep(Duration::from_millis(50)).await;
+    c.write_all(b"8\r\n01234567\r\n8\r\n89abcdef\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(status(&mut c, wait).await, Some(413));
+    assert_eq!(vs.requests_in_flight(), 0);
+
+    // HTTP/2: a declared length, and a streamed body, over it.
+    let (vip, _vs) = service(
+        VsHttp {
+            max_body_bytes: 10,
+            ..VsHttp::default()
+        },
+        true,
+    )
+    .await;
+    let client = h2_client(vip).await;
+    for declared in [true, false] {
+        let mut req = http::Request::post("https://limits.test/");
+        if declared {
+            req = req.header("content-length", "20");
+        }
+        let mut ready = client.clone().ready().await.unwrap();
+        let (resp, mut body) = ready.send_request(req.body(()).unwrap(), false).unwrap();
+        body.send_data(Bytes::from_static(b"0123456789abcdefghij"), true)
+            .unwrap();
+        let resp = rt::timeout(wait, resp).await.unwrap().unwrap();
+        assert_eq!(resp.status(), 413, "declared: {declared}");
+    }
+}
