@@ -64,7 +64,9 @@ pub struct Forwarding {
     /// Add `X-Forwarded-For` and `X-Forwarded-Proto` (a client's own
     /// `X-Forwarded-Proto` is dropped).
     x_forwarded: bool,
-    /// The header lines added to every request.
+    /// The headers added to every request, as fields (HTTP/2 servers)...
+    fields: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// ...and as HTTP/1.1 header lines.
     lines: Vec<u8>,
 }
 
@@ -74,21 +76,28 @@ impl Forwarding {
     /// (`forwarded`).
     pub fn new(client: IpAddr, tls: bool, x_forwarded: bool, forwarded: bool) -> Self {
         let proto = if tls { "https" } else { "http" };
-        let mut lines = Vec::new();
+        let mut values: Vec<(&'static str, String)> = Vec::new();
         if x_forwarded {
-            let _ = write!(
-                Buf(&mut lines),
-                "x-forwarded-for: {client}\r\nx-forwarded-proto: {proto}\r\n"
-            );
+            values.push(("x-forwarded-for", client.to_string()));
+            values.push(("x-forwarded-proto", proto.to_string()));
         }
         if forwarded {
-            let _ = write!(
-                Buf(&mut lines),
-                "forwarded: {};proto={proto}\r\n",
-                ForwardedFor(client)
-            );
+            let value = format!("{};proto={proto}", ForwardedFor(client));
+            values.push(("forwarded", value));
         }
-        Self { x_forwarded, lines }
+        let mut lines = Vec::new();
+        let mut fields = Vec::with_capacity(values.len());
+        for (name, value) in values {
+            push_header(&mut lines, name.as_bytes(), value.as_bytes());
+            if let Ok(v) = http::HeaderValue::from_str(&value) {
+                fields.push((http::HeaderName::from_static(name), v));
+            }
+        }
+        Self {
+            x_forwarded,
+            fields,
+            lines,
+        }
     }
 
     /// Add the same headers to `headers` (requests going out in HTTP/2),
@@ -97,18 +106,8 @@ impl Forwarding {
         if self.x_forwarded {
             headers.remove("x-forwarded-proto");
         }
-        for line in self.lines.split(|&b| b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let Some(colon) = line.iter().position(|&b| b == b':') else {
-                continue;
-            };
-            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-            if let (Ok(n), Ok(v)) = (
-                http::HeaderName::from_bytes(name),
-                http::HeaderValue::from_bytes(value),
-            ) {
-                headers.append(n, v);
-            }
+        for (name, value) in &self.fields {
+            headers.append(name.clone(), value.clone());
         }
     }
 }
@@ -515,6 +514,25 @@ impl std::fmt::Display for ForwardedFor {
             IpAddr::V6(ip) => write!(f, "for=\"[{ip}]\""),
         }
     }
+}
+
+/// `data` as one chunk of a chunked body (RFC 9112 §7.1).
+pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let (mut i, mut n) = (digits.len(), data.len());
+    loop {
+        i -= 1;
+        digits[i] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// `n` in decimal, without `fmt`'s machinery (it is on every head).

@@ -245,10 +245,7 @@ impl StreamCtx {
     /// The request as it goes to an HTTP/2 server: the client's, minus
     /// `Host` when there is an authority, plus the forwarding headers.
     fn h2_request(&self, parts: &http::request::Parts) -> Request<()> {
-        let mut req = Request::new(());
-        *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = parts.uri.clone();
-        *req.headers_mut() = parts.headers.clone();
+        let mut req = crate::h2up::request_like(parts);
         let headers = req.headers_mut();
         if parts.uri.authority().is_some() {
             headers.remove(http::header::HOST);
@@ -428,9 +425,7 @@ impl StreamCtx {
             }
             out.clear();
             if chunked {
-                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                out.extend_from_slice(&data);
-                out.extend_from_slice(b"\r\n");
+                h1::push_chunk(&mut out, &data);
             } else {
                 out.extend_from_slice(&data);
             }

@@ -79,19 +79,19 @@ impl H2Pool {
         self.lock().retain(|addr, _| keep(addr));
     }
 
-    /// Connections kept now.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether none is kept.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<SocketAddr, SendRequest<Bytes>>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A request with the method, URI and headers of `parts`, to send again
+/// (an HTTP/2 request is consumed by sending it).
+pub(crate) fn request_like(parts: &http::request::Parts) -> http::Request<()> {
+    let mut req = http::Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.headers_mut() = parts.headers.clone();
+    req
 }
 
 /// Which side of a [`pipe`] failed.

@@ -342,7 +342,7 @@ mod tests {
     #[test]
     fn back_after_the_ejection_time_and_longer_the_second_time() {
         let s = settings(1, 0);
-        let t0 = Instant::now();
+        let t0 = fabric::rt::now();
         let ms = Duration::from_millis;
         let mut m = OutlierMachine::default();
         assert!(m.on_outcome(FAIL, &s).is_some());
@@ -387,7 +387,7 @@ mod tests {
         let s = settings(1, 0);
         let pool = PoolOutliers::new(s, 4);
         let addr = |p: u16| SocketAddr::from(([10, 0, 0, 1], p));
-        let t0 = Instant::now();
+        let t0 = fabric::rt::now();
         let mut machines: Vec<OutlierMachine> = vec![OutlierMachine::default(); 4];
         let mut ejected = 0;
         for (i, m) in machines.iter_mut().enumerate() {

@@ -632,11 +632,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     return self.answer(502, &message, unread).await;
                 }
             };
-            let mut req = http::Request::new(());
-            *req.method_mut() = parts.method.clone();
-            *req.uri_mut() = parts.uri.clone();
-            *req.headers_mut() = parts.headers.clone();
             self.sent_at = rt::now();
+            let req = crate::h2up::request_like(&parts);
             let (answer, mut up) = match sender.send_request(req, end) {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -761,10 +758,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         }
                         self.scratch.clear();
                         if framing == Framing::Chunked {
-                            self.scratch
-                                .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                            self.scratch.extend_from_slice(&data);
-                            self.scratch.extend_from_slice(b"\r\n");
+                            h1::push_chunk(&mut self.scratch, &data);
                         } else {
                             self.scratch.extend_from_slice(&data);
                         }

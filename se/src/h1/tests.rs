@@ -459,3 +459,16 @@ fn response_fields_drop_hop_by_hop_and_keep_the_length() {
     )
     .is_err());
 }
+
+#[test]
+fn chunks_carry_their_size_in_hex() {
+    for n in [1usize, 15, 16, 255, 4096, 70_000] {
+        let data = vec![b'x'; n];
+        let mut out = Vec::new();
+        push_chunk(&mut out, &data);
+        let mut expected = format!("{n:x}\r\n").into_bytes();
+        expected.extend_from_slice(&data);
+        expected.extend_from_slice(b"\r\n");
+        assert_eq!(out, expected);
+    }
+}
