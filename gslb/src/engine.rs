@@ -424,23 +424,46 @@ impl Engine {
         add_empty_non_terminals(zone, &name, &starts[..zone_label]);
     }
 
-    /// Answer one wire-format query.
-    ///
-    /// `None` when nothing must be sent: fewer than 2 bytes (no ID to echo),
-    /// or a message with QR=1 (answering responses invites loops). Anything
-    /// else gets a response, malformed input a FORMERR echoing what of the
-    /// header is there. Never panics.
+    /// Answer one wire-format query from a client at an unspecified address
+    /// into a new buffer: [`answer_into`](Self::answer_into) for tests and
+    /// tools.
     pub fn answer(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(UDP_PLAIN_BYTES);
+        let from = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        self.answer_into(query, from, transport, &mut out)
+            .then_some(out)
+    }
+
+    /// Answer one wire-format query from `from` into `out` (cleared first;
+    /// its capacity is reused, so a server loop allocates nothing).
+    ///
+    /// `false`, with `out` empty, when nothing must be sent: fewer than 2
+    /// bytes (no ID to echo), or a message with QR=1 (answering responses
+    /// invites loops). Anything else gets a response, malformed input a
+    /// FORMERR echoing what of the header is there. Never panics.
+    pub fn answer_into(
+        &self,
+        query: &[u8],
+        from: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let _ = from;
+        out.clear();
         if query.len() < 2 || query.get(2).is_some_and(|flags| flags & FLAG_QR != 0) {
-            return None;
+            return false;
         }
         let request = match Request::parse(query) {
             Ok(request) => request,
-            Err(rcode) => return Some(header_only(query, rcode)),
+            Err(rcode) => {
+                header_only(query, rcode, out);
+                return true;
+            }
         };
-        let mut response = Response::start(&request, request.size_limit(transport));
+        let mut response = Response::start(&request, request.size_limit(transport), out);
         self.resolve(&request, &mut response);
-        Some(response.finish(&request))
+        response.finish(&request);
+        true
     }
 
     fn resolve(&self, request: &Request<'_>, response: &mut Response) {
@@ -687,9 +710,10 @@ fn label_starts(wire: &[u8]) -> Vec<usize> {
 
 /// The response to a message that cannot be answered properly: the header
 /// alone, echoing the ID, and the opcode and RD bit when the header is whole.
-fn header_only(query: &[u8], rcode: u16) -> Vec<u8> {
+fn header_only(query: &[u8], rcode: u16, out: &mut Vec<u8>) {
     debug_assert!(query.len() >= 2 && rcode < 16);
-    let mut out = vec![0u8; HEADER_LEN];
+    out.clear();
+    out.resize(HEADER_LEN, 0);
     out[..2].copy_from_slice(&query[..2]);
     let echoed = if query.len() >= HEADER_LEN {
         query[2] & (MASK_OPCODE | FLAG_RD)
@@ -698,7 +722,6 @@ fn header_only(query: &[u8], rcode: u16) -> Vec<u8> {
     };
     out[2] = FLAG_QR | echoed;
     out[3] = rcode as u8;
-    out
 }
 
 /// The question name, lower-cased, in wire format without the root label.
@@ -959,8 +982,8 @@ impl<'k> Owner<'k> {
 const OPT_BYTES: usize = 11;
 
 /// A response being written front to back: header, echoed question, records.
-struct Response {
-    buf: Vec<u8>,
+struct Response<'o> {
+    buf: &'o mut Vec<u8>,
     counts: [u16; 3],
     rcode: u16,
     authoritative: bool,
@@ -970,9 +993,9 @@ struct Response {
     question_name_len: usize,
 }
 
-impl Response {
-    fn start(request: &Request<'_>, limit_bytes: usize) -> Response {
-        let mut buf = Vec::with_capacity(UDP_PLAIN_BYTES);
+impl<'o> Response<'o> {
+    fn start(request: &Request<'_>, limit_bytes: usize, buf: &'o mut Vec<u8>) -> Response<'o> {
+        buf.clear();
         buf.extend_from_slice(&request.id);
         buf.extend_from_slice(&[0; HEADER_LEN - 2]); // flags and counts, set by `finish`
         buf.extend_from_slice(request.question);
@@ -1132,7 +1155,7 @@ impl Response {
 
     /// Close the response; past `limit_bytes`, replace it by a truncated one
     /// (TC, question and OPT only) so that the client retries over TCP.
-    fn finish(mut self, request: &Request<'_>) -> Vec<u8> {
+    fn finish(mut self, request: &Request<'_>) {
         let limit_bytes = self.limit_bytes;
         if let Some(edns) = request.edns {
             self.opt(edns);
@@ -1168,6 +1191,5 @@ impl Response {
         for (i, count) in counts.iter().enumerate() {
             self.buf[4 + 2 * i..6 + 2 * i].copy_from_slice(&count.to_be_bytes());
         }
-        self.buf
     }
 }

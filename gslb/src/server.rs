@@ -61,6 +61,7 @@ impl EngineHandle {
 /// send) are logged and skipped: one client must not stop the server.
 pub async fn serve_udp(socket: UdpSocket, engine: EngineHandle) -> io::Result<()> {
     let mut buf = vec![0u8; UDP_RECV_BYTES];
+    let mut response = Vec::with_capacity(UDP_RECV_BYTES);
     loop {
         let (len, peer) = match socket.recv_from(&mut buf).await {
             Ok(received) => received,
@@ -70,9 +71,12 @@ pub async fn serve_udp(socket: UdpSocket, engine: EngineHandle) -> io::Result<()
             }
             Err(e) => return Err(e),
         };
-        let Some(response) = engine.current().answer(&buf[..len], Transport::Udp) else {
+        if !engine
+            .current()
+            .answer_into(&buf[..len], peer.ip(), Transport::Udp, &mut response)
+        {
             continue;
-        };
+        }
         if let Err(e) = socket.send_to(&response, peer).await {
             tracing::debug!(%peer, error = %e, "DNS over UDP: send failed");
         }
@@ -96,7 +100,7 @@ pub async fn serve_tcp(listener: TcpListener, engine: EngineHandle) -> io::Resul
     rt::accept_loop(listener, TCP_MAX_CONNECTIONS, move |stream, peer| {
         let engine = engine.clone();
         async move {
-            if let Err(e) = on_connection(stream, &engine).await {
+            if let Err(e) = on_connection(stream, peer.ip(), &engine).await {
                 tracing::debug!(%peer, error = %e, "DNS over TCP: connection ended");
             }
         }
@@ -107,8 +111,13 @@ pub async fn serve_tcp(listener: TcpListener, engine: EngineHandle) -> io::Resul
 /// Answer queries on one connection, in order, until the peer closes, goes
 /// idle, or sends something that gets no response (which only a broken or
 /// hostile peer does).
-async fn on_connection(mut stream: TcpStream, engine: &EngineHandle) -> io::Result<()> {
+async fn on_connection(
+    mut stream: TcpStream,
+    from: std::net::IpAddr,
+    engine: &EngineHandle,
+) -> io::Result<()> {
     let mut query = Vec::new();
+    let mut response = Vec::new();
     let mut framed = Vec::new();
     loop {
         let mut prefix = [0u8; 2];
@@ -122,9 +131,12 @@ async fn on_connection(mut stream: TcpStream, engine: &EngineHandle) -> io::Resu
         rt::timeout(TCP_IDLE_TIMEOUT, stream.read_exact(&mut query))
             .await
             .map_err(timed_out)??;
-        let Some(response) = engine.current().answer(&query, Transport::Tcp) else {
+        if !engine
+            .current()
+            .answer_into(&query, from, Transport::Tcp, &mut response)
+        {
             return Ok(());
-        };
+        }
         let Ok(len) = u16::try_from(response.len()) else {
             // The engine truncates TCP answers to 65535 bytes; not framing a
             // longer one is the safe reaction to a bug there.
