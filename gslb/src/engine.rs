@@ -35,10 +35,15 @@
 //!   record is ignored (the response is unsigned).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use fabric::model::{self, Config};
 use fabric::zone::{self, RecordData, ZoneRecord};
+
+use crate::metrics::Metrics;
+use crate::policy::{self, Choice, Client, Family, Outcome, Service, ServiceHealth, Sites};
 
 /// Which transport a query arrived on: it decides the response size limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +75,8 @@ const TYPE_MX: u16 = 15;
 const TYPE_AAAA: u16 = 28;
 const TYPE_SRV: u16 = 33;
 const TYPE_OPT: u16 = 41;
+/// EDNS Client Subnet (RFC 7871).
+const OPTION_ECS: u16 = 8;
 const TYPE_IXFR: u16 = 251;
 const TYPE_AXFR: u16 = 252;
 const TYPE_ANY: u16 = 255;
@@ -77,6 +84,7 @@ const CLASS_IN: u16 = 1;
 
 const RCODE_NOERROR: u16 = 0;
 const RCODE_FORMERR: u16 = 1;
+const RCODE_SERVFAIL: u16 = 2;
 const RCODE_NXDOMAIN: u16 = 3;
 const RCODE_NOTIMP: u16 = 4;
 const RCODE_REFUSED: u16 = 5;
@@ -101,7 +109,21 @@ const LABEL_HOSTMASTER: &[u8] = b"\x0ahostmaster";
 #[derive(Debug, Clone)]
 pub struct Engine {
     /// Zones by apex, as lower-case wire-format labels without the root label.
-    zones: BTreeMap<Box<[u8]>, Zone>,
+    zones: Arc<BTreeMap<Box<[u8]>, Zone>>,
+    /// GSLB services in config order (`None`: an entry that resolves to
+    /// nothing); nodes refer to them by index.
+    services: Arc<[Option<Service>]>,
+    /// Sites and the topology table.
+    sites: Arc<Sites>,
+    /// Member health by service index, from [`crate::health::Tracker`];
+    /// shorter than `services` (or empty) means unknown, treated as up.
+    health: Arc<[ServiceHealth]>,
+    /// Queries answered from a GSLB service: round robin's turn, the
+    /// weighted draw. Shared by every engine of one server, so a health or
+    /// config swap does not restart the rotation.
+    turn: Arc<AtomicU64>,
+    /// Counters, shared like `turn`.
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, Clone)]
@@ -120,33 +142,15 @@ struct Zone {
 /// What one name holds; nothing at all for an empty non-terminal.
 #[derive(Debug, Clone, Default)]
 struct Node {
-    /// TTL of the GSLB addresses.
-    ttl_secs: u32,
-    /// GSLB addresses (a GSLB name has no static records).
-    v4: Vec<[u8; 4]>,
-    v6: Vec<[u8; 16]>,
+    /// The GSLB service answering A and AAAA here (index into
+    /// `Engine::services`); a GSLB name has no static records.
+    gslb: Option<usize>,
     /// Static RRsets (and the apex's SOA and NS), SOA first then by type,
     /// each type once.
     rrsets: Vec<Rrset>,
 }
 
 impl Node {
-    fn with_addresses(ttl_secs: u32, addresses: impl IntoIterator<Item = IpAddr>) -> Node {
-        let mut node = Node {
-            ttl_secs,
-            ..Node::default()
-        };
-        for address in addresses {
-            // An RRset holds each record once, whatever the config repeats.
-            match address {
-                IpAddr::V4(v4) if !node.v4.contains(&v4.octets()) => node.v4.push(v4.octets()),
-                IpAddr::V6(v6) if !node.v6.contains(&v6.octets()) => node.v6.push(v6.octets()),
-                _ => {}
-            }
-        }
-        node
-    }
-
     fn rrset(&self, rtype: u16) -> Option<&Rrset> {
         self.rrsets.iter().find(|rrset| rrset.rtype == rtype)
     }
@@ -168,10 +172,7 @@ impl Node {
     }
 
     fn has_addresses(&self) -> bool {
-        !self.v4.is_empty()
-            || !self.v6.is_empty()
-            || self.rrset(TYPE_A).is_some()
-            || self.rrset(TYPE_AAAA).is_some()
+        self.gslb.is_some() || self.rrset(TYPE_A).is_some() || self.rrset(TYPE_AAAA).is_some()
     }
 }
 
@@ -373,55 +374,108 @@ impl Engine {
     /// than trusted.
     pub fn from_config(config: &Config, serial: u32) -> Engine {
         let mut zones = BTreeMap::new();
-        let Some(dns) = &config.dns else {
-            return Engine { zones };
-        };
-        for (i, zone_config) in dns.zones.iter().enumerate() {
-            let Some(apex) =
-                model::normalize_name(&zone_config.name).map(|n| wire_name(&n).into_boxed_slice())
-            else {
-                continue;
-            };
-            let records =
-                zone::zone_records(zone_config, &format!("dns.zones[{i}]")).unwrap_or_default();
-            let zone = build_zone(&apex, zone_config.ttl_secs, &records, dns, serial);
-            zones.insert(apex, zone);
-        }
-        let mut engine = Engine { zones };
-        for service in &config.gslb_services {
-            engine.add_service(config, service);
-        }
-        engine
-    }
-
-    fn add_service(&mut self, config: &Config, service: &fabric::model::GslbService) {
-        let Some(name) = model::normalize_name(&service.fqdn).map(|n| wire_name(&n)) else {
-            return;
-        };
-        let starts = label_starts(&name);
-        let Some(zone_label) = starts
+        let sites = Sites::from_config(config);
+        let services: Vec<Option<Service>> = config
+            .gslb_services
             .iter()
-            .position(|&start| self.zones.contains_key(&name[start..]))
-        else {
-            return;
-        };
-        let Some(zone) = self.zones.get_mut(&name[starts[zone_label]..]) else {
-            return;
-        };
-        let vips = service
-            .members
-            .iter()
-            .filter_map(|m| config.virtual_service(m))
-            .map(|vs| vs.vip);
-        let mut node = Node::with_addresses(service.ttl_secs, vips);
-        if zone_label == 0 {
-            // A GSLB service at the apex: the apex keeps its SOA and NS.
-            if let Some(apex) = zone.nodes.get(&name[..]) {
-                node.rrsets = apex.rrsets.clone();
+            .map(|s| Service::from_config(config, &sites, s))
+            .collect();
+        if let Some(dns) = &config.dns {
+            for (i, zone_config) in dns.zones.iter().enumerate() {
+                let Some(apex) = model::normalize_name(&zone_config.name)
+                    .map(|n| wire_name(&n).into_boxed_slice())
+                else {
+                    continue;
+                };
+                let records =
+                    zone::zone_records(zone_config, &format!("dns.zones[{i}]")).unwrap_or_default();
+                let zone = build_zone(&apex, zone_config.ttl_secs, &records, dns, serial);
+                zones.insert(apex, zone);
             }
         }
-        zone.nodes.insert(name.clone().into_boxed_slice(), node);
-        add_empty_non_terminals(zone, &name, &starts[..zone_label]);
+        for (index, service) in services.iter().enumerate() {
+            if let Some(service) = service {
+                add_service(&mut zones, index, service);
+            }
+        }
+        Engine {
+            metrics: Arc::new(Metrics::for_services(&services, None)),
+            zones: Arc::new(zones),
+            services: services.into(),
+            sites: Arc::new(sites),
+            health: Arc::from(Vec::new()),
+            turn: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// This engine with `health` (by service index, as
+    /// [`services`](Self::services)); zones and services are shared, not
+    /// copied.
+    pub fn with_health(&self, health: Vec<ServiceHealth>) -> Engine {
+        Engine {
+            health: health.into(),
+            ..self.clone()
+        }
+    }
+
+    /// A new engine (after a config change) that continues this one's
+    /// rotation and counters.
+    pub fn continuing(mut self, previous: &Engine) -> Engine {
+        self.turn = previous.turn.clone();
+        self.metrics = Arc::new(Metrics::for_services(
+            &self.services,
+            Some(&previous.metrics),
+        ));
+        self
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The GSLB services, in config order; `None` for an entry that
+    /// resolves to nothing.
+    pub fn services(&self) -> &[Option<Service>] {
+        &self.services
+    }
+
+    /// The sites.
+    pub fn sites(&self) -> &Sites {
+        &self.sites
+    }
+
+    /// The health the engine answers with, by service index.
+    pub fn health(&self, service: usize) -> ServiceHealth {
+        self.health.get(service).cloned().unwrap_or_default()
+    }
+
+    /// The decision the next query of `family` for service `index` from
+    /// `client` gets (what `explain` reports), without taking a turn.
+    pub fn peek_decision(&self, index: usize, client: &Client, family: Family) -> Option<Choice> {
+        let service = self.services.get(index)?.as_ref()?;
+        let turn = self.turn.load(Ordering::Relaxed);
+        Some(self.decide(index, service, client, family, turn))
+    }
+
+    /// The service index answering at `name` (normalized), if a GSLB one.
+    pub fn service_at(&self, name: &str) -> Option<usize> {
+        self.services
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.fqdn == name))
+    }
+
+    fn decide(
+        &self,
+        index: usize,
+        service: &Service,
+        client: &Client,
+        family: Family,
+        turn: u64,
+    ) -> Choice {
+        let empty = ServiceHealth::default();
+        let health = self.health.get(index).unwrap_or(&empty);
+        policy::decide(service, health, &self.sites, client, family, turn)
     }
 
     /// Answer one wire-format query from a client at an unspecified address
@@ -448,21 +502,61 @@ impl Engine {
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> bool {
-        let _ = from;
+        self.answer_turn(query, from, transport, out, false)
+    }
+
+    /// [`answer_into`](Self::answer_into) without taking round robin's
+    /// turn: the response the next such query gets (for `explain`).
+    pub fn answer_peek(
+        &self,
+        query: &[u8],
+        from: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        self.answer_turn(query, from, transport, out, true)
+    }
+
+    fn answer_turn(
+        &self,
+        query: &[u8],
+        from: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+        peek: bool,
+    ) -> bool {
         out.clear();
         if query.len() < 2 || query.get(2).is_some_and(|flags| flags & FLAG_QR != 0) {
             return false;
         }
         let request = match Request::parse(query) {
-            Ok(request) => request,
+            Ok(mut request) => {
+                request.client = match request.edns.and_then(|e| e.ecs) {
+                    Some(ecs) => ecs.client(),
+                    None => Client::from_source(from),
+                };
+                request.peek = peek;
+                request
+            }
             Err(rcode) => {
                 header_only(query, rcode, out);
+                if !peek {
+                    self.metrics
+                        .response(transport == Transport::Tcp, rcode as u8, false);
+                }
                 return true;
             }
         };
         let mut response = Response::start(&request, request.size_limit(transport), out);
         self.resolve(&request, &mut response);
         response.finish(&request);
+        if !peek {
+            self.metrics.response(
+                transport == Transport::Tcp,
+                out[3] & 0x0F,
+                out[2] & FLAG_TC != 0,
+            );
+        }
         true
     }
 
@@ -530,7 +624,12 @@ impl Engine {
         }
         if any || qtype == TYPE_A || qtype == TYPE_AAAA {
             let (v4, v6) = (any || qtype == TYPE_A, any || qtype == TYPE_AAAA);
-            response.addresses(Section::Answer, owner, node, v4, v6);
+            if !self.gslb_addresses(request, response, Section::Answer, owner, node, v4, v6) {
+                // Every member down and `when_all_down = "servfail"`.
+                response.rewind((HEADER_LEN + request.question.len(), [0; 3]));
+                response.rcode = RCODE_SERVFAIL;
+                return;
+            }
         }
         if response.count(Section::Answer) == answered_before {
             // NODATA: an existing name (or empty non-terminal) without this
@@ -551,7 +650,17 @@ impl Engine {
                     response.rrset(Section::Additional, owner, rrset, apex, None);
                 }
                 let gslb = (rtype == TYPE_A, rtype == TYPE_AAAA);
-                response.addresses(Section::Additional, owner, target, gslb.0, gslb.1);
+                if !self.gslb_addresses(
+                    request,
+                    response,
+                    Section::Additional,
+                    owner,
+                    target,
+                    gslb.0,
+                    gslb.1,
+                ) {
+                    response.rewind(mark);
+                }
                 if !response.fits(request) {
                     response.rewind(mark);
                     return;
@@ -560,10 +669,101 @@ impl Engine {
         }
     }
 
+    /// The GSLB A and/or AAAA records of `node` (nothing for a static
+    /// node), as its service's policy chooses for this client; the ECS
+    /// scope of the response follows the decision. `false` when the
+    /// service answers SERVFAIL.
+    #[allow(clippy::too_many_arguments)]
+    fn gslb_addresses(
+        &self,
+        request: &Request<'_>,
+        response: &mut Response<'_>,
+        section: Section,
+        owner: Owner<'_>,
+        node: &Node,
+        v4: bool,
+        v6: bool,
+    ) -> bool {
+        let Some(index) = node.gslb else {
+            return true;
+        };
+        let Some(Some(service)) = self.services.get(index) else {
+            return true;
+        };
+        let turn = if request.peek {
+            self.turn.load(Ordering::Relaxed)
+        } else {
+            self.turn.fetch_add(1, Ordering::Relaxed)
+        };
+        for (wanted, family) in [(v4, Family::V4), (v6, Family::V6)] {
+            if !wanted {
+                continue;
+            }
+            let choice = self.decide(index, service, &request.client, family, turn);
+            if section == Section::Answer {
+                response.ecs_scope = response.ecs_scope.max(choice.scope);
+            }
+            let count = !request.peek && section == Section::Answer;
+            if count {
+                self.metrics.decision(index, &choice.rule);
+            }
+            match choice.outcome {
+                Outcome::Members => {
+                    for m in choice.members() {
+                        if count {
+                            self.metrics.answered(index, m);
+                        }
+                        response.address(section, owner, service.members[m].addr, choice.ttl_secs);
+                    }
+                }
+                Outcome::Fallback => {
+                    if count {
+                        self.metrics.fallback(index);
+                    }
+                    for &addr in &service.fallback {
+                        if family_of(addr) == family {
+                            response.address(section, owner, addr, choice.ttl_secs);
+                        }
+                    }
+                }
+                Outcome::Servfail => return false,
+                Outcome::Nodata => {}
+            }
+        }
+        true
+    }
+
     /// The closest enclosing zone of `name` and the index of its apex label.
     fn zone_of(&self, name: &LowerName) -> Option<(usize, &Zone)> {
         (0..name.label_count).find_map(|i| self.zones.get(name.suffix(i)).map(|zone| (i, zone)))
     }
+}
+
+/// Put GSLB service `index` at its name in its closest zone.
+fn add_service(zones: &mut BTreeMap<Box<[u8]>, Zone>, index: usize, service: &Service) {
+    let name = wire_name(&service.fqdn);
+    let starts = label_starts(&name);
+    let Some(zone_label) = starts
+        .iter()
+        .position(|&start| zones.contains_key(&name[start..]))
+    else {
+        return;
+    };
+    let Some(zone) = zones.get_mut(&name[starts[zone_label]..]) else {
+        return;
+    };
+    let mut node = Node {
+        gslb: Some(index),
+        ..Node::default()
+    };
+    if zone_label == 0 {
+        // A GSLB service at the apex: the apex keeps its SOA and NS.
+        if let Some(apex) = zone.nodes.get(&name[..]) {
+            node.rrsets = apex.rrsets.clone();
+        }
+    }
+    zone.nodes.insert(name.clone().into_boxed_slice(), node);
+    add_empty_non_terminals(zone, &name, &starts[..zone_label]);
 }
 
 /// Names in one CNAME chain, the question's included; a longer chain ends
@@ -748,6 +948,86 @@ struct Edns {
     payload_bytes: u16,
     version: u8,
     dnssec_ok: bool,
+    /// The client's EDNS Client Subnet option, echoed with a scope.
+    ecs: Option<Ecs>,
+}
+
+/// An EDNS Client Subnet option (RFC 7871) as the client sent it.
+#[derive(Clone, Copy, Debug)]
+struct Ecs {
+    /// 1 (IPv4) or 2 (IPv6).
+    family: u16,
+    /// Source prefix length.
+    source: u8,
+    /// The address, zero past the prefix.
+    addr: [u8; 16],
+}
+
+impl Ecs {
+    /// Parse and check one ECS option's data: `None` (FORMERR) for an
+    /// unknown family, a prefix longer than the address, an address not
+    /// exactly the prefix's bytes or with bits set past it, or a non-zero
+    /// scope (RFC 7871 7.1.1, 6).
+    fn parse(data: &[u8]) -> Option<Ecs> {
+        let family = read_u16(data, 0)?;
+        let source = *data.get(2)?;
+        let scope = *data.get(3)?;
+        let width = match family {
+            1 => 32,
+            2 => 128,
+            _ => return None,
+        };
+        if source > width || scope != 0 {
+            return None;
+        }
+        let bytes = &data[4..];
+        if bytes.len() != source.div_ceil(8) as usize {
+            return None;
+        }
+        if source % 8 != 0 {
+            let last = bytes[bytes.len() - 1];
+            if last & (0xFF >> (source % 8)) != 0 {
+                return None;
+            }
+        }
+        let mut addr = [0; 16];
+        addr[..bytes.len()].copy_from_slice(bytes);
+        Some(Ecs {
+            family,
+            source,
+            addr,
+        })
+    }
+
+    fn addr_len(&self) -> usize {
+        self.source.div_ceil(8) as usize
+    }
+
+    /// The client network as policies see it.
+    fn client(&self) -> Client {
+        let addr = if self.family == 1 {
+            IpAddr::V4(Ipv4Addr::new(
+                self.addr[0],
+                self.addr[1],
+                self.addr[2],
+                self.addr[3],
+            ))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(self.addr))
+        };
+        Client {
+            addr,
+            prefix: self.source,
+            ecs: true,
+        }
+    }
+}
+
+fn family_of(addr: IpAddr) -> Family {
+    match addr {
+        IpAddr::V4(_) => Family::V4,
+        IpAddr::V6(_) => Family::V6,
+    }
 }
 
 /// A query that parsed: borrowed question bytes plus what the answer needs.
@@ -762,6 +1042,11 @@ struct Request<'q> {
     qtype: u16,
     qclass: u16,
     edns: Option<Edns>,
+    /// Who the answer is for: the ECS network, else the source address
+    /// (set by [`Engine::answer_into`]).
+    client: Client,
+    /// Answer without taking a turn.
+    peek: bool,
 }
 
 impl<'q> Request<'q> {
@@ -807,6 +1092,8 @@ impl<'q> Request<'q> {
             qtype,
             qclass,
             edns,
+            client: Client::from_source(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            peek: false,
         })
     }
 
@@ -910,8 +1197,19 @@ fn skip_record(msg: &[u8], at: usize, section: Section, edns: &mut Option<Edns>)
             return None;
         }
         let mut option = 0;
+        let mut ecs = None;
         while option < rdata.len() {
+            let code = read_u16(rdata, option)?;
             let option_len = read_u16(rdata, option + 2)? as usize;
+            let data = rdata.get(option + 4..option + 4 + option_len)?;
+            if code == OPTION_ECS {
+                // One ECS option per query (RFC 7871 7.1.1 asks for FORMERR
+                // on a malformed one; two would be ambiguous).
+                if ecs.is_some() {
+                    return None;
+                }
+                ecs = Some(Ecs::parse(data)?);
+            }
             option += 4 + option_len;
         }
         if option != rdata.len() {
@@ -921,6 +1219,7 @@ fn skip_record(msg: &[u8], at: usize, section: Section, edns: &mut Option<Edns>)
             payload_bytes: class,
             version: (ttl >> 16) as u8,
             dnssec_ok: ttl & 0x8000 != 0,
+            ecs,
         });
     }
     Some(rdata_at + rdlen)
@@ -978,8 +1277,14 @@ impl<'k> Owner<'k> {
     }
 }
 
-/// Size of our OPT record: root owner, type, class, TTL, empty RDATA.
+/// Size of our OPT record without options: root owner, type, class, TTL,
+/// RDLENGTH.
 const OPT_BYTES: usize = 11;
+
+/// Size of the OPT record answering `edns`: with the ECS echo if it had one.
+fn opt_len(edns: &Edns) -> usize {
+    OPT_BYTES + edns.ecs.map_or(0, |ecs| 8 + ecs.addr_len())
+}
 
 /// A response being written front to back: header, echoed question, records.
 struct Response<'o> {
@@ -991,6 +1296,9 @@ struct Response<'o> {
     limit_bytes: usize,
     /// Length of the question name without its root label.
     question_name_len: usize,
+    /// The ECS scope prefix length to echo (0: the answer is the same for
+    /// every client).
+    ecs_scope: u8,
 }
 
 impl<'o> Response<'o> {
@@ -1006,6 +1314,7 @@ impl<'o> Response<'o> {
             authoritative: false,
             limit_bytes,
             question_name_len: request.name.len,
+            ecs_scope: 0,
         }
     }
 
@@ -1112,15 +1421,19 @@ impl<'o> Response<'o> {
         self.end_rdata(at);
     }
 
-    /// The GSLB A and/or AAAA records of `node`.
-    fn addresses(&mut self, section: Section, owner: Owner<'_>, node: &Node, v4: bool, v6: bool) {
-        let v4s = node.v4.iter().filter(|_| v4).map(|a| (TYPE_A, &a[..]));
-        let v6s = node.v6.iter().filter(|_| v6).map(|a| (TYPE_AAAA, &a[..]));
-        for (rtype, rdata) in v4s.chain(v6s) {
-            let at = self.record(section, owner, rtype, node.ttl_secs);
-            self.buf.extend_from_slice(rdata);
-            self.end_rdata(at);
-        }
+    /// One A or AAAA record.
+    fn address(&mut self, section: Section, owner: Owner<'_>, addr: IpAddr, ttl_secs: u32) {
+        let (rtype, octets, len) = match addr {
+            IpAddr::V4(a) => {
+                let mut octets = [0; 16];
+                octets[..4].copy_from_slice(&a.octets());
+                (TYPE_A, octets, 4)
+            }
+            IpAddr::V6(a) => (TYPE_AAAA, a.octets(), 16),
+        };
+        let at = self.record(section, owner, rtype, ttl_secs);
+        self.buf.extend_from_slice(&octets[..len]);
+        self.end_rdata(at);
     }
 
     /// Where the response is now, to [`rewind`](Self::rewind) to.
@@ -1135,7 +1448,7 @@ impl<'o> Response<'o> {
 
     /// Whether what is written so far, plus the OPT record, fits the limit.
     fn fits(&self, request: &Request<'_>) -> bool {
-        let opt_bytes = if request.edns.is_some() { OPT_BYTES } else { 0 };
+        let opt_bytes = request.edns.map_or(0, |edns| opt_len(&edns));
         self.buf.len() + opt_bytes <= self.limit_bytes
     }
 
@@ -1150,7 +1463,21 @@ impl<'o> Response<'o> {
         self.buf.push(0); // version
         self.buf
             .extend_from_slice(&(if edns.dnssec_ok { 0x8000u16 } else { 0 }).to_be_bytes());
-        self.buf.extend_from_slice(&[0, 0]); // no options
+        match edns.ecs {
+            None => self.buf.extend_from_slice(&[0, 0]), // no options
+            Some(ecs) => {
+                // ECS echoed: family, source prefix and address as sent,
+                // our scope (RFC 7871 7.2.1).
+                let len = 4 + ecs.addr_len();
+                self.buf.extend_from_slice(&(4 + len as u16).to_be_bytes());
+                self.buf.extend_from_slice(&OPTION_ECS.to_be_bytes());
+                self.buf.extend_from_slice(&(len as u16).to_be_bytes());
+                self.buf.extend_from_slice(&ecs.family.to_be_bytes());
+                self.buf.push(ecs.source);
+                self.buf.push(self.ecs_scope);
+                self.buf.extend_from_slice(&ecs.addr[..ecs.addr_len()]);
+            }
+        }
     }
 
     /// Close the response; past `limit_bytes`, replace it by a truncated one

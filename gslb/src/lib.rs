@@ -8,8 +8,14 @@
 //! [`EngineHandle`] the servers read from.
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod engine;
+pub mod health;
+pub mod metrics;
+pub mod node;
+pub mod policy;
 pub mod server;
 
 pub use engine::{Engine, Transport};
+pub use node::{DnsNode, Explanation, Prober};
 pub use server::{run, serve_tcp, serve_udp, EngineHandle};
