@@ -839,6 +839,11 @@ pub struct DnsConfig {
     pub listen: SocketAddr,
     /// Zones this server is authoritative for; other names get REFUSED.
     pub zones: Vec<ZoneConfig>,
+    /// Where the DNS server's read-only HTTP API listens (explain, member
+    /// health, metrics; docs/gslb.md). It has no authentication: give it a
+    /// loopback or management address. None: no API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_listen: Option<SocketAddr>,
 }
 
 /// One authoritative zone.

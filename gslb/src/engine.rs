@@ -1,8 +1,9 @@
 //! The answer engine: one DNS query in wire format in, one response out.
 //!
 //! Sans-IO: no sockets, no clock, no randomness, so every behaviour is a pure
-//! function of (config, serial, query bytes, transport) and is unit-tested
-//! without a runtime. The server loops in [`crate::server`] only move bytes.
+//! function of (config, serial, health snapshot, query bytes, client address,
+//! transport, turn) and is unit-tested without a runtime. GSLB names are
+//! answered by [`crate::policy`]. The server loops in [`crate::server`] only move bytes.
 //!
 //! The wire format is read and written here directly rather than through a
 //! DNS library's message types: a query touches only its header, question and
@@ -31,7 +32,8 @@
 //!   generated ones. docs/dns.md has the whole behaviour and how it compares
 //!   with knot.
 //! - EDNS(0): OPT echoed with our payload size and the client's DO bit; BADVERS
-//!   for versions above 0; EDNS options are validated and ignored; a TSIG
+//!   for versions above 0; EDNS Client Subnet validated and echoed with the
+//!   answer's scope, other options validated and ignored; a TSIG
 //!   record is ignored (the response is unsigned).
 
 use std::collections::BTreeMap;

@@ -40,6 +40,19 @@ pub trait Prober: Send + Sync + 'static {
     async fn probe(&self, monitor: &HealthMonitor, target: SocketAddr) -> Result<(), String>;
 }
 
+/// Any `Fn(monitor, target) -> future` is a prober, e.g.
+/// `|m, t| async move { se::health::probe(&m, t).await }`.
+#[async_trait]
+impl<F, Fut> Prober for F
+where
+    F: Fn(HealthMonitor, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    async fn probe(&self, monitor: &HealthMonitor, target: SocketAddr) -> Result<(), String> {
+        self(monitor.clone(), target).await
+    }
+}
+
 /// A running DNS server's state.
 #[derive(Clone, Debug)]
 pub struct DnsNode {
@@ -129,16 +142,21 @@ impl DnsNode {
         self.lock().config.clone()
     }
 
-    /// Serve `config` from now on, with the serial bumped (to
-    /// `max(serial + 1, floor)`: pass the Unix time in seconds, or a config
-    /// version, to keep serials growing across restarts). Member health is
+    /// Serve `config` from now on, with the serial bumped: to `floor` when
+    /// that is higher (pass the Controller's config version, so every DNS
+    /// server of a cluster gives the same serial, or the Unix time in
+    /// seconds), else by one. Member health is
     /// kept for members that remain. An unchanged config changes nothing.
     pub fn apply_config(&self, config: Config, floor: u32) -> u32 {
         let mut inner = self.lock();
         if inner.config == config {
             return inner.serial;
         }
-        let serial = inner.serial.wrapping_add(1).max(floor);
+        let serial = if floor > inner.serial {
+            floor
+        } else {
+            inner.serial.wrapping_add(1)
+        };
         let base = Engine::from_config(&config, serial).continuing(&inner.base);
         inner.tracker.reconfigure(base.services());
         inner.config = config;

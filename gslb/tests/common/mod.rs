@@ -91,6 +91,7 @@ pub fn static_config() -> Config {
             zone_text: Some(STATIC_ZONE.into()),
             zone_file: None,
         }],
+        api_listen: None,
     });
     config.validate().expect("the static zone is valid");
     config
