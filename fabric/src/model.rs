@@ -1980,6 +1980,87 @@ mod tests {
     }
 
     #[test]
+    fn gslb_fields_are_checked_by_path() {
+        let cases = [
+            (
+                "members = [{ vs = \"app\", address = \"192.0.2.1\" }]",
+                "gslb_services[0].members[0]",
+                "exactly one of",
+            ),
+            (
+                "members = [{ site = \"x\" }]",
+                "gslb_services[0].members[0]",
+                "exactly one of",
+            ),
+            (
+                "members = [{ vs = \"app\", site = \"nowhere\" }]",
+                "gslb_services[0].members[0].site",
+                "no gslb_sites",
+            ),
+            (
+                "members = [{ vs = \"app\", weight = 0 }]",
+                "gslb_services[0].members[0].weight",
+                "1..=1000",
+            ),
+            (
+                "members = [\"app\"]\npolicy = \"topology\"",
+                "gslb_services[0].members[0].site",
+                "topology",
+            ),
+            (
+                "members = [\"app\"]\nunhealthy_ttl_secs = 60",
+                "gslb_services[0].unhealthy_ttl_secs",
+                "at most ttl_secs",
+            ),
+            (
+                "members = [\"app\"]\nwhen_all_down = \"fallback\"",
+                "gslb_services[0].fallback_addresses",
+                "at least one",
+            ),
+            (
+                "members = [\"app\"]\nfallback_addresses = [\"192.0.2.9\"]",
+                "gslb_services[0].fallback_addresses",
+                "only used",
+            ),
+            (
+                "members = [\"app\"]\nhealth = { monitor = \"nope\" }",
+                "gslb_services[0].health.monitor",
+                "no health_monitors",
+            ),
+            (
+                "members = [\"app\"]\nhealth = { stale_secs = 0 }",
+                "gslb_services[0].health.stale_secs",
+                "1..=86400",
+            ),
+        ];
+        for (by, path, why) in cases {
+            let e = errors_of(&with("members = [\"app\"]", by));
+            assert_eq!(e[0].path, path, "{by}: {e:?}");
+            assert!(e[0].reason.contains(why), "{by}: {e:?}");
+        }
+        let e = errors_of(&with(
+            "[dns]",
+            "[[gslb_sites]]\nname = \"a\"\nfallback = [\"a\"]\n\n[dns]",
+        ));
+        assert_eq!(e[0].path, "gslb_sites[0].fallback[0]");
+        let e = errors_of(&with(
+            "[dns]",
+            "[[gslb_sites]]\nname = \"a\"\nclient_subnets = [\"10.0.0.0/33\"]\n\n[dns]",
+        ));
+        assert!(e[0].path.starts_with("gslb_sites"), "{e:?}");
+        let e = errors_of(&with(
+            "members = [\"app\"]",
+            "members = [{ vs = \"app\", colour = 1 }]",
+        ));
+        assert!(e[0].reason.contains("colour"), "{e:?}");
+        // A member as a name and as a table is the same member.
+        let short = Config::parse(EXAMPLE_CONFIG).unwrap();
+        let long =
+            Config::parse(&with("members = [\"app\"]", "members = [{ vs = \"app\" }]")).unwrap();
+        assert_eq!(short, long);
+    }
+
+    #[test]
     fn dangling_references_are_errors() {
         let e = errors_of(&with("pool = \"web\"", "pool = \"nope\""));
         assert_eq!(e[0].path, "virtual_services[0].pool");
