@@ -122,6 +122,14 @@ enum Command {
         /// `dns:SITE` (docs/gslb.md).
         #[arg(long, default_value = "")]
         site: String,
+        /// DNS APIs of the other sites' servers (ip:port[,...]): their
+        /// probe reports count here, and health is shared.
+        #[arg(long, value_delimiter = ',')]
+        peer: Vec<SocketAddr>,
+        /// The DNS API of the leader site's server: serve its config (kept
+        /// when it cannot be reached). Implies `--peer` with it.
+        #[arg(long)]
+        follow: Option<SocketAddr>,
     },
     /// Run a demo origin HTTP server.
     Origin {
@@ -338,11 +346,24 @@ async fn run(command: Command) -> Result<()> {
             se::agent::run(opts, Arc::new(LoopbackL2), None).await;
             Ok(())
         }
-        Command::Dns { config: path, site } => {
+        Command::Dns {
+            config: path,
+            site,
+            mut peer,
+            follow,
+        } => {
             let config = load(&path)?;
             let Some((node, addr)) = start_dns(&config, &site).await? else {
                 bail!("{}: no `[dns]` section to serve", path.display());
             };
+            if let Some(leader) = follow {
+                if !peer.contains(&leader) {
+                    peer.push(leader);
+                }
+            }
+            if !peer.is_empty() {
+                rt::spawn(gslb::node::follow_peers(node.clone(), peer, follow));
+            }
             println!(
                 "fabric: DNS on {addr} (UDP and TCP), serial {}; SIGHUP reloads {}",
                 node.serial(),

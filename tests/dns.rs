@@ -3,7 +3,9 @@
 //! Topology answers by EDNS Client Subnet, a member taken down moves its
 //! clients to the other site with the short TTL, `fabric ctl dns explain`
 //! says why, and SIGHUP reloads the config (a bad one changes nothing, a
-//! good one bumps the serial). Ports 20500-20999, from the test's PID.
+//! good one bumps the serial). A second site's server follows the first:
+//! its config, its probe reports as a source, and answers on its own when
+//! the first is gone. Ports 20500-20999, from the test's PID.
 
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -65,7 +67,7 @@ members = [
   {{ address = "127.0.0.1", port = {east}, site = "east" }},
   {{ address = "127.0.0.2", port = {west}, site = "west" }},
 ]
-health = {{ monitor = "http" }}
+health = {{ monitor = "http", settle_secs = 1 }}
 "#,
         controller = base,
         dns = base + 1,
@@ -290,5 +292,60 @@ fn dns_answers_follow_health_explain_says_why_and_sighup_reloads() {
     std::fs::write(&path, config(base, "40")).unwrap();
     hup();
     wait_for("the serial bumped", || soa_serial(server) > serial);
+
+    // A second site's server follows this one (the leader site): it serves
+    // the leader's config (TTL 40, not its own file's 17) and counts the
+    // leader's probe reports as a source beside its own.
+    let west_cfg = config(base, "17")
+        .replace(
+            &format!("127.0.0.1:{}", base + 1),
+            &format!("127.0.0.1:{}", base + 5),
+        )
+        .replace(
+            &format!("127.0.0.1:{}", base + 2),
+            &format!("127.0.0.1:{}", base + 6),
+        );
+    let west_path = dir.join("west.toml");
+    let _west_back = origin("west", west_addr);
+    std::fs::write(&west_path, west_cfg).unwrap();
+    let west_dns = Proc(
+        Command::new(FABRIC)
+            .args(["dns", "--site", "west", "--follow", &api, "--config"])
+            .arg(&west_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let west_server = SocketAddr::new("127.0.0.1".parse().unwrap(), base + 5);
+    let west_api = format!("127.0.0.1:{}", base + 6);
+    wait_for("the west site serves the leader's config", || {
+        std::net::TcpStream::connect(west_server).is_ok()
+            && ask(west_server, "10.2.0.0/16") == (vec![east], 40)
+    });
+    let sources = |api: &str| {
+        let out = Command::new(FABRIC)
+            .args(["ctl", "--dns-api", api, "dns", "health"])
+            .output()
+            .unwrap();
+        let h: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut names: Vec<String> = h[0]["members"][0]["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["source"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    wait_for("west counts east's reports and its own", || {
+        sources(&west_api) == ["dns:east", "dns:west"]
+    });
+    // The leader site goes away: west keeps answering on its own.
+    drop(dns);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(ask(west_server, "192.168.1.0/24").0, vec![westip]);
+    assert_eq!(ask(west_server, "10.2.0.0/16").0, vec![east]);
+    drop(west_dns);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,6 +5,8 @@
 //! - `GET /api/v1/dns/health`: every GSLB member with its verdict and sources
 //! - `GET /api/v1/dns/changes`: the last health changes
 //! - `GET /api/v1/dns/metrics`: queries, answers per member, decisions by rule
+//! - `GET /api/v1/dns/state`: config, serial and own probe reports, which the
+//!   other sites' DNS servers poll (`fabric dns --peer`)
 //!
 //! Bad parameters get 400 with the reason.
 
@@ -90,6 +92,10 @@ async fn changes(State(node): State<DnsNode>) -> Response {
     Json(node.changes()).into_response()
 }
 
+async fn state(State(node): State<DnsNode>) -> Response {
+    Json(node.state()).into_response()
+}
+
 async fn metrics(State(node): State<DnsNode>) -> Response {
     Json(node.metrics()).into_response()
 }
@@ -101,6 +107,7 @@ pub fn router(node: DnsNode) -> Router {
         .route("/api/v1/dns/health", get(health))
         .route("/api/v1/dns/changes", get(changes))
         .route("/api/v1/dns/metrics", get(metrics))
+        .route("/api/v1/dns/state", get(state))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,

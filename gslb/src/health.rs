@@ -298,6 +298,22 @@ impl Tracker {
             .collect()
     }
 
+    /// Every report `source` made itself, as (service, member label, up,
+    /// when): what a site shares with the others.
+    pub fn reports_of(&self, source: &str) -> Vec<(String, String, bool, Duration)> {
+        self.services
+            .iter()
+            .flatten()
+            .flat_map(|s| {
+                s.members.iter().filter_map(move |m| {
+                    m.sources
+                        .get(source)
+                        .map(|(up, at)| (s.fqdn.clone(), m.label.clone(), *up, *at))
+                })
+            })
+            .collect()
+    }
+
     /// The sources' last reports on a member, for explain.
     pub fn sources(&self, service: usize, member: usize, now: Duration) -> Vec<SourceReport> {
         let Some(Some(s)) = self.services.get(service) else {

@@ -217,6 +217,62 @@ impl DnsNode {
         }
     }
 
+    /// What this node shares with the other sites: its config and serial,
+    /// and its own probes' last reports (never what it heard from others, so
+    /// reports do not echo between sites).
+    pub fn state(&self) -> SiteState {
+        let now = self.elapsed();
+        let source = self.source();
+        let inner = self.lock();
+        SiteState {
+            site: self.site.clone(),
+            serial: inner.serial,
+            config: inner.config.clone(),
+            reports: inner
+                .tracker
+                .reports_of(&source)
+                .into_iter()
+                .map(|(service, member, up, at)| SharedReport {
+                    service,
+                    member,
+                    up,
+                    age_ms: now.saturating_sub(at).as_millis() as u64,
+                })
+                .collect(),
+        }
+    }
+
+    /// Take in another site's state: its reports count as its source
+    /// (`dns:<its site>`), dated by their age; with `follow`, its config too
+    /// (the leader site's), at its serial. A peer that says it is this
+    /// node's own site is ignored.
+    pub fn absorb(&self, peer: &SiteState, follow: bool) {
+        if peer.site == self.site {
+            return;
+        }
+        if follow {
+            self.apply_config(peer.config.clone(), peer.serial);
+        }
+        let source = if peer.site.is_empty() {
+            "dns:peer".to_string()
+        } else {
+            format!("dns:{}", peer.site)
+        };
+        let now = self.elapsed();
+        let mut inner = self.lock();
+        let mut changes = Vec::new();
+        for r in &peer.reports {
+            let at = now.saturating_sub(Duration::from_millis(r.age_ms));
+            changes.extend(
+                inner
+                    .tracker
+                    .report(&r.service, &r.member, &source, r.up, at),
+            );
+        }
+        changes.extend(inner.tracker.evaluate(now));
+        self.note(&mut inner, changes, now);
+    }
+
     /// The counters now.
     pub fn metrics(&self) -> crate::metrics::MetricsSnapshot {
         self.engine.current().metrics().snapshot()
@@ -409,6 +465,85 @@ impl DnsNode {
             gslb,
         })
     }
+}
+
+/// What a DNS node shares with the other sites (`GET /api/v1/dns/state`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SiteState {
+    /// Its site.
+    pub site: String,
+    /// Its serial.
+    pub serial: u32,
+    /// The config it serves.
+    pub config: Config,
+    /// Its own probes' last reports.
+    pub reports: Vec<SharedReport>,
+}
+
+/// One probe report shared between sites.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SharedReport {
+    /// The service.
+    pub service: String,
+    /// The member's label.
+    pub member: String,
+    /// What the probe said.
+    pub up: bool,
+    /// How long ago.
+    pub age_ms: u64,
+}
+
+/// Poll the DNS APIs of `peers` (other sites' `dns.api_listen`) every
+/// [`TICK`] for ever: their probe reports become sources here; the config
+/// of `leader` (one of them, if given) is served here. A peer that does
+/// not answer within a second is skipped: its reports go stale and this
+/// site decides on its own (and keeps the last config it had).
+pub async fn follow_peers(node: DnsNode, peers: Vec<SocketAddr>, leader: Option<SocketAddr>) {
+    loop {
+        for &peer in &peers {
+            match rt::timeout(TICK, fetch_state(peer)).await {
+                Ok(Ok(state)) => node.absorb(&state, Some(peer) == leader),
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "peer DNS state unavailable"),
+                Err(_) => tracing::debug!(%peer, "peer DNS state: no answer within a second"),
+            }
+        }
+        rt::sleep(TICK).await;
+    }
+}
+
+/// Largest state document taken from a peer.
+const STATE_MAX_BYTES: usize = 16 << 20;
+
+async fn fetch_state(peer: SocketAddr) -> Result<SiteState, String> {
+    use http_body_util::{BodyExt, Empty, Limited};
+    let stream = rt::connect(peer).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    rt::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = hyper::Request::get("/api/v1/dns/state")
+        .header("host", peer.to_string())
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("status {}", resp.status()));
+    }
+    let body = Limited::new(resp.into_body(), STATE_MAX_BYTES)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let state: SiteState = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    // A peer's config is validated as any other before it is served.
+    state
+        .config
+        .validate()
+        .map_err(|e| format!("invalid config: {e}"))?;
+    Ok(state)
 }
 
 /// One service in the health report.
