@@ -82,6 +82,9 @@ const FALL: u32 = 2;
 const RISE: u32 = 2;
 /// interval x fall + timeout + the node's tick + the query in flight.
 const DETECTION: Duration = Duration::from_millis(1000 * FALL as u64 + 500 + 1000 + 100);
+/// rise x interval + the node's tick + the query in flight: a member back
+/// this long is up in the DNS's view.
+const RISE_WINDOW: Duration = Duration::from_millis(1000 * RISE as u64 + 1000 + 100);
 const RUN: Duration = Duration::from_secs(120);
 
 /// When each origin was down: (down at, up again at), in ms since start.
@@ -197,8 +200,15 @@ async fn dns_follows_site_failures_within_the_detection_window() {
                         }
                         // Handed out while every member is down is the
                         // all-down answer (last known good), allowed.
-                        let others_up = (0..ORIGINS.len())
-                            .any(|p| p != o && truth.down_since(p, asked).is_none());
+                        // ... and so is an answer while every other member
+                        // is down or came back too recently for `rise`.
+                        let others_up = (0..ORIGINS.len()).any(|p| {
+                            p != o
+                                && truth.down_since(p, asked).is_none()
+                                && truth.back_since(p, asked).is_none_or(|back| {
+                                    asked - back >= RISE_WINDOW.as_millis() as u64
+                                })
+                        });
                         assert!(
                             !(given && others_up && now.saturating_sub(since) > DETECTION.as_millis() as u64),
                             "{name}: {origin} handed out at {now} ms, down since {since} ms (window {DETECTION:?})"
@@ -222,16 +232,19 @@ async fn dns_follows_site_failures_within_the_detection_window() {
     }
     assert!(answers > 2_000, "only {answers} answers checked");
     // Liveness: every outage longer than the window, while the other site
-    // was up all along, took the member out of its own site's answers.
+    // was up, took the member out of its own site's answers.
     let end = RUN.as_millis() as u64;
     let mut detected = 0;
     for o in 0..ORIGINS.len() {
         for (i, (from, to)) in truth.outages[o].iter().enumerate() {
             let to = to.unwrap_or(end);
+            // The other site up (and settled) from before the outage until
+            // the member should have been taken out.
+            let by = from + DETECTION.as_millis() as u64 + 1_000;
             let other_up = (0..ORIGINS.len()).filter(|p| *p != o).all(|p| {
-                truth.outages[p]
-                    .iter()
-                    .all(|(f, t)| t.unwrap_or(end) < *from || *f > to)
+                truth.outages[p].iter().all(|(f, t)| {
+                    t.unwrap_or(end) + (RISE_WINDOW.as_millis() as u64) < *from || *f > by
+                })
             });
             if other_up && to - from > DETECTION.as_millis() as u64 + 1_000 {
                 assert!(
