@@ -339,7 +339,7 @@ async fn start_dns(config: &Config) -> Result<Option<SocketAddr>> {
         return Ok(None);
     };
     let engine = gslb::EngineHandle::new(gslb::Engine::from_config(config, 1));
-    let addr = gslb::run(dns.listen, engine)
+    let addr = gslb::run_with(dns.listen, engine, dns.udp_workers)
         .await
         .with_context(|| format!("DNS cannot listen on {}", dns.listen))?;
     Ok(Some(addr))

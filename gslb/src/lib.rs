@@ -12,4 +12,4 @@ pub mod engine;
 pub mod server;
 
 pub use engine::{Engine, Transport};
-pub use server::{run, serve_tcp, serve_udp, EngineHandle};
+pub use server::{run, run_with, serve_tcp, serve_udp, EngineHandle};

@@ -237,8 +237,8 @@ impl WorldBuilder {
             });
         }
 
-        let dns_addr = config.dns.as_ref().map(|d| d.listen);
-        if let Some(listen) = dns_addr {
+        let dns_addr = config.dns.as_ref().map(|d| (d.listen, d.udp_workers));
+        if let Some((listen, udp_workers)) = dns_addr {
             let config = config.clone();
             handle
                 .create_node()
@@ -249,7 +249,10 @@ impl WorldBuilder {
                     async move {
                         let engine = gslb::EngineHandle::new(gslb::Engine::from_config(&config, 1));
                         let any = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), listen.port());
-                        gslb::run(any, engine).await.expect("DNS port free");
+                        // More than one UDP worker still binds one simulated socket.
+                        gslb::run_with(any, engine, udp_workers)
+                            .await
+                            .expect("DNS port free");
                         std::future::pending::<()>().await;
                     }
                 })
@@ -312,7 +315,7 @@ impl WorldBuilder {
             controllers,
             client,
             client_port,
-            dns_addr,
+            dns_addr: dns_addr.map(|(listen, _)| listen),
         })
     }
 }

@@ -92,6 +92,7 @@ pub fn static_config() -> Config {
             zone_text: Some(STATIC_ZONE.into()),
             zone_file: None,
         }],
+        udp_workers: 1,
     });
     config.validate().expect("the static zone is valid");
     config
