@@ -414,7 +414,7 @@ async fn start_dns(config: &Config, site: &str) -> Result<Option<(gslb::DnsNode,
         return Ok(None);
     };
     let node = gslb::DnsNode::new(config.clone(), site, file_serial());
-    let addr = gslb::run(dns.listen, node.engine())
+    let addr = gslb::run_with(dns.listen, node.engine(), dns.udp_workers)
         .await
         .with_context(|| format!("DNS cannot listen on {}", dns.listen))?;
     if let Some(api) = dns.api_listen {

@@ -844,6 +844,26 @@ pub struct DnsConfig {
     /// loopback or management address. None: no API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_listen: Option<SocketAddr>,
+    /// UDP sockets on `listen`, each read by its own task (1 to 64). Above 1
+    /// they share the address with `SO_REUSEPORT`, and the kernel spreads
+    /// clients over them, so on a multi-thread runtime (`--threads`) they
+    /// answer in parallel. The simulation always uses one socket.
+    #[serde(
+        default = "default_udp_workers",
+        skip_serializing_if = "is_default_udp_workers"
+    )]
+    pub udp_workers: usize,
+}
+
+/// Most UDP sockets `dns.udp_workers` opens.
+pub const MAX_DNS_UDP_WORKERS: usize = 64;
+
+fn default_udp_workers() -> usize {
+    1
+}
+
+fn is_default_udp_workers(n: &usize) -> bool {
+    *n == default_udp_workers()
 }
 
 /// One authoritative zone.
@@ -1428,6 +1448,12 @@ impl Config {
         if let Some(dns) = &self.dns {
             if dns.listen.port() == 0 {
                 err("dns.listen".into(), "port 0 is not a usable port".into());
+            }
+            if !(1..=MAX_DNS_UDP_WORKERS).contains(&dns.udp_workers) {
+                err(
+                    "dns.udp_workers".into(),
+                    format!("must be between 1 and {MAX_DNS_UDP_WORKERS}"),
+                );
             }
             for (i, z) in dns.zones.iter().enumerate() {
                 match normalize_name(&z.name) {
@@ -2058,6 +2084,34 @@ mod tests {
         let long =
             Config::parse(&with("members = [\"app\"]", "members = [{ vs = \"app\" }]")).unwrap();
         assert_eq!(short, long);
+    }
+
+    #[test]
+    fn dns_udp_workers_default_to_one_and_are_range_checked() {
+        let dns = Config::example().dns.unwrap();
+        assert_eq!(dns.udp_workers, 1);
+        // The default is not written out: a replicated config stays as it was.
+        let text = toml::to_string(&dns).unwrap();
+        assert!(!text.contains("udp_workers"), "{text}");
+
+        let listen = "listen = \"127.0.0.1:8053\"";
+        let four = Config::parse(&with(listen, &format!("{listen}\nudp_workers = 4"))).unwrap();
+        assert_eq!(four.dns.unwrap().udp_workers, 4);
+        let most = format!("{listen}\nudp_workers = {MAX_DNS_UDP_WORKERS}");
+        assert!(Config::parse(&with(listen, &most)).is_ok());
+        for bad in [0, MAX_DNS_UDP_WORKERS + 1, 100_000] {
+            let e = errors_of(&with(listen, &format!("{listen}\nudp_workers = {bad}")));
+            assert_eq!(
+                e,
+                vec![ConfigError {
+                    path: "dns.udp_workers".into(),
+                    reason: "must be between 1 and 64".into()
+                }],
+                "udp_workers = {bad}"
+            );
+        }
+        let e = errors_of(&with(listen, &format!("{listen}\nudp_workers = -1")));
+        assert_eq!(e[0].path, "dns.udp_workers");
     }
 
     #[test]

@@ -25,4 +25,4 @@ pub mod server;
 
 pub use engine::{Engine, Transport};
 pub use node::{DnsNode, Explanation, Prober};
-pub use server::{run, serve_tcp, serve_udp, EngineHandle};
+pub use server::{run, run_with, serve_tcp, serve_udp, EngineHandle};

@@ -237,8 +237,8 @@ impl WorldBuilder {
             });
         }
 
-        let dns_addr = config.dns.as_ref().map(|d| d.listen);
-        if let Some(listen) = dns_addr {
+        let dns_addr = config.dns.as_ref().map(|d| (d.listen, d.udp_workers));
+        if let Some((listen, udp_workers)) = dns_addr {
             let config = config.clone();
             handle
                 .create_node()
@@ -251,7 +251,10 @@ impl WorldBuilder {
                         // its sockets, its own probes of GSLB members.
                         let node = gslb::DnsNode::new(config, "sim", 1);
                         let any = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), listen.port());
-                        gslb::run(any, node.engine()).await.expect("DNS port free");
+                        // More than one UDP worker still binds one simulated socket.
+                        gslb::run_with(any, node.engine(), udp_workers)
+                            .await
+                            .expect("DNS port free");
                         let prober = |m: fabric::model::HealthMonitor, target| async move {
                             se::health::probe(&m, target).await
                         };
@@ -317,7 +320,7 @@ impl WorldBuilder {
             controllers,
             client,
             client_port,
-            dns_addr,
+            dns_addr: dns_addr.map(|(listen, _)| listen),
         })
     }
 }

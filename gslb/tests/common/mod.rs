@@ -92,6 +92,7 @@ pub fn static_config() -> Config {
             zone_file: None,
         }],
         api_listen: None,
+        udp_workers: 1,
     });
     config.validate().expect("the static zone is valid");
     config
