@@ -7,21 +7,42 @@ require() { local t; for t in "$@"; do
   command -v "$t" >/dev/null || { echo "missing $t: run ./scripts/install-peers.sh" >&2; exit 2; }
 done; }
 
-# workdir NAME: make $W, kill what was started (pids and $W/*.pid) on exit.
+# workdir NAME [DIR]: make $W, kill what was started (pids and $W/*.pid) on
+# exit (SIGTERM first, SIGKILL for what is left after 3 s). Without DIR, $W is
+# a new directory under /tmp, removed on exit; with DIR, $W is DIR emptied
+# first and kept after the run (its logs), overwritten by the next one.
 workdir() {
-  W=$(mktemp -d "/tmp/fabric-bench-$1.XXXXXX")
+  if [ -n "${2:-}" ]; then
+    rm -rf "$2"; mkdir -p "$2"; W=$(cd "$2" && pwd); KEEP_W=1
+  else
+    W=$(mktemp -d "/tmp/fabric-bench-$1.XXXXXX"); KEEP_W=
+  fi
   pids=()
   trap bench_cleanup EXIT
+  trap 'exit 130' INT; trap 'exit 143' TERM
 }
+# running PID: PID exists and is not a zombie.
+running() { local s; s=$(sed 's/.*) //' /proc/"$1"/stat 2>/dev/null) || return 1; [ "${s%% *}" != Z ]; }
 bench_cleanup() {
-  local p f
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for f in "$W"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
-  sleep 0.3; rm -rf "$W"
+  local p f i left all=("${pids[@]}")
+  for f in "$W"/*.pid; do [ -f "$f" ] && all+=("$(cat "$f")"); done
+  for p in "${all[@]}"; do kill "$p" 2>/dev/null || true; done
+  for i in $(seq 1 30); do
+    left=0; for p in "${all[@]}"; do running "$p" && left=1; done
+    [ $left = 0 ] && break; sleep 0.1
+  done
+  for p in "${all[@]}"; do running "$p" && { kill -9 "$p" 2>/dev/null || true; }; done
+  sleep 0.1; [ -n "$KEEP_W" ] || rm -rf "$W"
 }
 
 CLK=$(getconf CLK_TCK)
 BODY=$(printf 'x%.0s' $(seq 1 99))
+
+# Busy ticks of the whole box; ticks of this shell's reaped children (the
+# load generator run in `$(...)`): with the server's, what the rest of the
+# box used during a run ("foreign CPU": a high one marks a noisy run).
+busy_all() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+child_ticks() { local f; f=$(sed 's/.*) //' /proc/$$/stat); set -- $f; echo $((${14} + ${15})); }
 
 # cpu_ticks [user|sys] PID...: CPU ticks (user+sys unless asked) of PIDs' threads.
 cpu_ticks() { local t=0 p s f which=all

@@ -36,9 +36,6 @@ require haproxy nginx h2load openssl bc taskset curl
 cargo build -q --release --locked --bin fabric
 bin=$PWD/target/release/fabric
 workdir tls
-# Busy ticks of the whole box; ticks of this shell's reaped children (h2load).
-busy_all() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
-child_ticks() { local f; f=$(sed 's/.*) //' /proc/$$/stat); set -- $f; echo $((${14} + ${15})); }
 # TCP connects made on the box (client to proxy, proxy to backend, anyone else).
 tcp_connects() { awk '$1 == "Tcp:" && $6 ~ /^[0-9]+$/ {print $6}' /proc/net/snmp; }
 

@@ -4,7 +4,8 @@
 #   2. the normal tests (unit, property and end-to-end on loopback)
 #   3. the simulation tests, built with --cfg madsim in their own target dir
 #   4. the Controller quorum scenarios (leader crash and isolation, all-node
-#      restart, live growth, linearizability under faults) over many seeds
+#      restart, live growth, linearizability under faults) over many seeds,
+#      and the GSLB site-failure scenario over many seeds
 #   5. the determinism check: a few seeds run twice, traces must match
 #   6. a chaos smoke: a few dozen seeds of the fault scenario, each run twice
 # Needs only the Rust toolchain (cargo, rustfmt, clippy); installs nothing.
@@ -19,6 +20,7 @@ SIM_PACKAGES=(-p sim -p chaos)
 DETERMINISM_SEEDS=${DETERMINISM_SEEDS:-"1 2 3"}
 CHAOS_SMOKE_SEEDS=${CHAOS_SMOKE_SEEDS:-32}
 QUORUM_SEEDS=${QUORUM_SEEDS:-300}
+GSLB_SEEDS=${GSLB_SEEDS:-50}
 
 step() { printf '\n==> %s\n' "$*"; }
 started=$SECONDS
@@ -42,11 +44,15 @@ step "controller quorum scenarios ($QUORUM_SEEDS seeds each, from seed 1)"
 MADSIM_TEST_SEED=1 MADSIM_TEST_NUM=$QUORUM_SEEDS RUSTFLAGS="--cfg madsim" \
   cargo test -p chaos --locked --target-dir "$SIM_TARGET" --test quorum -q
 
+step "GSLB site failures ($GSLB_SEEDS seeds of 120 s, from seed 1)"
+MADSIM_TEST_SEED=1 MADSIM_TEST_NUM=$GSLB_SEEDS RUSTFLAGS="--cfg madsim" \
+  cargo test -p chaos --locked --target-dir "$SIM_TARGET" --test gslb -q
+
 step "determinism check (seeds: $DETERMINISM_SEEDS)"
 for seed in $DETERMINISM_SEEDS; do
   echo "seed $seed"
   MADSIM_TEST_SEED=$seed MADSIM_TEST_CHECK_DETERMINISM=1 RUSTFLAGS="--cfg madsim" \
-    cargo test -p chaos --locked --target-dir "$SIM_TARGET" --test slice --test quorum -q
+    cargo test -p chaos --locked --target-dir "$SIM_TARGET" --test slice --test quorum --test gslb -q
 done
 
 step "chaos smoke ($CHAOS_SMOKE_SEEDS seeds, each run twice)"

@@ -80,6 +80,9 @@ enum Command {
         /// REST API address of any Controller node (backup, restore).
         #[arg(long, default_value = "127.0.0.1:7472")]
         api: SocketAddr,
+        /// API address of a DNS server (`dns.api_listen`), for `ctl dns`.
+        #[arg(long, default_value = "127.0.0.1:8054")]
+        dns_api: SocketAddr,
         /// API token (backup and restore need an admin one).
         #[arg(long, env = "FABRIC_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -112,9 +115,21 @@ enum Command {
     },
     /// Run the authoritative DNS server of a config.
     Dns {
-        /// Config file (TOML).
+        /// Config file (TOML); SIGHUP reloads it (a bad file changes nothing).
         #[arg(long)]
         config: PathBuf,
+        /// The GSLB site this server is in: its health probes report as
+        /// `dns:SITE` (docs/gslb.md).
+        #[arg(long, default_value = "")]
+        site: String,
+        /// DNS APIs of the other sites' servers (ip:port[,...]): their
+        /// probe reports count here, and health is shared.
+        #[arg(long, value_delimiter = ',')]
+        peer: Vec<SocketAddr>,
+        /// The DNS API of the leader site's server: serve its config (kept
+        /// when it cannot be reached). Implies `--peer` with it.
+        #[arg(long)]
+        follow: Option<SocketAddr>,
     },
     /// Run a demo origin HTTP server.
     Origin {
@@ -159,6 +174,11 @@ enum CtlCommand {
         #[arg(long, default_value = "")]
         label: String,
     },
+    /// Ask a DNS server (its API, --dns-api) why it answers as it does.
+    Dns {
+        #[command(subcommand)]
+        command: DnsCommand,
+    },
     /// Write the whole desired state to FILE (through the REST API, admin token).
     Backup {
         /// Where to write it (created with mode 0600: it holds the CA key).
@@ -169,6 +189,32 @@ enum CtlCommand {
         /// A file `fabric ctl backup` wrote.
         file: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum DnsCommand {
+    /// The answer the server gives NAME for a client, and why: policy,
+    /// members considered, their health, the deciding rule.
+    Explain {
+        /// The name asked.
+        name: String,
+        /// The record type.
+        #[arg(long = "type", default_value = "A")]
+        qtype: String,
+        /// The client's (resolver's) address.
+        #[arg(long, default_value = "127.0.0.1")]
+        client: std::net::IpAddr,
+        /// EDNS Client Subnet, e.g. 10.1.2.0/24.
+        #[arg(long)]
+        ecs: Option<String>,
+        /// Print the JSON the API returned.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every GSLB member's health and what each source last said (JSON).
+    Health,
+    /// Counters: queries, answers per member, decisions by rule (JSON).
+    Metrics,
 }
 
 #[derive(Subcommand)]
@@ -268,9 +314,10 @@ async fn run(command: Command) -> Result<()> {
         Command::Ctl {
             controller,
             api,
+            dns_api,
             token,
             command,
-        } => ctl(controller, api, token, command).await,
+        } => ctl(controller, api, dns_api, token, command).await,
         Command::Se {
             name,
             group,
@@ -299,10 +346,30 @@ async fn run(command: Command) -> Result<()> {
             se::agent::run(opts, Arc::new(LoopbackL2), None).await;
             Ok(())
         }
-        Command::Dns { config } => {
-            let config = load(&config)?;
-            start_dns(&config).await?;
-            shutdown_signal().await;
+        Command::Dns {
+            config: path,
+            site,
+            mut peer,
+            follow,
+        } => {
+            let config = load(&path)?;
+            let Some((node, addr)) = start_dns(&config, &site).await? else {
+                bail!("{}: no `[dns]` section to serve", path.display());
+            };
+            if let Some(leader) = follow {
+                if !peer.contains(&leader) {
+                    peer.push(leader);
+                }
+            }
+            if !peer.is_empty() {
+                rt::spawn(gslb::node::follow_peers(node.clone(), peer, follow));
+            }
+            println!(
+                "fabric: DNS on {addr} (UDP and TCP), serial {}; SIGHUP reloads {}",
+                node.serial(),
+                path.display()
+            );
+            reload_on_hangup(node, path).await;
             Ok(())
         }
         Command::Origin { name, listen } => {
@@ -334,15 +401,60 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<rt::TcpListener> {
         .with_context(|| format!("{what} cannot listen on {addr}"))
 }
 
-async fn start_dns(config: &Config) -> Result<Option<SocketAddr>> {
+/// Serial for a config loaded from a file: the Unix time, so it grows
+/// across restarts and reloads.
+fn file_serial() -> u32 {
+    (rt::unix_ms() / 1000).min(u32::MAX as u64) as u32
+}
+
+/// Start the DNS node of `config` (if it has `[dns]`): UDP and TCP, its
+/// DNS-side probes, and its API on `dns.api_listen`.
+async fn start_dns(config: &Config, site: &str) -> Result<Option<(gslb::DnsNode, SocketAddr)>> {
     let Some(dns) = &config.dns else {
         return Ok(None);
     };
-    let engine = gslb::EngineHandle::new(gslb::Engine::from_config(config, 1));
-    let addr = gslb::run(dns.listen, engine)
+    let node = gslb::DnsNode::new(config.clone(), site, file_serial());
+    let addr = gslb::run_with(dns.listen, node.engine(), dns.udp_workers)
         .await
         .with_context(|| format!("DNS cannot listen on {}", dns.listen))?;
-    Ok(Some(addr))
+    if let Some(api) = dns.api_listen {
+        let bound = gslb::api::start(node.clone(), api)
+            .await
+            .with_context(|| format!("the DNS API cannot listen on {api}"))?;
+        println!(
+            "fabric: DNS API on http://{bound}/api/v1/dns/ (explain, health, changes, metrics)"
+        );
+    }
+    // DNS-side probes with the SE's own monitors.
+    let prober = |m: fabric::model::HealthMonitor, target| async move {
+        se::health::probe(&m, target).await
+    };
+    rt::spawn(gslb::node::run_probes(node.clone(), Arc::new(prober)));
+    Ok(Some((node, addr)))
+}
+
+/// Until SIGTERM or Ctrl-C: on SIGHUP, load `path` again and serve it (a
+/// file that does not load or validate is reported and changes nothing).
+async fn reload_on_hangup(node: gslb::DnsNode, path: PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        shutdown_signal().await;
+        return;
+    };
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = hup.recv() => match load(&path) {
+                Ok(config) => {
+                    let serial = node.apply_config(config, file_serial());
+                    eprintln!("fabric: reloaded {}, serial {serial}", path.display());
+                }
+                Err(e) => eprintln!("fabric: {e:#}; still serving the previous config"),
+            },
+        }
+    }
 }
 
 async fn up(path: Option<&Path>) -> Result<()> {
@@ -360,7 +472,15 @@ async fn up(path: Option<&Path>) -> Result<()> {
     let storage: Arc<dyn Storage> = Arc::new(MemStorage::new());
     let controller =
         start_controller(1, storage, controller_addr, raft_addr, Some(config.clone())).await?;
-    let dns = start_dns(&config).await?;
+    let dns = match start_dns(&config, "").await? {
+        Some((node, addr)) => {
+            // The DNS follows the Controller: config changes (serial = the
+            // config version) and the SEs' view of each member.
+            rt::spawn(gslb::feed::follow_controller(controller.clone(), node));
+            Some(addr)
+        }
+        None => None,
+    };
     let api = fabric::api::start(
         controller.clone(),
         SocketAddr::new(controller_addr.ip(), controller_addr.port() + 2),
@@ -463,9 +583,14 @@ async fn forward(client: &mut PeerClient, req: PeerRequest) -> Result<Forwarded>
 async fn ctl(
     controller: SocketAddr,
     api: SocketAddr,
+    dns_api: SocketAddr,
     token: Option<String>,
     command: CtlCommand,
 ) -> Result<()> {
+    let command = match command {
+        CtlCommand::Dns { command } => return dns_ctl(dns_api, command).await,
+        other => other,
+    };
     let mut client = PeerClient::new(0, controller.to_string());
     match command {
         CtlCommand::Cluster { command } => {
@@ -538,6 +663,7 @@ async fn ctl(
             let body = api_call(api, "POST", "/api/v1/restore", &token, Some(text)).await?;
             println!("restored: {}", String::from_utf8_lossy(&body));
         }
+        CtlCommand::Dns { .. } => unreachable!("answered above"),
         CtlCommand::Probe => {
             let start = std::time::Instant::now();
             let r = forward(&mut client, PeerRequest::Write(ClusterCommandOp::Probe)).await?;
@@ -545,6 +671,185 @@ async fn ctl(
         }
     }
     Ok(())
+}
+
+/// `fabric ctl dns ...`: read-only calls to a DNS server's API.
+async fn dns_ctl(api: SocketAddr, command: DnsCommand) -> Result<()> {
+    let get = |path: String| async move {
+        let req = hyper::Request::builder()
+            .method("GET")
+            .uri(&path)
+            .header("host", api.to_string())
+            .body(http_body_util::Full::new(bytes::Bytes::new()))?;
+        let resp = se::proxy::fetch(api, req)
+            .await
+            .with_context(|| format!("calling the DNS API at {api} (dns.api_listen; --dns-api)"))?;
+        let status = resp.status();
+        let body = resp.into_body();
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .with_context(|| format!("GET {path}: {status}: not JSON"))?;
+        if !status.is_success() {
+            bail!("{}", value["error"].as_str().unwrap_or("request failed"));
+        }
+        Ok::<_, anyhow::Error>(value)
+    };
+    match command {
+        DnsCommand::Explain {
+            name,
+            qtype,
+            client,
+            ecs,
+            json,
+        } => {
+            let mut query = vec![("name", name.as_str()), ("type", qtype.as_str())];
+            let client = client.to_string();
+            query.push(("client", &client));
+            if let Some(ecs) = &ecs {
+                query.push(("ecs", ecs));
+            }
+            let query = serde_urlencoded::to_string(&query)?;
+            let x = get(format!("/api/v1/dns/explain?{query}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&x)?);
+            } else {
+                print!("{}", explain_text(&x));
+            }
+        }
+        DnsCommand::Health => {
+            let x = get("/api/v1/dns/health".into()).await?;
+            println!("{}", serde_json::to_string_pretty(&x)?);
+        }
+        DnsCommand::Metrics => {
+            let x = get("/api/v1/dns/metrics".into()).await?;
+            println!("{}", serde_json::to_string_pretty(&x)?);
+        }
+    }
+    Ok(())
+}
+
+/// An explanation as an operator reads it.
+fn explain_text(x: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    let mut out = String::new();
+    let ecs = x["ecs"]
+        .as_str()
+        .map(|e| format!(" ecs {e}"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{} {} from {}{ecs}: {}{}, serial {}",
+        s(&x["name"]),
+        s(&x["qtype"]),
+        s(&x["client"]),
+        s(&x["rcode"]),
+        if x["authoritative"].as_bool() == Some(true) {
+            " (authoritative)"
+        } else {
+            ""
+        },
+        x["serial"]
+    );
+    for section in ["answers", "authority", "additional"] {
+        for r in x[section].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "  {section:<10} {}", s(r));
+        }
+    }
+    if let Some(scope) = x["ecs_scope"].as_u64() {
+        let _ = writeln!(out, "  ECS scope /{scope}");
+    }
+    let g = &x["gslb"];
+    if g.is_null() {
+        let _ = writeln!(out, "not a GSLB name: static data or no such name");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "GSLB service {} (policy {})",
+        s(&g["service"]),
+        s(&g["policy"])
+    );
+    let site = match g["client_site"].as_object() {
+        Some(cs) => format!(", in site {} by {}", s(&cs["site"]), s(&cs["subnet"])),
+        None => ", in no site's client networks".into(),
+    };
+    let _ = writeln!(out, "  client network {}{site}", s(&g["client_network"]));
+    for d in g["decisions"].as_array().into_iter().flatten() {
+        let chosen: Vec<String> = d["chosen"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {}: {} -> {} [{}], TTL {}",
+            s(&d["family"]),
+            s(&d["rule"]),
+            s(&d["outcome"]),
+            chosen.join(", "),
+            d["ttl_secs"]
+        );
+    }
+    let _ = writeln!(out, "  members:");
+    for m in g["members"].as_array().into_iter().flatten() {
+        let sources: Vec<String> = m["sources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                format!(
+                    "{} {} {} ms ago{}",
+                    s(&r["source"]),
+                    if r["up"].as_bool() == Some(true) {
+                        "up"
+                    } else {
+                        "down"
+                    },
+                    r["age_ms"],
+                    if r["counted"].as_bool() == Some(true) {
+                        ""
+                    } else {
+                        " (stale)"
+                    }
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "    {} {:<16} {:<8}{}{}{} weight {} priority {}{} ({})",
+            if m["chosen"].as_bool() == Some(true) {
+                "*"
+            } else {
+                " "
+            },
+            s(&m["member"]),
+            s(&m["health"]),
+            m["site"]
+                .as_str()
+                .map(|x| format!(" site {x}"))
+                .unwrap_or_default(),
+            if m["settling"].as_bool() == Some(true) {
+                " settling"
+            } else {
+                ""
+            },
+            if m["last_good"].as_bool() == Some(true) {
+                ""
+            } else {
+                " not-last-good"
+            },
+            m["weight"],
+            m["priority"],
+            if sources.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", sources.join("; "))
+            },
+            s(&m["address"]),
+        );
+    }
+    out
 }
 
 /// One call to the REST API; the body of a 2xx answer, else its error.

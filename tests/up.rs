@@ -20,6 +20,7 @@ fn config(base: u16) -> String {
         .replace("127.0.0.1:8482", &format!("127.0.0.1:{}", base + 2))
         .replace("port = 8080", &format!("port = {}", base + 3))
         .replace("127.0.0.1:8053", &format!("127.0.0.1:{}", base + 4))
+        .replace("127.0.0.1:8054", &format!("127.0.0.1:{}", base + 8))
 }
 
 fn dns_query(server: SocketAddr, name: &str) -> Message {
@@ -40,7 +41,9 @@ fn dns_query(server: SocketAddr, name: &str) -> Message {
 async fn up_serves_http_and_dns_then_stops() {
     // Below the ephemeral port range (32768-60999), where a connection's
     // local port could take ours; tests/restore.rs uses 21000-31999.
-    let base = 10_000 + (std::process::id() % 1500) as u16 * 7;
+    // Each run takes base..=base+8: the Controller's SE, Raft and API ports
+    // are base+5..=base+7, the DNS API base+8.
+    let base = 10_000 + (std::process::id() % 1100) as u16 * 9;
     let dir = std::env::temp_dir().join(format!("fabric-up-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("fabric.toml");

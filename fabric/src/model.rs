@@ -35,6 +35,9 @@ pub struct Config {
     /// The authoritative DNS listener and its zones, if any.
     #[serde(default)]
     pub dns: Option<DnsConfig>,
+    /// GSLB sites: where members run and which clients each serves best.
+    #[serde(default)]
+    pub gslb_sites: Vec<GslbSite>,
     /// GSLB services: DNS names answered with the VIPs of their members.
     #[serde(default)]
     pub gslb_services: Vec<GslbService>,
@@ -836,6 +839,31 @@ pub struct DnsConfig {
     pub listen: SocketAddr,
     /// Zones this server is authoritative for; other names get REFUSED.
     pub zones: Vec<ZoneConfig>,
+    /// Where the DNS server's read-only HTTP API listens (explain, member
+    /// health, metrics; docs/gslb.md). It has no authentication: give it a
+    /// loopback or management address. None: no API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_listen: Option<SocketAddr>,
+    /// UDP sockets on `listen`, each read by its own task (1 to 64). Above 1
+    /// they share the address with `SO_REUSEPORT`, and the kernel spreads
+    /// clients over them, so on a multi-thread runtime (`--threads`) they
+    /// answer in parallel. The simulation always uses one socket.
+    #[serde(
+        default = "default_udp_workers",
+        skip_serializing_if = "is_default_udp_workers"
+    )]
+    pub udp_workers: usize,
+}
+
+/// Most UDP sockets `dns.udp_workers` opens.
+pub const MAX_DNS_UDP_WORKERS: usize = 64;
+
+fn default_udp_workers() -> usize {
+    1
+}
+
+fn is_default_udp_workers(n: &usize) -> bool {
+    *n == default_udp_workers()
 }
 
 /// One authoritative zone.
@@ -888,21 +916,264 @@ fn default_zone_ttl() -> u32 {
     300
 }
 
-/// A GSLB service: a DNS name answered with its members' VIPs.
+/// A GSLB site: a place where members run (a data centre, a region), and
+/// the client networks it is closest to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GslbSite {
+    /// Unique name, referred to by `gslb_services[].members[].site`.
+    pub name: String,
+    /// Client networks this site serves best (the `topology` policy): a
+    /// client (or its EDNS Client Subnet) in one of them gets this site's
+    /// members while one is healthy. The longest match over all sites wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_subnets: Vec<ipnet::IpNet>,
+    /// Sites to try, in order, when every member here is down (`topology`);
+    /// after them, any healthy member.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<String>,
+}
+
+/// A GSLB service: a DNS name answered with the addresses of its healthy
+/// members, chosen by a policy (docs/gslb.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GslbService {
     /// The name, inside one of the DNS zones.
     pub fqdn: String,
-    /// Names of the virtual services whose VIPs answer for it.
-    pub members: Vec<String>,
-    /// TTL of the answers.
+    /// Its members: virtual services of this fabric (by name, or
+    /// `{ vs = "name", ... }`) or outside addresses (`{ address = "..." }`).
+    pub members: Vec<GslbMember>,
+    /// How members are chosen for an answer (default `round_robin`).
+    #[serde(default)]
+    pub policy: GslbPolicy,
+    /// TTL of the answers while every member is up and stable.
     #[serde(default = "default_gslb_ttl")]
     pub ttl_secs: u32,
+    /// TTL while a member is down or changed state less than
+    /// `health.settle_secs` ago, and of all-down answers (default 5, at
+    /// most `ttl_secs`): resolvers come back sooner while things move.
+    #[serde(default = "default_gslb_unhealthy_ttl")]
+    pub unhealthy_ttl_secs: u32,
+    /// Most addresses in one answer; 0 = the policy's default (one for
+    /// `weighted` and `consistent_hash`, every chosen member otherwise).
+    #[serde(default)]
+    pub max_answers: u32,
+    /// What to answer while no member is healthy.
+    #[serde(default)]
+    pub when_all_down: GslbAllDown,
+    /// The addresses of `when_all_down = "fallback"`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_addresses: Vec<IpAddr>,
+    /// How member health is decided.
+    #[serde(default)]
+    pub health: GslbHealth,
 }
+
+impl GslbService {
+    /// A service at `fqdn` over `members` with every other field at its
+    /// default (round robin, `ttl_secs`).
+    pub fn new(fqdn: &str, members: Vec<GslbMember>, ttl_secs: u32) -> Self {
+        GslbService {
+            fqdn: fqdn.into(),
+            members,
+            policy: GslbPolicy::default(),
+            ttl_secs,
+            unhealthy_ttl_secs: default_gslb_unhealthy_ttl().min(ttl_secs),
+            max_answers: 0,
+            when_all_down: GslbAllDown::default(),
+            fallback_addresses: Vec::new(),
+            health: GslbHealth::default(),
+        }
+    }
+}
+
+impl From<&str> for GslbMember {
+    fn from(vs: &str) -> Self {
+        GslbMember::vs(vs)
+    }
+}
+
+/// One member of a GSLB service. In a config, a plain string is a virtual
+/// service's name with the defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GslbMember {
+    /// A virtual service of this fabric: its VIP answers, its SEs report
+    /// its health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vs: Option<String>,
+    /// An address outside the fabric (a third-party site), probed only by
+    /// `health.monitor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
+    /// Port the DNS-side monitor probes (default: the VS's port; 80 for an
+    /// address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The `gslb_sites` entry it runs in (needed by `topology`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// Share of answers (`weighted`, `priority`, `consistent_hash`), 1..=1000.
+    #[serde(default = "default_member_weight")]
+    pub weight: u32,
+    /// `priority`: the lowest value with a healthy member wins (default 0).
+    #[serde(default)]
+    pub priority: u32,
+}
+
+fn default_member_weight() -> u32 {
+    1
+}
+
+impl GslbMember {
+    /// A member for the virtual service `vs`, with the defaults.
+    pub fn vs(vs: &str) -> Self {
+        GslbMember {
+            vs: Some(vs.to_string()),
+            address: None,
+            port: None,
+            site: None,
+            weight: default_member_weight(),
+            priority: 0,
+        }
+    }
+
+    /// How explain and events name it: the VS name or the address.
+    pub fn label(&self) -> String {
+        match (&self.vs, self.address) {
+            (Some(vs), _) => vs.clone(),
+            (None, Some(addr)) => addr.to_string(),
+            (None, None) => "?".into(),
+        }
+    }
+}
+
+/// The table form of [`GslbMember`], strict about its fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GslbMemberTable {
+    #[serde(default)]
+    vs: Option<String>,
+    #[serde(default)]
+    address: Option<IpAddr>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    site: Option<String>,
+    #[serde(default = "default_member_weight")]
+    weight: u32,
+    #[serde(default)]
+    priority: u32,
+}
+
+impl<'de> Deserialize<'de> for GslbMember {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = GslbMember;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a virtual service name or a table { vs | address, site, weight, priority, port }")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<GslbMember, E> {
+                Ok(GslbMember::vs(name))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<GslbMember, A::Error> {
+                let t = GslbMemberTable::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(GslbMember {
+                    vs: t.vs,
+                    address: t.address,
+                    port: t.port,
+                    site: t.site,
+                    weight: t.weight,
+                    priority: t.priority,
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// How a GSLB service picks members for an answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GslbPolicy {
+    /// Healthy members in turn, each answer starting one further.
+    #[default]
+    RoundRobin,
+    /// Healthy members in proportion to their weights.
+    Weighted,
+    /// The healthy members of the lowest `priority`, weighted among them.
+    Priority,
+    /// The members of the site whose `client_subnets` hold the client
+    /// (or its EDNS Client Subnet), then its `fallback` sites, then any.
+    Topology,
+    /// The same client network gets the same member while it is healthy;
+    /// a member going down moves only its own clients (rendezvous hashing
+    /// on the client's /24 or /56, weighted).
+    ConsistentHash,
+}
+
+/// The answer while no member of a GSLB service is healthy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GslbAllDown {
+    /// The members that were healthy last (all of them if none ever was):
+    /// a monitoring fault must not take the name off the internet.
+    #[default]
+    LastKnownGood,
+    /// `fallback_addresses` (a sorry server, another provider).
+    Fallback,
+    /// SERVFAIL: resolvers try another server or report the failure.
+    Servfail,
+    /// NOERROR with no address (NODATA), cached for the SOA's negative TTL.
+    Nodata,
+}
+
+/// How the health of a GSLB service's members is decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GslbHealth {
+    /// A `health_monitors` entry the DNS servers themselves run against
+    /// every member, from every site (in addition to the SEs' reports for
+    /// VS members).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<String>,
+    /// Sources (DNS servers' probes, SEs) that must see a member up for it
+    /// to be up; 0 = a majority of the sources that reported recently.
+    pub quorum: u32,
+    /// A source's report older than this is not counted (a site cut off);
+    /// with no recent source at all, the last verdict stays.
+    pub stale_secs: u32,
+    /// A member that changed state less than this long ago is "settling":
+    /// its service answers with `unhealthy_ttl_secs`.
+    pub settle_secs: u32,
+}
+
+impl Default for GslbHealth {
+    fn default() -> Self {
+        GslbHealth {
+            monitor: None,
+            quorum: 0,
+            stale_secs: 60,
+            settle_secs: 60,
+        }
+    }
+}
+
+/// Most members of one GSLB service (answers are assembled on the stack).
+pub const GSLB_MEMBERS_MAX: usize = 256;
 
 fn default_gslb_ttl() -> u32 {
     30
+}
+
+fn default_gslb_unhealthy_ttl() -> u32 {
+    5
 }
 
 /// A built-in HTTP origin server.
@@ -1178,6 +1449,12 @@ impl Config {
             if dns.listen.port() == 0 {
                 err("dns.listen".into(), "port 0 is not a usable port".into());
             }
+            if !(1..=MAX_DNS_UDP_WORKERS).contains(&dns.udp_workers) {
+                err(
+                    "dns.udp_workers".into(),
+                    format!("must be between 1 and {MAX_DNS_UDP_WORKERS}"),
+                );
+            }
             for (i, z) in dns.zones.iter().enumerate() {
                 match normalize_name(&z.name) {
                     Some(n) => zones.push(n),
@@ -1232,6 +1509,27 @@ impl Config {
                 }
             }
         }
+        let site_names = unique_names(
+            self.gslb_sites.iter().map(|s| &s.name),
+            "gslb_sites",
+            &mut err,
+        );
+        for (i, site) in self.gslb_sites.iter().enumerate() {
+            for (j, fallback) in site.fallback.iter().enumerate() {
+                if fallback == &site.name || !site_names.contains(fallback.as_str()) {
+                    err(
+                        format!("gslb_sites[{i}].fallback[{j}]"),
+                        format!("`{fallback}` is not another gslb_sites entry"),
+                    );
+                }
+            }
+            if site.client_subnets.len() > 10_000 {
+                err(
+                    format!("gslb_sites[{i}].client_subnets"),
+                    "at most 10000 networks per site".into(),
+                );
+            }
+        }
         let mut fqdns = BTreeSet::new();
         for (i, s) in self.gslb_services.iter().enumerate() {
             match normalize_name(&s.fqdn) {
@@ -1269,13 +1567,100 @@ impl Config {
                     "a GSLB service needs at least one member".into(),
                 );
             }
+            if s.members.len() > GSLB_MEMBERS_MAX {
+                err(
+                    format!("gslb_services[{i}].members"),
+                    format!("at most {GSLB_MEMBERS_MAX} members"),
+                );
+            }
             for (j, m) in s.members.iter().enumerate() {
-                if !vs_names.contains(m.as_str()) {
+                let path = format!("gslb_services[{i}].members[{j}]");
+                match (&m.vs, m.address) {
+                    (Some(vs), None) => {
+                        if !vs_names.contains(vs.as_str()) {
+                            err(path.clone(), format!("no virtual service named `{vs}`"));
+                        }
+                    }
+                    (None, Some(_)) => {}
+                    _ => err(
+                        path.clone(),
+                        "give exactly one of `vs` (a virtual service) and `address`".into(),
+                    ),
+                }
+                match &m.site {
+                    Some(site) if !site_names.contains(site.as_str()) => err(
+                        format!("{path}.site"),
+                        format!("no gslb_sites entry named `{site}`"),
+                    ),
+                    None if s.policy == GslbPolicy::Topology => err(
+                        format!("{path}.site"),
+                        "the topology policy needs the site of every member".into(),
+                    ),
+                    _ => {}
+                }
+                if !(1..=1000).contains(&m.weight) {
+                    err(format!("{path}.weight"), "must be 1..=1000".into());
+                }
+                if m.port == Some(0) {
+                    err(format!("{path}.port"), "must be 1..=65535".into());
+                }
+            }
+            if s.unhealthy_ttl_secs > s.ttl_secs {
+                err(
+                    format!("gslb_services[{i}].unhealthy_ttl_secs"),
+                    format!("must be at most ttl_secs ({})", s.ttl_secs),
+                );
+            }
+            if s.max_answers as usize > GSLB_MEMBERS_MAX {
+                err(
+                    format!("gslb_services[{i}].max_answers"),
+                    format!("must be 0..={GSLB_MEMBERS_MAX}"),
+                );
+            }
+            match (s.when_all_down, s.fallback_addresses.is_empty()) {
+                (GslbAllDown::Fallback, true) => err(
+                    format!("gslb_services[{i}].fallback_addresses"),
+                    "`when_all_down = \"fallback\"` needs at least one address".into(),
+                ),
+                (GslbAllDown::Fallback, false) => {}
+                (_, false) => err(
+                    format!("gslb_services[{i}].fallback_addresses"),
+                    "only used with `when_all_down = \"fallback\"`".into(),
+                ),
+                (_, true) => {}
+            }
+            if s.fallback_addresses.len() > GSLB_MEMBERS_MAX {
+                err(
+                    format!("gslb_services[{i}].fallback_addresses"),
+                    format!("at most {GSLB_MEMBERS_MAX} addresses"),
+                );
+            }
+            let h = &s.health;
+            if let Some(monitor) = &h.monitor {
+                if !self.health_monitors.iter().any(|m| &m.name == monitor) {
                     err(
-                        format!("gslb_services[{i}].members[{j}]"),
-                        format!("no virtual service named `{m}`"),
+                        format!("gslb_services[{i}].health.monitor"),
+                        format!("no health_monitors entry named `{monitor}`"),
                     );
                 }
+            }
+            if h.quorum > 16 {
+                err(
+                    format!("gslb_services[{i}].health.quorum"),
+                    "must be 0..=16 (0: a majority of the recent sources)".into(),
+                );
+            }
+            if !(1..=86_400).contains(&h.stale_secs) {
+                err(
+                    format!("gslb_services[{i}].health.stale_secs"),
+                    "must be 1..=86400".into(),
+                );
+            }
+            if h.settle_secs > 86_400 {
+                err(
+                    format!("gslb_services[{i}].health.settle_secs"),
+                    "must be 0..=86400".into(),
+                );
             }
         }
 
@@ -1618,6 +2003,115 @@ mod tests {
         let e = errors_of(&dup);
         assert_eq!(e[0].path, "virtual_services[1].vip");
         assert!(e[0].reason.contains("duplicate VIP"), "{:?}", e[0]);
+    }
+
+    #[test]
+    fn gslb_fields_are_checked_by_path() {
+        let cases = [
+            (
+                "members = [{ vs = \"app\", address = \"192.0.2.1\" }]",
+                "gslb_services[0].members[0]",
+                "exactly one of",
+            ),
+            (
+                "members = [{ site = \"x\" }]",
+                "gslb_services[0].members[0]",
+                "exactly one of",
+            ),
+            (
+                "members = [{ vs = \"app\", site = \"nowhere\" }]",
+                "gslb_services[0].members[0].site",
+                "no gslb_sites",
+            ),
+            (
+                "members = [{ vs = \"app\", weight = 0 }]",
+                "gslb_services[0].members[0].weight",
+                "1..=1000",
+            ),
+            (
+                "members = [\"app\"]\npolicy = \"topology\"",
+                "gslb_services[0].members[0].site",
+                "topology",
+            ),
+            (
+                "members = [\"app\"]\nunhealthy_ttl_secs = 60",
+                "gslb_services[0].unhealthy_ttl_secs",
+                "at most ttl_secs",
+            ),
+            (
+                "members = [\"app\"]\nwhen_all_down = \"fallback\"",
+                "gslb_services[0].fallback_addresses",
+                "at least one",
+            ),
+            (
+                "members = [\"app\"]\nfallback_addresses = [\"192.0.2.9\"]",
+                "gslb_services[0].fallback_addresses",
+                "only used",
+            ),
+            (
+                "members = [\"app\"]\nhealth = { monitor = \"nope\" }",
+                "gslb_services[0].health.monitor",
+                "no health_monitors",
+            ),
+            (
+                "members = [\"app\"]\nhealth = { stale_secs = 0 }",
+                "gslb_services[0].health.stale_secs",
+                "1..=86400",
+            ),
+        ];
+        for (by, path, why) in cases {
+            let e = errors_of(&with("members = [\"app\"]", by));
+            assert_eq!(e[0].path, path, "{by}: {e:?}");
+            assert!(e[0].reason.contains(why), "{by}: {e:?}");
+        }
+        let e = errors_of(&with(
+            "[dns]",
+            "[[gslb_sites]]\nname = \"a\"\nfallback = [\"a\"]\n\n[dns]",
+        ));
+        assert_eq!(e[0].path, "gslb_sites[0].fallback[0]");
+        let e = errors_of(&with(
+            "[dns]",
+            "[[gslb_sites]]\nname = \"a\"\nclient_subnets = [\"10.0.0.0/33\"]\n\n[dns]",
+        ));
+        assert!(e[0].path.starts_with("gslb_sites"), "{e:?}");
+        let e = errors_of(&with(
+            "members = [\"app\"]",
+            "members = [{ vs = \"app\", colour = 1 }]",
+        ));
+        assert!(e[0].reason.contains("colour"), "{e:?}");
+        // A member as a name and as a table is the same member.
+        let short = Config::parse(EXAMPLE_CONFIG).unwrap();
+        let long =
+            Config::parse(&with("members = [\"app\"]", "members = [{ vs = \"app\" }]")).unwrap();
+        assert_eq!(short, long);
+    }
+
+    #[test]
+    fn dns_udp_workers_default_to_one_and_are_range_checked() {
+        let dns = Config::example().dns.unwrap();
+        assert_eq!(dns.udp_workers, 1);
+        // The default is not written out: a replicated config stays as it was.
+        let text = toml::to_string(&dns).unwrap();
+        assert!(!text.contains("udp_workers"), "{text}");
+
+        let listen = "listen = \"127.0.0.1:8053\"";
+        let four = Config::parse(&with(listen, &format!("{listen}\nudp_workers = 4"))).unwrap();
+        assert_eq!(four.dns.unwrap().udp_workers, 4);
+        let most = format!("{listen}\nudp_workers = {MAX_DNS_UDP_WORKERS}");
+        assert!(Config::parse(&with(listen, &most)).is_ok());
+        for bad in [0, MAX_DNS_UDP_WORKERS + 1, 100_000] {
+            let e = errors_of(&with(listen, &format!("{listen}\nudp_workers = {bad}")));
+            assert_eq!(
+                e,
+                vec![ConfigError {
+                    path: "dns.udp_workers".into(),
+                    reason: "must be between 1 and 64".into()
+                }],
+                "udp_workers = {bad}"
+            );
+        }
+        let e = errors_of(&with(listen, &format!("{listen}\nudp_workers = -1")));
+        assert_eq!(e[0].path, "dns.udp_workers");
     }
 
     #[test]

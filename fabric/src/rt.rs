@@ -5,7 +5,10 @@
 //! tokio's; built with `RUSTFLAGS="--cfg madsim"` they are madsim's virtual
 //! ones (madsim-tokio is imported *as* `tokio`, so most of this module is the
 //! same source in both worlds). Where the two APIs differ (UDP `send_to`,
-//! the hyper `Timer`), the difference is absorbed here, once.
+//! the hyper `Timer`), the difference is absorbed here, once. So are the
+//! real-host-only socket calls: [`UdpBatch`] (`recvmmsg`/`sendmmsg` on a
+//! host, one datagram at a time in the simulation) and
+//! [`UdpSocket::bind_reuse_port`] (`SO_REUSEPORT`).
 
 use std::future::Future;
 use std::io;
@@ -16,6 +19,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub mod raft;
+mod udp_batch;
+
+pub use udp_batch::UdpBatch;
 
 pub use tokio::net::{TcpListener, TcpStream};
 pub use tokio::task::JoinHandle;
@@ -202,6 +208,42 @@ impl UdpSocket {
         Ok(Self(tokio::net::UdpSocket::bind(addr).await?))
     }
 
+    /// `count` sockets bound to the same `addr`, for as many tasks to read
+    /// in parallel. On a real host, `count > 1` sets `SO_REUSEPORT` on each,
+    /// so the kernel spreads datagrams over them by a hash of the sender's
+    /// address and port; for port 0 the group binds a port no other socket
+    /// has. `count <= 1` is a plain [`bind`](Self::bind). The
+    /// simulation has no `SO_REUSEPORT`: it always returns one socket.
+    pub async fn bind_reuse_port(addr: SocketAddr, count: usize) -> io::Result<Vec<Self>> {
+        #[cfg(madsim)]
+        {
+            let _ = count;
+            Ok(vec![Self::bind(addr).await?])
+        }
+        #[cfg(not(madsim))]
+        {
+            if count <= 1 {
+                return Ok(vec![Self::bind(addr).await?]);
+            }
+            if addr.port() != 0 {
+                return reuse_port_group(addr, count);
+            }
+            // The kernel may give a SO_REUSEPORT socket asking for port 0 a
+            // port where another group of the same user listens (it could
+            // share it): take a port no socket has from a plain bind, then
+            // bind the group there, again if someone took it meanwhile.
+            let mut last_error = None;
+            for _ in 0..16 {
+                let port = std::net::UdpSocket::bind(addr)?.local_addr()?.port();
+                match reuse_port_group(SocketAddr::new(addr.ip(), port), count) {
+                    Err(e) if e.kind() == io::ErrorKind::AddrInUse => last_error = Some(e),
+                    result => return result,
+                }
+            }
+            Err(last_error.unwrap_or_else(|| io::ErrorKind::AddrInUse.into()))
+        }
+    }
+
     /// Send one datagram; returns the number of bytes sent.
     pub async fn send_to(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
         #[cfg(madsim)]
@@ -224,6 +266,14 @@ impl UdpSocket {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.0.local_addr()
     }
+}
+
+/// `count` sockets sharing `addr` (port not 0) with `SO_REUSEPORT`.
+#[cfg(not(madsim))]
+fn reuse_port_group(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
+    (0..count)
+        .map(|_| udp_batch::reuse_port_socket(addr).map(UdpSocket))
+        .collect()
 }
 
 /// Accept connections until the listener fails, handing each to `handler` on

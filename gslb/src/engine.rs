@@ -1,8 +1,9 @@
 //! The answer engine: one DNS query in wire format in, one response out.
 //!
 //! Sans-IO: no sockets, no clock, no randomness, so every behaviour is a pure
-//! function of (config, serial, query bytes, transport) and is unit-tested
-//! without a runtime. The server loops in [`crate::server`] only move bytes.
+//! function of (config, serial, health snapshot, query bytes, client address,
+//! transport, turn) and is unit-tested without a runtime. GSLB names are
+//! answered by [`crate::policy`]. The server loops in [`crate::server`] only move bytes.
 //!
 //! The wire format is read and written here directly rather than through a
 //! DNS library's message types: a query touches only its header, question and
@@ -31,14 +32,20 @@
 //!   generated ones. docs/dns.md has the whole behaviour and how it compares
 //!   with knot.
 //! - EDNS(0): OPT echoed with our payload size and the client's DO bit; BADVERS
-//!   for versions above 0; EDNS options are validated and ignored; a TSIG
+//!   for versions above 0; EDNS Client Subnet validated and echoed with the
+//!   answer's scope, other options validated and ignored; a TSIG
 //!   record is ignored (the response is unsigned).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use fabric::model::{self, Config};
 use fabric::zone::{self, RecordData, ZoneRecord};
+
+use crate::metrics::Metrics;
+use crate::policy::{self, Choice, Client, Family, Outcome, Service, ServiceHealth, Sites};
 
 /// Which transport a query arrived on: it decides the response size limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +77,8 @@ const TYPE_MX: u16 = 15;
 const TYPE_AAAA: u16 = 28;
 const TYPE_SRV: u16 = 33;
 const TYPE_OPT: u16 = 41;
+/// EDNS Client Subnet (RFC 7871).
+const OPTION_ECS: u16 = 8;
 const TYPE_IXFR: u16 = 251;
 const TYPE_AXFR: u16 = 252;
 const TYPE_ANY: u16 = 255;
@@ -77,6 +86,7 @@ const CLASS_IN: u16 = 1;
 
 const RCODE_NOERROR: u16 = 0;
 const RCODE_FORMERR: u16 = 1;
+const RCODE_SERVFAIL: u16 = 2;
 const RCODE_NXDOMAIN: u16 = 3;
 const RCODE_NOTIMP: u16 = 4;
 const RCODE_REFUSED: u16 = 5;
@@ -101,7 +111,21 @@ const LABEL_HOSTMASTER: &[u8] = b"\x0ahostmaster";
 #[derive(Debug, Clone)]
 pub struct Engine {
     /// Zones by apex, as lower-case wire-format labels without the root label.
-    zones: BTreeMap<Box<[u8]>, Zone>,
+    zones: Arc<BTreeMap<Box<[u8]>, Zone>>,
+    /// GSLB services in config order (`None`: an entry that resolves to
+    /// nothing); nodes refer to them by index.
+    services: Arc<[Option<Service>]>,
+    /// Sites and the topology table.
+    sites: Arc<Sites>,
+    /// Member health by service index, from [`crate::health::Tracker`];
+    /// shorter than `services` (or empty) means unknown, treated as up.
+    health: Arc<[ServiceHealth]>,
+    /// Queries answered from a GSLB service: round robin's turn, the
+    /// weighted draw. Shared by every engine of one server, so a health or
+    /// config swap does not restart the rotation.
+    turn: Arc<AtomicU64>,
+    /// Counters, shared like `turn`.
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, Clone)]
@@ -120,33 +144,15 @@ struct Zone {
 /// What one name holds; nothing at all for an empty non-terminal.
 #[derive(Debug, Clone, Default)]
 struct Node {
-    /// TTL of the GSLB addresses.
-    ttl_secs: u32,
-    /// GSLB addresses (a GSLB name has no static records).
-    v4: Vec<[u8; 4]>,
-    v6: Vec<[u8; 16]>,
+    /// The GSLB service answering A and AAAA here (index into
+    /// `Engine::services`); a GSLB name has no static records.
+    gslb: Option<usize>,
     /// Static RRsets (and the apex's SOA and NS), SOA first then by type,
     /// each type once.
     rrsets: Vec<Rrset>,
 }
 
 impl Node {
-    fn with_addresses(ttl_secs: u32, addresses: impl IntoIterator<Item = IpAddr>) -> Node {
-        let mut node = Node {
-            ttl_secs,
-            ..Node::default()
-        };
-        for address in addresses {
-            // An RRset holds each record once, whatever the config repeats.
-            match address {
-                IpAddr::V4(v4) if !node.v4.contains(&v4.octets()) => node.v4.push(v4.octets()),
-                IpAddr::V6(v6) if !node.v6.contains(&v6.octets()) => node.v6.push(v6.octets()),
-                _ => {}
-            }
-        }
-        node
-    }
-
     fn rrset(&self, rtype: u16) -> Option<&Rrset> {
         self.rrsets.iter().find(|rrset| rrset.rtype == rtype)
     }
@@ -168,10 +174,7 @@ impl Node {
     }
 
     fn has_addresses(&self) -> bool {
-        !self.v4.is_empty()
-            || !self.v6.is_empty()
-            || self.rrset(TYPE_A).is_some()
-            || self.rrset(TYPE_AAAA).is_some()
+        self.gslb.is_some() || self.rrset(TYPE_A).is_some() || self.rrset(TYPE_AAAA).is_some()
     }
 }
 
@@ -373,74 +376,190 @@ impl Engine {
     /// than trusted.
     pub fn from_config(config: &Config, serial: u32) -> Engine {
         let mut zones = BTreeMap::new();
-        let Some(dns) = &config.dns else {
-            return Engine { zones };
-        };
-        for (i, zone_config) in dns.zones.iter().enumerate() {
-            let Some(apex) =
-                model::normalize_name(&zone_config.name).map(|n| wire_name(&n).into_boxed_slice())
-            else {
-                continue;
-            };
-            let records =
-                zone::zone_records(zone_config, &format!("dns.zones[{i}]")).unwrap_or_default();
-            let zone = build_zone(&apex, zone_config.ttl_secs, &records, dns, serial);
-            zones.insert(apex, zone);
-        }
-        let mut engine = Engine { zones };
-        for service in &config.gslb_services {
-            engine.add_service(config, service);
-        }
-        engine
-    }
-
-    fn add_service(&mut self, config: &Config, service: &fabric::model::GslbService) {
-        let Some(name) = model::normalize_name(&service.fqdn).map(|n| wire_name(&n)) else {
-            return;
-        };
-        let starts = label_starts(&name);
-        let Some(zone_label) = starts
+        let sites = Sites::from_config(config);
+        let services: Vec<Option<Service>> = config
+            .gslb_services
             .iter()
-            .position(|&start| self.zones.contains_key(&name[start..]))
-        else {
-            return;
-        };
-        let Some(zone) = self.zones.get_mut(&name[starts[zone_label]..]) else {
-            return;
-        };
-        let vips = service
-            .members
-            .iter()
-            .filter_map(|m| config.virtual_service(m))
-            .map(|vs| vs.vip);
-        let mut node = Node::with_addresses(service.ttl_secs, vips);
-        if zone_label == 0 {
-            // A GSLB service at the apex: the apex keeps its SOA and NS.
-            if let Some(apex) = zone.nodes.get(&name[..]) {
-                node.rrsets = apex.rrsets.clone();
+            .map(|s| Service::from_config(config, &sites, s))
+            .collect();
+        if let Some(dns) = &config.dns {
+            for (i, zone_config) in dns.zones.iter().enumerate() {
+                let Some(apex) = model::normalize_name(&zone_config.name)
+                    .map(|n| wire_name(&n).into_boxed_slice())
+                else {
+                    continue;
+                };
+                let records =
+                    zone::zone_records(zone_config, &format!("dns.zones[{i}]")).unwrap_or_default();
+                let zone = build_zone(&apex, zone_config.ttl_secs, &records, dns, serial);
+                zones.insert(apex, zone);
             }
         }
-        zone.nodes.insert(name.clone().into_boxed_slice(), node);
-        add_empty_non_terminals(zone, &name, &starts[..zone_label]);
+        for (index, service) in services.iter().enumerate() {
+            if let Some(service) = service {
+                add_service(&mut zones, index, service);
+            }
+        }
+        Engine {
+            metrics: Arc::new(Metrics::for_services(&services, None)),
+            zones: Arc::new(zones),
+            services: services.into(),
+            sites: Arc::new(sites),
+            health: Arc::from(Vec::new()),
+            turn: Arc::new(AtomicU64::new(0)),
+        }
     }
 
-    /// Answer one wire-format query.
-    ///
-    /// `None` when nothing must be sent: fewer than 2 bytes (no ID to echo),
-    /// or a message with QR=1 (answering responses invites loops). Anything
-    /// else gets a response, malformed input a FORMERR echoing what of the
-    /// header is there. Never panics.
+    /// This engine with `health` (by service index, as
+    /// [`services`](Self::services)); zones and services are shared, not
+    /// copied.
+    pub fn with_health(&self, health: Vec<ServiceHealth>) -> Engine {
+        Engine {
+            health: health.into(),
+            ..self.clone()
+        }
+    }
+
+    /// A new engine (after a config change) that continues this one's
+    /// rotation and counters.
+    pub fn continuing(mut self, previous: &Engine) -> Engine {
+        self.turn = previous.turn.clone();
+        self.metrics = Arc::new(Metrics::for_services(
+            &self.services,
+            Some(&previous.metrics),
+        ));
+        self
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The GSLB services, in config order; `None` for an entry that
+    /// resolves to nothing.
+    pub fn services(&self) -> &[Option<Service>] {
+        &self.services
+    }
+
+    /// The sites.
+    pub fn sites(&self) -> &Sites {
+        &self.sites
+    }
+
+    /// The health the engine answers with, by service index.
+    pub fn health(&self, service: usize) -> ServiceHealth {
+        self.health.get(service).cloned().unwrap_or_default()
+    }
+
+    /// The decision the next query of `family` for service `index` from
+    /// `client` gets (what `explain` reports), without taking a turn.
+    pub fn peek_decision(&self, index: usize, client: &Client, family: Family) -> Option<Choice> {
+        let service = self.services.get(index)?.as_ref()?;
+        let turn = self.turn.load(Ordering::Relaxed);
+        Some(self.decide(index, service, client, family, turn))
+    }
+
+    /// The service index answering at `name` (normalized), if a GSLB one.
+    pub fn service_at(&self, name: &str) -> Option<usize> {
+        self.services
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.fqdn == name))
+    }
+
+    fn decide(
+        &self,
+        index: usize,
+        service: &Service,
+        client: &Client,
+        family: Family,
+        turn: u64,
+    ) -> Choice {
+        let empty = ServiceHealth::default();
+        let health = self.health.get(index).unwrap_or(&empty);
+        policy::decide(service, health, &self.sites, client, family, turn)
+    }
+
+    /// Answer one wire-format query from a client at an unspecified address
+    /// into a new buffer: [`answer_into`](Self::answer_into) for tests and
+    /// tools.
     pub fn answer(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(UDP_PLAIN_BYTES);
+        let from = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        self.answer_into(query, from, transport, &mut out)
+            .then_some(out)
+    }
+
+    /// Answer one wire-format query from `from` into `out` (cleared first;
+    /// its capacity is reused, so a server loop allocates nothing).
+    ///
+    /// `false`, with `out` empty, when nothing must be sent: fewer than 2
+    /// bytes (no ID to echo), or a message with QR=1 (answering responses
+    /// invites loops). Anything else gets a response, malformed input a
+    /// FORMERR echoing what of the header is there. Never panics.
+    pub fn answer_into(
+        &self,
+        query: &[u8],
+        from: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        self.answer_turn(query, from, transport, out, false)
+    }
+
+    /// [`answer_into`](Self::answer_into) without taking round robin's
+    /// turn: the response the next such query gets (for `explain`).
+    pub fn answer_peek(
+        &self,
+        query: &[u8],
+        from: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        self.answer_turn(query, from, transport, out, true)
+    }
+
+    fn answer_turn(
+        &self,
+        query: &[u8],
+        from: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+        peek: bool,
+    ) -> bool {
+        out.clear();
         if query.len() < 2 || query.get(2).is_some_and(|flags| flags & FLAG_QR != 0) {
-            return None;
+            return false;
         }
         let request = match Request::parse(query) {
-            Ok(request) => request,
-            Err(rcode) => return Some(header_only(query, rcode)),
+            Ok(mut request) => {
+                request.client = match request.edns.and_then(|e| e.ecs) {
+                    Some(ecs) => ecs.client(),
+                    None => Client::from_source(from),
+                };
+                request.peek = peek;
+                request
+            }
+            Err(rcode) => {
+                header_only(query, rcode, out);
+                if !peek {
+                    self.metrics
+                        .response(transport == Transport::Tcp, rcode as u8, false);
+                }
+                return true;
+            }
         };
-        let mut response = Response::start(&request, request.size_limit(transport));
+        let mut response = Response::start(&request, request.size_limit(transport), out);
         self.resolve(&request, &mut response);
-        Some(response.finish(&request))
+        response.finish(&request);
+        if !peek {
+            self.metrics.response(
+                transport == Transport::Tcp,
+                out[3] & 0x0F,
+                out[2] & FLAG_TC != 0,
+            );
+        }
+        true
     }
 
     fn resolve(&self, request: &Request<'_>, response: &mut Response) {
@@ -507,7 +626,12 @@ impl Engine {
         }
         if any || qtype == TYPE_A || qtype == TYPE_AAAA {
             let (v4, v6) = (any || qtype == TYPE_A, any || qtype == TYPE_AAAA);
-            response.addresses(Section::Answer, owner, node, v4, v6);
+            if !self.gslb_addresses(request, response, Section::Answer, owner, node, v4, v6) {
+                // Every member down and `when_all_down = "servfail"`.
+                response.rewind((HEADER_LEN + request.question.len(), [0; 3]));
+                response.rcode = RCODE_SERVFAIL;
+                return;
+            }
         }
         if response.count(Section::Answer) == answered_before {
             // NODATA: an existing name (or empty non-terminal) without this
@@ -528,7 +652,17 @@ impl Engine {
                     response.rrset(Section::Additional, owner, rrset, apex, None);
                 }
                 let gslb = (rtype == TYPE_A, rtype == TYPE_AAAA);
-                response.addresses(Section::Additional, owner, target, gslb.0, gslb.1);
+                if !self.gslb_addresses(
+                    request,
+                    response,
+                    Section::Additional,
+                    owner,
+                    target,
+                    gslb.0,
+                    gslb.1,
+                ) {
+                    response.rewind(mark);
+                }
                 if !response.fits(request) {
                     response.rewind(mark);
                     return;
@@ -537,10 +671,101 @@ impl Engine {
         }
     }
 
+    /// The GSLB A and/or AAAA records of `node` (nothing for a static
+    /// node), as its service's policy chooses for this client; the ECS
+    /// scope of the response follows the decision. `false` when the
+    /// service answers SERVFAIL.
+    #[allow(clippy::too_many_arguments)]
+    fn gslb_addresses(
+        &self,
+        request: &Request<'_>,
+        response: &mut Response<'_>,
+        section: Section,
+        owner: Owner<'_>,
+        node: &Node,
+        v4: bool,
+        v6: bool,
+    ) -> bool {
+        let Some(index) = node.gslb else {
+            return true;
+        };
+        let Some(Some(service)) = self.services.get(index) else {
+            return true;
+        };
+        let turn = if request.peek {
+            self.turn.load(Ordering::Relaxed)
+        } else {
+            self.turn.fetch_add(1, Ordering::Relaxed)
+        };
+        for (wanted, family) in [(v4, Family::V4), (v6, Family::V6)] {
+            if !wanted {
+                continue;
+            }
+            let choice = self.decide(index, service, &request.client, family, turn);
+            if section == Section::Answer {
+                response.ecs_scope = response.ecs_scope.max(choice.scope);
+            }
+            let count = !request.peek && section == Section::Answer;
+            if count {
+                self.metrics.decision(index, &choice.rule);
+            }
+            match choice.outcome {
+                Outcome::Members => {
+                    for m in choice.members() {
+                        if count {
+                            self.metrics.answered(index, m);
+                        }
+                        response.address(section, owner, service.members[m].addr, choice.ttl_secs);
+                    }
+                }
+                Outcome::Fallback => {
+                    if count {
+                        self.metrics.fallback(index);
+                    }
+                    for &addr in &service.fallback {
+                        if family_of(addr) == family {
+                            response.address(section, owner, addr, choice.ttl_secs);
+                        }
+                    }
+                }
+                Outcome::Servfail => return false,
+                Outcome::Nodata => {}
+            }
+        }
+        true
+    }
+
     /// The closest enclosing zone of `name` and the index of its apex label.
     fn zone_of(&self, name: &LowerName) -> Option<(usize, &Zone)> {
         (0..name.label_count).find_map(|i| self.zones.get(name.suffix(i)).map(|zone| (i, zone)))
     }
+}
+
+/// Put GSLB service `index` at its name in its closest zone.
+fn add_service(zones: &mut BTreeMap<Box<[u8]>, Zone>, index: usize, service: &Service) {
+    let name = wire_name(&service.fqdn);
+    let starts = label_starts(&name);
+    let Some(zone_label) = starts
+        .iter()
+        .position(|&start| zones.contains_key(&name[start..]))
+    else {
+        return;
+    };
+    let Some(zone) = zones.get_mut(&name[starts[zone_label]..]) else {
+        return;
+    };
+    let mut node = Node {
+        gslb: Some(index),
+        ..Node::default()
+    };
+    if zone_label == 0 {
+        // A GSLB service at the apex: the apex keeps its SOA and NS.
+        if let Some(apex) = zone.nodes.get(&name[..]) {
+            node.rrsets = apex.rrsets.clone();
+        }
+    }
+    zone.nodes.insert(name.clone().into_boxed_slice(), node);
+    add_empty_non_terminals(zone, &name, &starts[..zone_label]);
 }
 
 /// Names in one CNAME chain, the question's included; a longer chain ends
@@ -687,9 +912,10 @@ fn label_starts(wire: &[u8]) -> Vec<usize> {
 
 /// The response to a message that cannot be answered properly: the header
 /// alone, echoing the ID, and the opcode and RD bit when the header is whole.
-fn header_only(query: &[u8], rcode: u16) -> Vec<u8> {
+fn header_only(query: &[u8], rcode: u16, out: &mut Vec<u8>) {
     debug_assert!(query.len() >= 2 && rcode < 16);
-    let mut out = vec![0u8; HEADER_LEN];
+    out.clear();
+    out.resize(HEADER_LEN, 0);
     out[..2].copy_from_slice(&query[..2]);
     let echoed = if query.len() >= HEADER_LEN {
         query[2] & (MASK_OPCODE | FLAG_RD)
@@ -698,7 +924,6 @@ fn header_only(query: &[u8], rcode: u16) -> Vec<u8> {
     };
     out[2] = FLAG_QR | echoed;
     out[3] = rcode as u8;
-    out
 }
 
 /// The question name, lower-cased, in wire format without the root label.
@@ -725,6 +950,86 @@ struct Edns {
     payload_bytes: u16,
     version: u8,
     dnssec_ok: bool,
+    /// The client's EDNS Client Subnet option, echoed with a scope.
+    ecs: Option<Ecs>,
+}
+
+/// An EDNS Client Subnet option (RFC 7871) as the client sent it.
+#[derive(Clone, Copy, Debug)]
+struct Ecs {
+    /// 1 (IPv4) or 2 (IPv6).
+    family: u16,
+    /// Source prefix length.
+    source: u8,
+    /// The address, zero past the prefix.
+    addr: [u8; 16],
+}
+
+impl Ecs {
+    /// Parse and check one ECS option's data: `None` (FORMERR) for an
+    /// unknown family, a prefix longer than the address, an address not
+    /// exactly the prefix's bytes or with bits set past it, or a non-zero
+    /// scope (RFC 7871 7.1.1, 6).
+    fn parse(data: &[u8]) -> Option<Ecs> {
+        let family = read_u16(data, 0)?;
+        let source = *data.get(2)?;
+        let scope = *data.get(3)?;
+        let width = match family {
+            1 => 32,
+            2 => 128,
+            _ => return None,
+        };
+        if source > width || scope != 0 {
+            return None;
+        }
+        let bytes = &data[4..];
+        if bytes.len() != source.div_ceil(8) as usize {
+            return None;
+        }
+        if source % 8 != 0 {
+            let last = bytes[bytes.len() - 1];
+            if last & (0xFF >> (source % 8)) != 0 {
+                return None;
+            }
+        }
+        let mut addr = [0; 16];
+        addr[..bytes.len()].copy_from_slice(bytes);
+        Some(Ecs {
+            family,
+            source,
+            addr,
+        })
+    }
+
+    fn addr_len(&self) -> usize {
+        self.source.div_ceil(8) as usize
+    }
+
+    /// The client network as policies see it.
+    fn client(&self) -> Client {
+        let addr = if self.family == 1 {
+            IpAddr::V4(Ipv4Addr::new(
+                self.addr[0],
+                self.addr[1],
+                self.addr[2],
+                self.addr[3],
+            ))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(self.addr))
+        };
+        Client {
+            addr,
+            prefix: self.source,
+            ecs: true,
+        }
+    }
+}
+
+fn family_of(addr: IpAddr) -> Family {
+    match addr {
+        IpAddr::V4(_) => Family::V4,
+        IpAddr::V6(_) => Family::V6,
+    }
 }
 
 /// A query that parsed: borrowed question bytes plus what the answer needs.
@@ -739,6 +1044,11 @@ struct Request<'q> {
     qtype: u16,
     qclass: u16,
     edns: Option<Edns>,
+    /// Who the answer is for: the ECS network, else the source address
+    /// (set by [`Engine::answer_into`]).
+    client: Client,
+    /// Answer without taking a turn.
+    peek: bool,
 }
 
 impl<'q> Request<'q> {
@@ -784,6 +1094,8 @@ impl<'q> Request<'q> {
             qtype,
             qclass,
             edns,
+            client: Client::from_source(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            peek: false,
         })
     }
 
@@ -887,8 +1199,19 @@ fn skip_record(msg: &[u8], at: usize, section: Section, edns: &mut Option<Edns>)
             return None;
         }
         let mut option = 0;
+        let mut ecs = None;
         while option < rdata.len() {
+            let code = read_u16(rdata, option)?;
             let option_len = read_u16(rdata, option + 2)? as usize;
+            let data = rdata.get(option + 4..option + 4 + option_len)?;
+            if code == OPTION_ECS {
+                // One ECS option per query (RFC 7871 7.1.1 asks for FORMERR
+                // on a malformed one; two would be ambiguous).
+                if ecs.is_some() {
+                    return None;
+                }
+                ecs = Some(Ecs::parse(data)?);
+            }
             option += 4 + option_len;
         }
         if option != rdata.len() {
@@ -898,6 +1221,7 @@ fn skip_record(msg: &[u8], at: usize, section: Section, edns: &mut Option<Edns>)
             payload_bytes: class,
             version: (ttl >> 16) as u8,
             dnssec_ok: ttl & 0x8000 != 0,
+            ecs,
         });
     }
     Some(rdata_at + rdlen)
@@ -955,12 +1279,18 @@ impl<'k> Owner<'k> {
     }
 }
 
-/// Size of our OPT record: root owner, type, class, TTL, empty RDATA.
+/// Size of our OPT record without options: root owner, type, class, TTL,
+/// RDLENGTH.
 const OPT_BYTES: usize = 11;
 
+/// Size of the OPT record answering `edns`: with the ECS echo if it had one.
+fn opt_len(edns: &Edns) -> usize {
+    OPT_BYTES + edns.ecs.map_or(0, |ecs| 8 + ecs.addr_len())
+}
+
 /// A response being written front to back: header, echoed question, records.
-struct Response {
-    buf: Vec<u8>,
+struct Response<'o> {
+    buf: &'o mut Vec<u8>,
     counts: [u16; 3],
     rcode: u16,
     authoritative: bool,
@@ -968,11 +1298,14 @@ struct Response {
     limit_bytes: usize,
     /// Length of the question name without its root label.
     question_name_len: usize,
+    /// The ECS scope prefix length to echo (0: the answer is the same for
+    /// every client).
+    ecs_scope: u8,
 }
 
-impl Response {
-    fn start(request: &Request<'_>, limit_bytes: usize) -> Response {
-        let mut buf = Vec::with_capacity(UDP_PLAIN_BYTES);
+impl<'o> Response<'o> {
+    fn start(request: &Request<'_>, limit_bytes: usize, buf: &'o mut Vec<u8>) -> Response<'o> {
+        buf.clear();
         buf.extend_from_slice(&request.id);
         buf.extend_from_slice(&[0; HEADER_LEN - 2]); // flags and counts, set by `finish`
         buf.extend_from_slice(request.question);
@@ -983,6 +1316,7 @@ impl Response {
             authoritative: false,
             limit_bytes,
             question_name_len: request.name.len,
+            ecs_scope: 0,
         }
     }
 
@@ -1089,15 +1423,19 @@ impl Response {
         self.end_rdata(at);
     }
 
-    /// The GSLB A and/or AAAA records of `node`.
-    fn addresses(&mut self, section: Section, owner: Owner<'_>, node: &Node, v4: bool, v6: bool) {
-        let v4s = node.v4.iter().filter(|_| v4).map(|a| (TYPE_A, &a[..]));
-        let v6s = node.v6.iter().filter(|_| v6).map(|a| (TYPE_AAAA, &a[..]));
-        for (rtype, rdata) in v4s.chain(v6s) {
-            let at = self.record(section, owner, rtype, node.ttl_secs);
-            self.buf.extend_from_slice(rdata);
-            self.end_rdata(at);
-        }
+    /// One A or AAAA record.
+    fn address(&mut self, section: Section, owner: Owner<'_>, addr: IpAddr, ttl_secs: u32) {
+        let (rtype, octets, len) = match addr {
+            IpAddr::V4(a) => {
+                let mut octets = [0; 16];
+                octets[..4].copy_from_slice(&a.octets());
+                (TYPE_A, octets, 4)
+            }
+            IpAddr::V6(a) => (TYPE_AAAA, a.octets(), 16),
+        };
+        let at = self.record(section, owner, rtype, ttl_secs);
+        self.buf.extend_from_slice(&octets[..len]);
+        self.end_rdata(at);
     }
 
     /// Where the response is now, to [`rewind`](Self::rewind) to.
@@ -1112,7 +1450,7 @@ impl Response {
 
     /// Whether what is written so far, plus the OPT record, fits the limit.
     fn fits(&self, request: &Request<'_>) -> bool {
-        let opt_bytes = if request.edns.is_some() { OPT_BYTES } else { 0 };
+        let opt_bytes = request.edns.map_or(0, |edns| opt_len(&edns));
         self.buf.len() + opt_bytes <= self.limit_bytes
     }
 
@@ -1127,12 +1465,26 @@ impl Response {
         self.buf.push(0); // version
         self.buf
             .extend_from_slice(&(if edns.dnssec_ok { 0x8000u16 } else { 0 }).to_be_bytes());
-        self.buf.extend_from_slice(&[0, 0]); // no options
+        match edns.ecs {
+            None => self.buf.extend_from_slice(&[0, 0]), // no options
+            Some(ecs) => {
+                // ECS echoed: family, source prefix and address as sent,
+                // our scope (RFC 7871 7.2.1).
+                let len = 4 + ecs.addr_len();
+                self.buf.extend_from_slice(&(4 + len as u16).to_be_bytes());
+                self.buf.extend_from_slice(&OPTION_ECS.to_be_bytes());
+                self.buf.extend_from_slice(&(len as u16).to_be_bytes());
+                self.buf.extend_from_slice(&ecs.family.to_be_bytes());
+                self.buf.push(ecs.source);
+                self.buf.push(self.ecs_scope);
+                self.buf.extend_from_slice(&ecs.addr[..ecs.addr_len()]);
+            }
+        }
     }
 
     /// Close the response; past `limit_bytes`, replace it by a truncated one
     /// (TC, question and OPT only) so that the client retries over TCP.
-    fn finish(mut self, request: &Request<'_>) -> Vec<u8> {
+    fn finish(mut self, request: &Request<'_>) {
         let limit_bytes = self.limit_bytes;
         if let Some(edns) = request.edns {
             self.opt(edns);
@@ -1168,6 +1520,5 @@ impl Response {
         for (i, count) in counts.iter().enumerate() {
             self.buf[4 + 2 * i..6 + 2 * i].copy_from_slice(&count.to_be_bytes());
         }
-        self.buf
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Everything here comes from [`fabric::rt`], so it runs unchanged in the
 //! simulation. Queries are answered inline on the receiving task: answering is
-//! a lookup and a memcpy, far cheaper than a task spawn.
+//! a lookup and a memcpy, far cheaper than a task spawn. UDP moves in batches
+//! ([`rt::UdpBatch`]: `recvmmsg`/`sendmmsg` on a host, one datagram at a time
+//! in the simulation), over `dns.udp_workers` sockets ([`run_with`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,6 +18,9 @@ use crate::engine::{Engine, Transport};
 
 /// Largest UDP datagram we read; larger ones cannot exist on IPv4 or IPv6.
 const UDP_RECV_BYTES: usize = 65535;
+/// Datagrams read by one `recvmmsg` on a real host (docs/decisions.md: as
+/// gdnsd's 16; knot reads 10).
+pub const UDP_BATCH: usize = 16;
 /// A TCP connection with no complete query for this long is closed; the same
 /// bound applies to reading one query and to writing one response.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,25 +62,32 @@ impl EngineHandle {
 
 /// Serve UDP until the socket fails. One datagram in, at most one out.
 ///
+/// On a real host the datagrams come in batches of up to [`UDP_BATCH`]
+/// (one `recvmmsg`) and their answers leave together (one `sendmmsg`);
+/// in the simulation a batch is one datagram ([`rt::UdpBatch`]). Buffers
+/// are allocated once, here. Each batch is answered by the engine current
+/// when it arrived.
+///
 /// Errors that concern a single peer (an ICMP-reported refusal, a failed
 /// send) are logged and skipped: one client must not stop the server.
 pub async fn serve_udp(socket: UdpSocket, engine: EngineHandle) -> io::Result<()> {
-    let mut buf = vec![0u8; UDP_RECV_BYTES];
+    let mut batch = rt::UdpBatch::new(socket, UDP_BATCH, UDP_RECV_BYTES);
     loop {
-        let (len, peer) = match socket.recv_from(&mut buf).await {
-            Ok(received) => received,
+        match batch.recv().await {
+            Ok(_) => {}
             Err(e) if is_peer_error(&e) => {
                 tracing::debug!(error = %e, "DNS over UDP: receive error from a peer, ignored");
                 continue;
             }
             Err(e) => return Err(e),
-        };
-        let Some(response) = engine.current().answer(&buf[..len], Transport::Udp) else {
-            continue;
-        };
-        if let Err(e) = socket.send_to(&response, peer).await {
-            tracing::debug!(%peer, error = %e, "DNS over UDP: send failed");
         }
+        let engine = engine.current();
+        batch.respond(|query, peer, response| {
+            engine.answer_into(query, peer.ip(), Transport::Udp, response)
+        });
+        batch
+            .send(|peer, e| tracing::debug!(%peer, error = %e, "DNS over UDP: send failed"))
+            .await;
     }
 }
 
@@ -96,7 +108,7 @@ pub async fn serve_tcp(listener: TcpListener, engine: EngineHandle) -> io::Resul
     rt::accept_loop(listener, TCP_MAX_CONNECTIONS, move |stream, peer| {
         let engine = engine.clone();
         async move {
-            if let Err(e) = on_connection(stream, &engine).await {
+            if let Err(e) = on_connection(stream, peer.ip(), &engine).await {
                 tracing::debug!(%peer, error = %e, "DNS over TCP: connection ended");
             }
         }
@@ -107,8 +119,13 @@ pub async fn serve_tcp(listener: TcpListener, engine: EngineHandle) -> io::Resul
 /// Answer queries on one connection, in order, until the peer closes, goes
 /// idle, or sends something that gets no response (which only a broken or
 /// hostile peer does).
-async fn on_connection(mut stream: TcpStream, engine: &EngineHandle) -> io::Result<()> {
+async fn on_connection(
+    mut stream: TcpStream,
+    from: std::net::IpAddr,
+    engine: &EngineHandle,
+) -> io::Result<()> {
     let mut query = Vec::new();
+    let mut response = Vec::new();
     let mut framed = Vec::new();
     loop {
         let mut prefix = [0u8; 2];
@@ -122,9 +139,12 @@ async fn on_connection(mut stream: TcpStream, engine: &EngineHandle) -> io::Resu
         rt::timeout(TCP_IDLE_TIMEOUT, stream.read_exact(&mut query))
             .await
             .map_err(timed_out)??;
-        let Some(response) = engine.current().answer(&query, Transport::Tcp) else {
+        if !engine
+            .current()
+            .answer_into(&query, from, Transport::Tcp, &mut response)
+        {
             return Ok(());
-        };
+        }
         let Ok(len) = u16::try_from(response.len()) else {
             // The engine truncates TCP answers to 65535 bytes; not framing a
             // longer one is the safe reaction to a bug there.
@@ -157,13 +177,26 @@ fn timed_out(elapsed: rt::Elapsed) -> io::Error {
 ///
 /// A loop that fails logs its error and ends; the other keeps serving.
 pub async fn run(addr: SocketAddr, engine: EngineHandle) -> io::Result<SocketAddr> {
-    let (udp, tcp, local) = bind_pair(addr).await?;
-    let udp_engine = engine.clone();
-    rt::spawn(async move {
-        if let Err(e) = serve_udp(udp, udp_engine).await {
-            tracing::error!(%local, error = %e, "DNS over UDP stopped");
-        }
-    });
+    run_with(addr, engine, 1).await
+}
+
+/// [`run`] with `udp_workers` UDP sockets on `addr` (`dns.udp_workers`),
+/// sharing it with `SO_REUSEPORT` when more than one, each served by its
+/// own task; the simulation uses one ([`rt::UdpSocket::bind_reuse_port`]).
+pub async fn run_with(
+    addr: SocketAddr,
+    engine: EngineHandle,
+    udp_workers: usize,
+) -> io::Result<SocketAddr> {
+    let (udp, tcp, local) = bind_pair(addr, udp_workers).await?;
+    for (worker, socket) in udp.into_iter().enumerate() {
+        let udp_engine = engine.clone();
+        rt::spawn(async move {
+            if let Err(e) = serve_udp(socket, udp_engine).await {
+                tracing::error!(%local, worker, error = %e, "DNS over UDP stopped");
+            }
+        });
+    }
     rt::spawn(async move {
         if let Err(e) = serve_tcp(tcp, engine).await {
             tracing::error!(%local, error = %e, "DNS over TCP stopped");
@@ -172,19 +205,23 @@ pub async fn run(addr: SocketAddr, engine: EngineHandle) -> io::Result<SocketAdd
     Ok(local)
 }
 
-/// A UDP socket and a TCP listener on the same address. For port 0 the UDP
-/// socket picks the port; if TCP finds it taken, try again with a new one.
-async fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener, SocketAddr)> {
+/// `udp_workers` UDP sockets and a TCP listener on the same address. For
+/// port 0 the first UDP socket picks the port; if TCP finds it taken, try
+/// again with a new one.
+async fn bind_pair(
+    addr: SocketAddr,
+    udp_workers: usize,
+) -> io::Result<(Vec<UdpSocket>, TcpListener, SocketAddr)> {
     if addr.port() != 0 {
-        let udp = UdpSocket::bind(addr).await?;
+        let udp = UdpSocket::bind_reuse_port(addr, udp_workers).await?;
         let tcp = TcpListener::bind(addr).await?;
-        let local = udp.local_addr()?;
+        let local = udp[0].local_addr()?;
         return Ok((udp, tcp, local));
     }
     let mut last_error = None;
     for _ in 0..BIND_ATTEMPTS {
-        let udp = UdpSocket::bind(addr).await?;
-        let local = udp.local_addr()?;
+        let udp = UdpSocket::bind_reuse_port(addr, udp_workers).await?;
+        let local = udp[0].local_addr()?;
         match TcpListener::bind(local).await {
             Ok(tcp) => return Ok((udp, tcp, local)),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => last_error = Some(e),

@@ -146,3 +146,154 @@ async fn tcp_closes_on_a_message_that_gets_no_answer() {
         .expect("closed in time");
     assert!(matches!(read, Ok(0) | Err(_)), "expected EOF, got {read:?}");
 }
+
+/// Clients sending at once, each keeping this many queries in flight: 8
+/// clients keep 128 datagrams queued at the server at most, well inside a
+/// default 208 KiB receive buffer, so a loss is a bug, not an overflow.
+const WINDOW: usize = 16;
+
+/// Query `i` of client `client`: a mix of answers (positive, SOA, NXDOMAIN,
+/// TC, EDNS, FORMERR), each with an ID unique in the burst.
+fn burst_query(client: usize, i: usize) -> (u16, Vec<u8>) {
+    let id = (client * 1000 + i) as u16;
+    let mut message = match i % 6 {
+        0 => query("app.fabric.test.", RecordType::A),
+        1 => query("fabric.test.", RecordType::SOA),
+        2 => query("nope.fabric.test.", RecordType::A),
+        3 => query("big.fabric.test.", RecordType::A),
+        4 => common::query_edns("mid.fabric.test.", RecordType::A, 1232, i.is_multiple_of(4)),
+        _ => return (id, vec![(id >> 8) as u8, id as u8, 0x00]),
+    };
+    message.metadata.id = id;
+    (id, bytes(&message))
+}
+
+/// `clients` sockets send `per_client` queries each to `server`, all at
+/// once; every query must get exactly one response, byte for byte what the
+/// engine answers, from the server's address. Messages that get no answer
+/// (a response, a 1-byte datagram) are mixed in and must change nothing.
+async fn burst(
+    server: SocketAddr,
+    engine: std::sync::Arc<Engine>,
+    clients: usize,
+    per_client: usize,
+) {
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let engine = engine.clone();
+        tasks.push(rt::spawn(async move {
+            let socket = rt::UdpSocket::bind("127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap();
+            let queries: Vec<(u16, Vec<u8>)> =
+                (0..per_client).map(|i| burst_query(client, i)).collect();
+            let mut expected = std::collections::BTreeMap::new();
+            for (id, q) in &queries {
+                let answer = engine.answer(q, gslb::Transport::Udp).expect("answered");
+                expected.insert(*id, answer);
+            }
+            let mut not_a_query = query("app.fabric.test.", RecordType::A);
+            not_a_query.metadata.message_type = hickory_proto::op::MessageType::Response;
+            let not_a_query = bytes(&not_a_query);
+
+            let mut next = 0;
+            let mut buf = vec![0u8; 65535];
+            let mut answered = 0;
+            while answered < queries.len() {
+                while next < queries.len() && next - answered < WINDOW {
+                    socket.send_to(&queries[next].1, server).await.unwrap();
+                    if next.is_multiple_of(10) {
+                        socket.send_to(&not_a_query, server).await.unwrap();
+                        socket.send_to(&[0x42], server).await.unwrap();
+                    }
+                    next += 1;
+                }
+                let received = rt::timeout(PATIENCE, socket.recv_from(&mut buf)).await;
+                let Ok(received) = received else {
+                    panic!(
+                        "client {client}: no answer in time; {} of {} unanswered: {:?}",
+                        expected.len(),
+                        queries.len(),
+                        expected.keys().collect::<Vec<_>>()
+                    );
+                };
+                let (len, from) = received.unwrap();
+                assert_eq!(from, server, "client {client}: answer from elsewhere");
+                let response = &buf[..len];
+                let id = u16::from_be_bytes([response[0], response[1]]);
+                let Some(want) = expected.remove(&id) else {
+                    panic!("client {client}: answer with ID {id} not asked or answered twice");
+                };
+                assert_eq!(response, &want[..], "client {client}: answer to ID {id}");
+                answered += 1;
+            }
+            // Nothing more arrives: no duplicates, nothing for the non-queries.
+            let extra = rt::timeout(Duration::from_millis(100), socket.recv_from(&mut buf)).await;
+            assert!(extra.is_err(), "client {client}: an unexpected datagram");
+            answered
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.expect("client task");
+    }
+    assert_eq!(total, clients * per_client);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_from_many_clients_gets_every_answer() {
+    let engine = Engine::from_config(&config(), 1);
+    let handle = EngineHandle::new(engine);
+    let server = gslb::run("127.0.0.1:0".parse().unwrap(), handle.clone())
+        .await
+        .unwrap();
+    burst(server, handle.current(), 8, 63).await;
+    // The server is still serving after the burst.
+    let app = bytes(&query("app.fabric.test.", RecordType::A));
+    assert_eq!(
+        v4s(&ask_udp(server, &app).await),
+        vec![Ipv4Addr::new(127, 0, 0, 10)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_udp_workers_share_the_port_and_answer_a_burst() {
+    let handle = EngineHandle::new(Engine::from_config(&config(), 1));
+    let server = gslb::run_with("127.0.0.1:0".parse().unwrap(), handle.clone(), 2)
+        .await
+        .unwrap();
+    assert_ne!(server.port(), 0);
+    burst(server, handle.current(), 8, 63).await;
+
+    // TCP is on the same port, and a swap reaches every worker: many
+    // clients (so both sockets) all see the new answer.
+    let mut stream = rt::connect(server).await.unwrap();
+    let app = bytes(&query("app.fabric.test.", RecordType::A));
+    stream.write_all(&framed(&app)).await.unwrap();
+    stream.flush().await.unwrap();
+    assert_eq!(
+        v4s(&read_framed(&mut stream).await),
+        vec![Ipv4Addr::new(127, 0, 0, 10)]
+    );
+    let mut changed = config();
+    changed.virtual_services[0].vip = "127.0.0.11".parse().unwrap();
+    handle.swap(Engine::from_config(&changed, 2));
+    for _ in 0..16 {
+        assert_eq!(
+            v4s(&ask_udp(server, &app).await),
+            vec![Ipv4Addr::new(127, 0, 0, 11)]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_taken_port_is_an_error_with_several_workers_too() {
+    let handle = EngineHandle::new(Engine::from_config(&config(), 1));
+    let server = gslb::run_with("127.0.0.1:0".parse().unwrap(), handle.clone(), 2)
+        .await
+        .unwrap();
+    // SO_REUSEPORT sockets of the server do not let a plain bind in, nor
+    // another server on the same address.
+    let again = gslb::run_with(server, handle.clone(), 1).await;
+    assert_eq!(again.unwrap_err().kind(), std::io::ErrorKind::AddrInUse);
+}

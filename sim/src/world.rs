@@ -237,8 +237,8 @@ impl WorldBuilder {
             });
         }
 
-        let dns_addr = config.dns.as_ref().map(|d| d.listen);
-        if let Some(listen) = dns_addr {
+        let dns_addr = config.dns.as_ref().map(|d| (d.listen, d.udp_workers));
+        if let Some((listen, udp_workers)) = dns_addr {
             let config = config.clone();
             handle
                 .create_node()
@@ -247,10 +247,18 @@ impl WorldBuilder {
                 .init(move || {
                     let config = config.clone();
                     async move {
-                        let engine = gslb::EngineHandle::new(gslb::Engine::from_config(&config, 1));
+                        // The DNS server as `fabric dns` runs it: the node,
+                        // its sockets, its own probes of GSLB members.
+                        let node = gslb::DnsNode::new(config, "sim", 1);
                         let any = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), listen.port());
-                        gslb::run(any, engine).await.expect("DNS port free");
-                        std::future::pending::<()>().await;
+                        // More than one UDP worker still binds one simulated socket.
+                        gslb::run_with(any, node.engine(), udp_workers)
+                            .await
+                            .expect("DNS port free");
+                        let prober = |m: fabric::model::HealthMonitor, target| async move {
+                            se::health::probe(&m, target).await
+                        };
+                        gslb::node::run_probes(node, Arc::new(prober)).await;
                     }
                 })
                 .build();
@@ -312,7 +320,7 @@ impl WorldBuilder {
             controllers,
             client,
             client_port,
-            dns_addr,
+            dns_addr: dns_addr.map(|(listen, _)| listen),
         })
     }
 }
@@ -398,6 +406,8 @@ pub struct DnsReply {
     pub addrs: Vec<IpAddr>,
     /// Number of records in the authority section.
     pub authorities: usize,
+    /// TTL of the first answer record.
+    pub ttl_secs: Option<u32>,
 }
 
 impl World {
@@ -774,9 +784,29 @@ impl World {
 
     /// Ask the DNS server for `name` `rtype`.
     pub async fn dns(&self, name: &str, rtype: RecordType) -> Result<DnsReply> {
+        self.dns_for(name, rtype, None).await
+    }
+
+    /// Ask the DNS server for `name` `rtype` on behalf of a client in
+    /// network `ecs` (EDNS Client Subnet), if given.
+    pub async fn dns_for(
+        &self,
+        name: &str,
+        rtype: RecordType,
+        ecs: Option<(IpAddr, u8)>,
+    ) -> Result<DnsReply> {
         let mut query = Message::query();
         query.metadata.id = (rt::random_u64() & 0xffff) as u16;
         query.add_query(Query::query(Name::from_ascii(name)?, rtype));
+        if let Some((addr, prefix)) = ecs {
+            let mut edns = hickory_proto::op::Edns::new();
+            edns.set_max_payload(1232);
+            edns.options_mut()
+                .insert(hickory_proto::rr::rdata::opt::EdnsOption::Subnet(
+                    hickory_proto::rr::rdata::opt::ClientSubnet::new(addr, prefix, 0),
+                ));
+            query.set_edns(edns);
+        }
         let id = query.metadata.id;
         let reply = Message::from_vec(&self.dns_exchange(query.to_vec()?).await?)?;
         if reply.metadata.id != id {
@@ -799,6 +829,7 @@ impl World {
             authoritative: reply.metadata.authoritative,
             addrs,
             authorities: reply.authorities.len(),
+            ttl_secs: reply.answers.first().map(|r| r.ttl),
         })
     }
 

@@ -590,12 +590,7 @@ fn owners_exist(objects: &BTreeMap<String, BTreeMap<String, Stored>>) -> Result<
     }
     for (kind, field, target) in REFERENCES {
         for (name, s) in objects.get(*kind).into_iter().flatten() {
-            let refs: Vec<&str> = match s.body.pointer(field) {
-                Some(Value::String(n)) => vec![n.as_str()],
-                Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
-                _ => Vec::new(),
-            };
-            for r in refs {
+            for r in refs_at(&s.body, field) {
                 let owner = objects
                     .get(*target)
                     .and_then(|o| o.get(r))
@@ -625,8 +620,31 @@ const REFERENCES: &[(&str, &str, &str)] = &[
     ("virtual_services", "/se_group", "se_groups"),
     ("virtual_services", "/tls/certificates", "certificates"),
     ("pools", "/health_monitor", "health_monitors"),
-    ("gslb_services", "/members", "virtual_services"),
+    ("gslb_services", "/members/*/vs", "virtual_services"),
+    ("gslb_services", "/health/monitor", "health_monitors"),
 ];
+
+/// The strings at `field` of `body`: a JSON pointer where a `*` segment
+/// stands for every item of an array; an array at the end gives its strings.
+fn refs_at<'v>(body: &'v Value, field: &str) -> Vec<&'v str> {
+    let mut at = vec![body];
+    for segment in field.split('/').skip(1) {
+        at = at
+            .into_iter()
+            .flat_map(|v| match (segment, v) {
+                ("*", Value::Array(items)) => items.iter().collect::<Vec<_>>(),
+                (key, v) => v.get(key).into_iter().collect(),
+            })
+            .collect();
+    }
+    at.into_iter()
+        .flat_map(|v| match v {
+            Value::String(n) => vec![n.as_str()],
+            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
 
 /// Build and validate a config from stored objects.
 pub fn config_of(

@@ -43,11 +43,10 @@ pub fn add_vs(config: &mut Config, name: &str, vip: IpAddr) {
 }
 
 pub fn add_service(config: &mut Config, fqdn: &str, members: &[&str], ttl_secs: u32) {
-    config.gslb_services.push(GslbService {
-        fqdn: fqdn.into(),
-        members: members.iter().map(|m| m.to_string()).collect(),
-        ttl_secs,
-    });
+    let members = members.iter().map(|&m| m.into()).collect();
+    config
+        .gslb_services
+        .push(GslbService::new(fqdn, members, ttl_secs));
 }
 
 /// A query with ID 0xBEEF and RD set.
@@ -92,6 +91,8 @@ pub fn static_config() -> Config {
             zone_text: Some(STATIC_ZONE.into()),
             zone_file: None,
         }],
+        api_listen: None,
+        udp_workers: 1,
     });
     config.validate().expect("the static zone is valid");
     config
