@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod cloud;
+pub mod garp;
 pub mod l2;
 pub mod storage;
 
