@@ -228,7 +228,14 @@ impl NetlinkL2 {
                 remaining,
                 self.config.garp_interval,
             ));
-            self.trains_lock().insert(vip, train);
+            let mut trains = self.trains_lock();
+            trains.retain(|_, t| !t.is_finished());
+            // Calls for one VIP come one at a time (the data plane applies
+            // one config at a time); should two overlap anyway, the train
+            // displaced here stops rather than running on unowned.
+            if let Some(displaced) = trains.insert(vip, train) {
+                displaced.abort();
+            }
         }
         Ok(())
     }
