@@ -22,8 +22,12 @@ use fabric::cluster::{ClusterNode, Command as ClusterCommandOp, NodeAddr, NodeOp
 use fabric::controller::Controller;
 use fabric::model::Config;
 use fabric::pki::JoinTicket;
+use fabric::platform::netlink::{
+    DEFAULT_GARP_COUNT, DEFAULT_GARP_INTERVAL, DEFAULT_PREFIX_LEN_V4, DEFAULT_PREFIX_LEN_V6,
+};
 use fabric::platform::{
-    CloudConnector, FileStorage, LocalProcesses, LoopbackL2, MemStorage, SeSpec, Storage,
+    CloudConnector, FileStorage, L2Fabric, LocalProcesses, LoopbackL2, MemStorage, NetlinkL2,
+    NetlinkL2Config, SeSpec, Storage,
 };
 use fabric::rt;
 
@@ -37,6 +41,49 @@ struct Cli {
     threads: usize,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How an SE holds its VIPs (docs/ha.md, "L2: VIPs and gratuitous ARP").
+#[derive(clap::Args)]
+struct L2Args {
+    /// Serve VIPs on this LAN interface: each VIP is added to it (netlink)
+    /// and announced with gratuitous ARP / unsolicited neighbour
+    /// advertisements. Without it, VIPs must be loopback addresses.
+    #[arg(long, value_name = "IFACE")]
+    l2_interface: Option<String>,
+    /// Prefix length IPv4 VIPs are added with.
+    #[arg(long, default_value_t = DEFAULT_PREFIX_LEN_V4, requires = "l2_interface")]
+    l2_prefix_len: u8,
+    /// Prefix length IPv6 VIPs are added with.
+    #[arg(long, default_value_t = DEFAULT_PREFIX_LEN_V6, requires = "l2_interface")]
+    l2_prefix_len_v6: u8,
+    /// Announcements per claim, the first at once.
+    #[arg(long, default_value_t = DEFAULT_GARP_COUNT, requires = "l2_interface")]
+    l2_garp_count: u32,
+    /// Milliseconds between two announcements of a claim.
+    #[arg(long, default_value_t = DEFAULT_GARP_INTERVAL.as_millis() as u64, requires = "l2_interface")]
+    l2_garp_interval_ms: u64,
+}
+
+impl L2Args {
+    /// The L2 fabric these options ask for: [`NetlinkL2`] on the interface,
+    /// or [`LoopbackL2`] without one.
+    async fn open(self) -> Result<Arc<dyn L2Fabric>> {
+        let Some(interface) = self.l2_interface else {
+            return Ok(Arc::new(LoopbackL2));
+        };
+        let config = NetlinkL2Config {
+            interface: interface.clone(),
+            prefix_len_v4: self.l2_prefix_len,
+            prefix_len_v6: self.l2_prefix_len_v6,
+            garp_count: self.l2_garp_count,
+            garp_interval: Duration::from_millis(self.l2_garp_interval_ms),
+        };
+        let l2 = NetlinkL2::open(config)
+            .await
+            .with_context(|| format!("--l2-interface {interface}"))?;
+        Ok(Arc::new(l2))
+    }
 }
 
 #[derive(Subcommand)]
@@ -112,6 +159,8 @@ enum Command {
         /// SHA-256 of the Controller cluster's CA, printed with the join token.
         #[arg(long)]
         ca_sha256: Option<String>,
+        #[command(flatten)]
+        l2: L2Args,
     },
     /// Run the authoritative DNS server of a config.
     Dns {
@@ -326,10 +375,12 @@ async fn run(command: Command) -> Result<()> {
             data,
             join_token,
             ca_sha256,
+            l2,
         } => {
             if let Some(pid) = parent_pid {
                 rt::spawn(exit_with_parent(pid));
             }
+            let l2 = l2.open().await?;
             let credentials: Arc<dyn Storage> = Arc::new(
                 FileStorage::open(&data).with_context(|| format!("opening {}", data.display()))?,
             );
@@ -343,7 +394,7 @@ async fn run(command: Command) -> Result<()> {
                 credentials,
                 join,
             };
-            se::agent::run(opts, Arc::new(LoopbackL2), None).await;
+            se::agent::run(opts, l2, None).await;
             Ok(())
         }
         Command::Dns {

@@ -3,7 +3,7 @@
 //! A Service Engine claims a VIP before serving it and releases it when it
 //! stops; claiming announces the move with gratuitous ARP so neighbours'
 //! caches follow. The real implementation for LAN segments (netlink address
-//! plus AF_PACKET GARP) arrives with the HA work; [`LoopbackL2`] serves VIPs
+//! plus AF_PACKET GARP) is `platform::netlink`; [`LoopbackL2`] serves VIPs
 //! in 127.0.0.0/8, which Linux routes to `lo` with no setup and no ARP. The
 //! simulated segment with per-host ARP caches lives in the `sim` crate.
 

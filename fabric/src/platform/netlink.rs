@@ -1,0 +1,642 @@
+//! The real [`L2Fabric`] for a LAN segment on Linux: a claimed VIP is an
+//! address on one interface (added and removed through rtnetlink), and its
+//! move is announced with gratuitous ARP or unsolicited neighbour
+//! advertisements sent through an AF_PACKET socket (frames from
+//! [`super::garp`]).
+//!
+//! Real hosts only (the simulation has its own segment in `sim::l2`). Needs
+//! `CAP_NET_ADMIN` (addresses) and `CAP_NET_RAW` (the packet socket).
+//!
+//! Each operation opens its own netlink connection: claims are rare, and a
+//! connection made at the call sees the interface as it is now (renamed,
+//! recreated with a new index or a new MAC) and the network namespace of
+//! the calling thread.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::stream::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkLayerType};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use super::garp::{self, Announcement, Mac};
+use super::l2::{L2Error, L2Fabric};
+use crate::rt;
+
+/// Announcements sent per claim, by default: keepalived's
+/// `vrrp_garp_master_repeat` default (5).
+pub const DEFAULT_GARP_COUNT: u32 = 5;
+/// Time between two announcements of one claim, by default: `arping`'s
+/// default interval (1 s). keepalived sends its five back to back
+/// (`vrrp_garp_interval` 0) and a second five after `vrrp_garp_master_delay`
+/// (5 s); spreading one train over 4 s covers the same span, and a short
+/// outage (a switch port still learning after a link flap) cannot swallow
+/// all of it.
+pub const DEFAULT_GARP_INTERVAL: Duration = Duration::from_secs(1);
+/// Prefix length of IPv4 VIPs, by default: a host address, as keepalived
+/// adds a `virtual_ipaddress` without a mask. A /32 adds no subnet route
+/// and never becomes the primary address other addresses are secondary to
+/// (deleting a primary deletes its secondaries unless
+/// `promote_secondaries` is set).
+pub const DEFAULT_PREFIX_LEN_V4: u8 = 32;
+/// Prefix length of IPv6 VIPs, by default: a host address.
+pub const DEFAULT_PREFIX_LEN_V6: u8 = 128;
+/// Most announcements one claim may send.
+pub const MAX_GARP_COUNT: u32 = 100;
+/// Longest time between two announcements.
+pub const MAX_GARP_INTERVAL: Duration = Duration::from_secs(60);
+/// Longest wait for room in the interface's transmit queue for one frame.
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where and how [`NetlinkL2`] claims VIPs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetlinkL2Config {
+    /// The interface VIPs are added to and announced on (`eth0`, `bond0.12`).
+    pub interface: String,
+    /// Prefix length IPv4 VIPs are added with.
+    pub prefix_len_v4: u8,
+    /// Prefix length IPv6 VIPs are added with.
+    pub prefix_len_v6: u8,
+    /// Announcements per claim or announce, the first at once (at least 1).
+    pub garp_count: u32,
+    /// Time between two announcements of one train.
+    pub garp_interval: Duration,
+}
+
+impl NetlinkL2Config {
+    /// VIPs on `interface` with the default prefix lengths and train.
+    pub fn new(interface: impl Into<String>) -> Self {
+        Self {
+            interface: interface.into(),
+            prefix_len_v4: DEFAULT_PREFIX_LEN_V4,
+            prefix_len_v6: DEFAULT_PREFIX_LEN_V6,
+            garp_count: DEFAULT_GARP_COUNT,
+            garp_interval: DEFAULT_GARP_INTERVAL,
+        }
+    }
+
+    /// Every problem with the settings, or nothing.
+    pub fn validate(&self) -> Result<(), String> {
+        let name = &self.interface;
+        // IFNAMSIZ is 16 with the terminating NUL.
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) || name == "." {
+            return Err(format!(
+                "interface name {name:?} is not a Linux interface name"
+            ));
+        }
+        if !(1..=32).contains(&self.prefix_len_v4) {
+            return Err(format!(
+                "prefix_len_v4 {} is not between 1 and 32",
+                self.prefix_len_v4
+            ));
+        }
+        if !(1..=128).contains(&self.prefix_len_v6) {
+            return Err(format!(
+                "prefix_len_v6 {} is not between 1 and 128",
+                self.prefix_len_v6
+            ));
+        }
+        if !(1..=MAX_GARP_COUNT).contains(&self.garp_count) {
+            return Err(format!(
+                "garp_count {} is not between 1 and {MAX_GARP_COUNT}",
+                self.garp_count
+            ));
+        }
+        if self.garp_interval > MAX_GARP_INTERVAL {
+            return Err(format!(
+                "garp_interval {:?} is over {MAX_GARP_INTERVAL:?}",
+                self.garp_interval
+            ));
+        }
+        Ok(())
+    }
+
+    fn prefix_len(&self, vip: IpAddr) -> u8 {
+        match vip {
+            IpAddr::V4(_) => self.prefix_len_v4,
+            IpAddr::V6(_) => self.prefix_len_v6,
+        }
+    }
+}
+
+/// Why `vip` cannot be a VIP on a LAN interface, if it cannot.
+pub fn lan_vip_problem(vip: IpAddr) -> Option<&'static str> {
+    match vip {
+        IpAddr::V4(a) if a.is_unspecified() => Some("the unspecified address is not a VIP"),
+        IpAddr::V4(a) if a.is_loopback() => {
+            Some("loopback VIPs are served by the loopback fabric, not on a LAN interface")
+        }
+        IpAddr::V4(a) if a.is_multicast() || a.is_broadcast() => {
+            Some("a VIP must be a unicast address")
+        }
+        IpAddr::V6(a) if a.is_unspecified() => Some("the unspecified address is not a VIP"),
+        IpAddr::V6(a) if a.is_loopback() => {
+            Some("loopback VIPs are served by the loopback fabric, not on a LAN interface")
+        }
+        IpAddr::V6(a) if a.is_multicast() => Some("a VIP must be a unicast address"),
+        IpAddr::V6(a) if a.is_unicast_link_local() => {
+            Some("link-local addresses are scoped to one link and cannot be VIPs")
+        }
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
+            Some("an IPv4-mapped IPv6 address: use the IPv4 address")
+        }
+        _ => None,
+    }
+}
+
+/// VIPs as addresses on a LAN interface, announced with gratuitous ARP (IPv4)
+/// and unsolicited neighbour advertisements (IPv6).
+///
+/// A claim adds the address (present already: fine), sends the first
+/// announcement before it returns and the rest of the train from a task;
+/// a release stops the train first, so this host never announces a VIP it
+/// gave up, then deletes the address (absent: fine).
+#[derive(Debug)]
+pub struct NetlinkL2 {
+    config: NetlinkL2Config,
+    /// The running announcement train of each VIP.
+    trains: Mutex<BTreeMap<IpAddr, rt::JoinHandle<()>>>,
+}
+
+impl NetlinkL2 {
+    /// Check `config` and that its interface exists and is Ethernet.
+    pub async fn open(config: NetlinkL2Config) -> io::Result<Self> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let netlink = Netlink::connect()?;
+        netlink.link(&config.interface).await?;
+        Ok(Self {
+            config,
+            trains: Mutex::default(),
+        })
+    }
+
+    /// The settings it was opened with.
+    pub fn config(&self) -> &NetlinkL2Config {
+        &self.config
+    }
+
+    fn check(vip: IpAddr) -> Result<(), L2Error> {
+        match lan_vip_problem(vip) {
+            None => Ok(()),
+            Some(reason) => Err(L2Error::Unsupported {
+                vip,
+                reason: reason.into(),
+            }),
+        }
+    }
+
+    /// Stop the announcement train of `vip`, if one runs.
+    fn stop_train(&self, vip: IpAddr) {
+        if let Some(train) = self.trains_lock().remove(&vip) {
+            train.abort();
+        }
+    }
+
+    fn trains_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<IpAddr, rt::JoinHandle<()>>> {
+        // A panic while holding the lock leaves only join handles behind:
+        // still usable.
+        self.trains.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Send the first announcement of `vip` now and start the rest of the
+    /// train, replacing any train still running for it.
+    async fn announce_on(&self, link: &Link, vip: IpAddr) -> Result<(), L2Error> {
+        self.stop_train(vip);
+        let socket = PacketSocket::open()
+            .map_err(|e| io_error(vip, e, format!("opening a packet socket for {}", link.name)))?;
+        let frame = garp::announcement(link.mac, vip);
+        socket
+            .send(link.index, &frame)
+            .await
+            .map_err(|e| io_error(vip, e, format!("announcing on {}", link.name)))?;
+        let remaining = self.config.garp_count - 1;
+        if remaining > 0 {
+            let train = rt::spawn(train(
+                socket,
+                link.clone(),
+                vip,
+                frame,
+                remaining,
+                self.config.garp_interval,
+            ));
+            let mut trains = self.trains_lock();
+            trains.retain(|_, t| !t.is_finished());
+            // Calls for one VIP come one at a time (the data plane applies
+            // one config at a time); should two overlap anyway, the train
+            // displaced here stops rather than running on unowned.
+            if let Some(displaced) = trains.insert(vip, train) {
+                displaced.abort();
+            }
+        }
+        Ok(())
+    }
+
+    fn connect(&self, vip: IpAddr) -> Result<Netlink, L2Error> {
+        Netlink::connect().map_err(|e| io_error(vip, e, "opening a netlink socket".into()))
+    }
+
+    async fn link(&self, netlink: &Netlink, vip: IpAddr) -> Result<Link, L2Error> {
+        netlink
+            .link(&self.config.interface)
+            .await
+            .map_err(|source| L2Error::Io { vip, source })
+    }
+}
+
+impl Drop for NetlinkL2 {
+    fn drop(&mut self) {
+        for train in self.trains_lock().values() {
+            train.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl L2Fabric for NetlinkL2 {
+    async fn claim_vip(&self, vip: IpAddr) -> Result<(), L2Error> {
+        Self::check(vip)?;
+        let netlink = self.connect(vip)?;
+        let link = self.link(&netlink, vip).await?;
+        let prefix_len = self.config.prefix_len(vip);
+        let added = netlink
+            .add_address(link.index, vip, prefix_len)
+            .await
+            .map_err(|e| {
+                io_error(
+                    vip,
+                    e,
+                    format!("adding {vip}/{prefix_len} to {}", link.name),
+                )
+            })?;
+        if let Err(e) = self.announce_on(&link, vip).await {
+            // Unannounced is not claimed: take back what this call added.
+            if added {
+                if let Err(undo) = netlink.delete_address(link.index, vip).await {
+                    tracing::warn!(%vip, interface = %link.name, error = %undo,
+                        "removing the VIP after a failed announcement failed");
+                }
+            }
+            return Err(e);
+        }
+        tracing::info!(%vip, interface = %link.name, mac = %garp::format_mac(&link.mac),
+            prefix_len, already_present = !added, "claimed VIP");
+        Ok(())
+    }
+
+    async fn release_vip(&self, vip: IpAddr) -> Result<(), L2Error> {
+        Self::check(vip)?;
+        self.stop_train(vip);
+        let netlink = self.connect(vip)?;
+        let link = match netlink.find_link(&self.config.interface).await {
+            Ok(Some(link)) => link,
+            // No interface, no address on it.
+            Ok(None) => return Ok(()),
+            Err(source) => return Err(L2Error::Io { vip, source }),
+        };
+        let removed = netlink
+            .delete_address(link.index, vip)
+            .await
+            .map_err(|e| io_error(vip, e, format!("removing {vip} from {}", link.name)))?;
+        tracing::info!(%vip, interface = %link.name, was_present = removed, "released VIP");
+        Ok(())
+    }
+
+    async fn announce(&self, vip: IpAddr) -> Result<(), L2Error> {
+        Self::check(vip)?;
+        let netlink = self.connect(vip)?;
+        let link = self.link(&netlink, vip).await?;
+        let present = netlink
+            .has_address(link.index, vip)
+            .await
+            .map_err(|e| io_error(vip, e, format!("listing the addresses of {}", link.name)))?;
+        if !present {
+            // Announcing an address this host does not hold would pull its
+            // traffic here to be dropped.
+            return Err(L2Error::Io {
+                vip,
+                source: io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "{vip} is not on {}: claim it before announcing it",
+                        link.name
+                    ),
+                ),
+            });
+        }
+        self.announce_on(&link, vip).await
+    }
+
+    fn bind_addr(&self, vip: IpAddr) -> IpAddr {
+        vip
+    }
+}
+
+/// The rest of a claim's announcements, `interval` apart.
+async fn train(
+    socket: PacketSocket,
+    link: Link,
+    vip: IpAddr,
+    frame: Announcement,
+    remaining: u32,
+    interval: Duration,
+) {
+    for _ in 0..remaining {
+        rt::sleep(interval).await;
+        if let Err(e) = socket.send(link.index, &frame).await {
+            // A lost announcement is a late cache update, not a lost VIP:
+            // the next one (or the neighbours' own ARP) still moves them.
+            tracing::warn!(%vip, interface = %link.name, error = %e, "announcing VIP failed");
+        }
+    }
+}
+
+/// `source` with what was being done, for an [`L2Error`] about `vip`.
+fn io_error(vip: IpAddr, source: io::Error, doing: String) -> L2Error {
+    L2Error::Io {
+        vip,
+        source: io::Error::new(source.kind(), format!("{doing}: {source}")),
+    }
+}
+
+/// An interface as the kernel reports it now.
+#[derive(Debug, Clone)]
+struct Link {
+    name: String,
+    index: u32,
+    mac: Mac,
+}
+
+/// One rtnetlink connection, its driver task stopped on drop.
+struct Netlink {
+    handle: rtnetlink::Handle,
+    driver: rt::JoinHandle<()>,
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+fn netlink_io(e: rtnetlink::Error) -> io::Error {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.to_io(),
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+impl Netlink {
+    fn connect() -> io::Result<Self> {
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        let driver = rt::spawn(connection);
+        Ok(Self { handle, driver })
+    }
+
+    /// The Ethernet interface `name`.
+    async fn link(&self, name: &str) -> io::Result<Link> {
+        self.find_link(name).await?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("interface {name}: no such interface"),
+            )
+        })
+    }
+
+    /// The Ethernet interface `name`, `None` when there is no such interface.
+    async fn find_link(&self, name: &str) -> io::Result<Option<Link>> {
+        let context = |e: io::Error| io::Error::new(e.kind(), format!("interface {name}: {e}"));
+        let mut links = self.handle.link().get().match_name(name).execute();
+        let message = match links.try_next().await.map_err(netlink_io) {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(None),
+            Err(e) => return Err(context(e)),
+        };
+        if message.header.link_layer_type != LinkLayerType::Ether {
+            return Err(context(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "link type {:?}: VIPs need an Ethernet interface",
+                    message.header.link_layer_type
+                ),
+            )));
+        }
+        let mac = message.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Address(bytes) => Mac::try_from(bytes.as_slice()).ok(),
+            _ => None,
+        });
+        let Some(mac) = mac else {
+            return Err(context(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no Ethernet address",
+            )));
+        };
+        Ok(Some(Link {
+            name: name.to_string(),
+            index: message.header.index,
+            mac,
+        }))
+    }
+
+    /// Add `vip/prefix_len` to interface `index`; `Ok(false)` when it was
+    /// there already.
+    async fn add_address(&self, index: u32, vip: IpAddr, prefix_len: u8) -> io::Result<bool> {
+        let mut request = self.handle.address().add(index, vip, prefix_len);
+        if vip.is_ipv6() {
+            // No duplicate address detection: a VIP that moves is expected
+            // to have had another owner a moment ago, and a tentative
+            // address cannot be bound for the second DAD takes.
+            request
+                .message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match request.execute().await.map_err(netlink_io) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The addresses `vip` on interface `index` (any prefix length).
+    async fn addresses(&self, index: u32, vip: IpAddr) -> io::Result<Vec<AddressMessage>> {
+        self.handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .set_address_filter(vip)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(netlink_io)
+    }
+
+    async fn has_address(&self, index: u32, vip: IpAddr) -> io::Result<bool> {
+        Ok(!self.addresses(index, vip).await?.is_empty())
+    }
+
+    /// Delete `vip` from interface `index`, whatever its prefix length;
+    /// `Ok(false)` when it was not there.
+    async fn delete_address(&self, index: u32, vip: IpAddr) -> io::Result<bool> {
+        let found = self.addresses(index, vip).await?;
+        let removed = !found.is_empty();
+        for message in found {
+            match self
+                .handle
+                .address()
+                .del(message)
+                .execute()
+                .await
+                .map_err(netlink_io)
+            {
+                Ok(()) => {}
+                // Gone meanwhile.
+                Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// A send-only AF_PACKET socket (protocol 0: it receives nothing, so no
+/// queue of other hosts' frames builds up behind it).
+struct PacketSocket(AsyncFd<OwnedFd>);
+
+impl PacketSocket {
+    fn open() -> io::Result<Self> {
+        // SAFETY: socket(2) with constant arguments; it touches no memory.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: the `OwnedFd` moves into the `AsyncFd` and is closed only
+        // when it is dropped, so the descriptor stays open and the same.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE) }?;
+        Ok(Self(fd))
+    }
+
+    /// Send `frame` out of interface `index`, waiting (up to a second) for
+    /// room in its queue.
+    async fn send(&self, index: u32, frame: &Announcement) -> io::Result<()> {
+        let index = i32::try_from(index)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface index"))?;
+        // SAFETY: sockaddr_ll is plain data; all zeroes is a valid value.
+        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        to.sll_family = libc::AF_PACKET as libc::c_ushort;
+        to.sll_protocol = frame.ethertype.to_be();
+        to.sll_ifindex = index;
+        to.sll_halen = 6;
+        to.sll_addr[..6].copy_from_slice(&frame.destination);
+        let bytes = &frame.frame;
+        let send = async {
+            loop {
+                let mut ready = self.0.writable().await?;
+                let sent = ready.try_io(|fd| {
+                    // SAFETY: `bytes` and `to` outlive the call, and the
+                    // lengths passed are theirs.
+                    let n = unsafe {
+                        libc::sendto(
+                            fd.as_raw_fd(),
+                            bytes.as_ptr().cast(),
+                            bytes.len(),
+                            0,
+                            (&to as *const libc::sockaddr_ll).cast(),
+                            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                        )
+                    };
+                    if n < 0 {
+                        Err(io::Error::last_os_error())
+                    } else {
+                        Ok(n as usize)
+                    }
+                });
+                match sent {
+                    Ok(Ok(n)) if n == bytes.len() => return Ok(()),
+                    Ok(Ok(n)) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            format!("sent {n} of {} bytes", bytes.len()),
+                        ))
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    // Spurious readiness: wait again.
+                    Err(_would_block) => continue,
+                }
+            }
+        };
+        rt::timeout(SEND_TIMEOUT, send)
+            .await
+            .map_err(|e| io::Error::new(io::ErrorKind::TimedOut, e.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod netns_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let c = NetlinkL2Config::new("eth0");
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!((c.prefix_len_v4, c.prefix_len_v6), (32, 128));
+        assert_eq!((c.garp_count, c.garp_interval), (5, Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn validate_names_the_problem() {
+        let bad = |f: fn(&mut NetlinkL2Config)| {
+            let mut c = NetlinkL2Config::new("eth0");
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(bad(|c| c.interface.clear()).contains("interface name"));
+        assert!(bad(|c| c.interface = "a-very-long-ifname".into()).contains("interface name"));
+        assert!(bad(|c| c.prefix_len_v4 = 33).contains("prefix_len_v4"));
+        assert!(bad(|c| c.prefix_len_v4 = 0).contains("prefix_len_v4"));
+        assert!(bad(|c| c.prefix_len_v6 = 129).contains("prefix_len_v6"));
+        assert!(bad(|c| c.garp_count = 0).contains("garp_count"));
+        assert!(bad(|c| c.garp_count = MAX_GARP_COUNT + 1).contains("garp_count"));
+        assert!(bad(|c| c.garp_interval = Duration::from_secs(61)).contains("garp_interval"));
+    }
+
+    #[test]
+    fn only_unicast_lan_addresses_are_vips() {
+        for ok in ["192.0.2.10", "10.0.0.1", "2001:db8::1", "fd00::5"] {
+            assert_eq!(lan_vip_problem(ok.parse().unwrap()), None, "{ok}");
+        }
+        for bad in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "ff02::1",
+            "fe80::1",
+            "::ffff:192.0.2.1",
+        ] {
+            assert!(lan_vip_problem(bad.parse().unwrap()).is_some(), "{bad}");
+        }
+    }
+}
