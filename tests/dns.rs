@@ -142,6 +142,15 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// `fabric ctl --dns-api API dns ARGS...`.
+fn ctl_dns(api: &str, args: &[&str]) -> std::process::Output {
+    Command::new(FABRIC)
+        .args(["ctl", "--dns-api", api, "dns"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 fn origin(name: &str, listen: SocketAddr) -> Proc {
     Proc(
         Command::new(FABRIC)
@@ -207,20 +216,16 @@ fn dns_answers_follow_health_explain_says_why_and_sighup_reloads() {
     );
 
     let api = format!("127.0.0.1:{}", base + 2);
-    let out = Command::new(FABRIC)
-        .args([
-            "ctl",
-            "--dns-api",
-            &api,
-            "dns",
+    let out = ctl_dns(
+        &api,
+        &[
             "explain",
             "www.gslb.test",
             "--client",
             "192.168.4.4",
             "--json",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -241,35 +246,14 @@ fn dns_answers_follow_health_explain_says_why_and_sighup_reloads() {
     assert_eq!(west_member["health"], "down");
     assert_eq!(west_member["sources"][0]["source"], "dns:east");
     // Human-readable form too.
-    let out = Command::new(FABRIC)
-        .args([
-            "ctl",
-            "--dns-api",
-            &api,
-            "dns",
-            "explain",
-            "www.gslb.test",
-            "--ecs",
-            "192.168.0.0/16",
-        ])
-        .output()
-        .unwrap();
+    let out = ctl_dns(
+        &api,
+        &["explain", "www.gslb.test", "--ecs", "192.168.0.0/16"],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("in site west by 192.168.0.0/16"), "{text}");
     // Bad input to the API: 400 with the reason, nothing crashes.
-    let out = Command::new(FABRIC)
-        .args([
-            "ctl",
-            "--dns-api",
-            &api,
-            "dns",
-            "explain",
-            "www.gslb.test",
-            "--ecs",
-            "10.0.0.0/99",
-        ])
-        .output()
-        .unwrap();
+    let out = ctl_dns(&api, &["explain", "www.gslb.test", "--ecs", "10.0.0.0/99"]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("ecs"),
@@ -326,10 +310,7 @@ fn dns_answers_follow_health_explain_says_why_and_sighup_reloads() {
             && ask(west_server, "10.2.0.0/16") == (vec![east], 40)
     });
     let sources = |api: &str| {
-        let out = Command::new(FABRIC)
-            .args(["ctl", "--dns-api", api, "dns", "health"])
-            .output()
-            .unwrap();
+        let out = ctl_dns(api, &["health"]);
         let h: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let mut names: Vec<String> = h[0]["members"][0]["sources"]
             .as_array()
