@@ -235,7 +235,7 @@ async fn dns_follows_site_failures_within_the_detection_window() {
     // was up, took the member out of its own site's answers.
     let end = RUN.as_millis() as u64;
     let mut detected = 0;
-    for o in 0..ORIGINS.len() {
+    for (o, (origin, _)) in ORIGINS.iter().enumerate() {
         for (i, (from, to)) in truth.outages[o].iter().enumerate() {
             let to = to.unwrap_or(end);
             // The other site up (and settled) from before the outage until
@@ -249,8 +249,7 @@ async fn dns_follows_site_failures_within_the_detection_window() {
             if other_up && to - from > DETECTION.as_millis() as u64 + 1_000 {
                 assert!(
                     truth.detected[o][i],
-                    "{} down {from}-{to} ms was never taken out",
-                    ORIGINS[o].0
+                    "{origin} down {from}-{to} ms was never taken out"
                 );
                 detected += 1;
             }
