@@ -1052,6 +1052,11 @@ fn print_next_steps(config: &Config, dns: Option<SocketAddr>, ses: usize) {
         for s in &config.gslb_services {
             println!("  dig @{} -p {} {} A", dns.ip(), dns.port(), s.fqdn);
         }
+        if let Some(api) = config.dns.as_ref().and_then(|d| d.api_listen) {
+            for s in &config.gslb_services {
+                println!("  fabric ctl --dns-api {api} dns explain {}", s.fqdn);
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Feed a DNS node from a Controller in the same process: the desired
-//! config (its version is the zone serial) and the SEs' view of every
+//! config (each change bumps the serial, to the config version when that is
+//! higher) and the SEs' view of every
 //! virtual service that is a GSLB member.
 //!
 //! The SEs' view is one source, `controller`: a VS is up while at least one
@@ -38,8 +39,8 @@ pub async fn follow_controller(controller: Controller, node: DnsNode) {
 
 fn report_ses(controller: &Controller, node: &DnsNode, config: &Config) {
     let ses = controller.ses();
-    if ses.is_empty() {
-        // No SE has registered yet (the fabric is starting): no view to give.
+    if !ses.iter().any(|s| s.stats.is_some()) {
+        // No SE has reported yet (the fabric is starting): no view to give.
         return;
     }
     let now_ms = rt::unix_ms();
