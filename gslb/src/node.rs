@@ -676,17 +676,19 @@ pub struct MemberExplanation {
 /// node's source. Restarts its probe set when the config changes (checked
 /// every tick), and ticks the node.
 pub async fn run_probes(node: DnsNode, prober: Arc<dyn Prober>) {
-    let mut running: Option<(Config, Vec<rt::JoinHandle<()>>)> = None;
+    // The serial moves exactly when the config changes: compare it rather
+    // than copying the whole config every tick.
+    let mut running: Option<(u32, Vec<rt::JoinHandle<()>>)> = None;
     loop {
-        let config = node.config();
-        if running.as_ref().is_none_or(|(c, _)| *c != config) {
+        let serial = node.serial();
+        if running.as_ref().is_none_or(|(s, _)| *s != serial) {
             if let Some((_, tasks)) = running.take() {
                 for t in tasks {
                     t.abort();
                 }
             }
-            let tasks = probe_tasks(&node, &config, &prober);
-            running = Some((config, tasks));
+            let tasks = probe_tasks(&node, &node.config(), &prober);
+            running = Some((serial, tasks));
         }
         node.tick();
         rt::sleep(TICK).await;
@@ -698,9 +700,10 @@ fn probe_tasks(
     config: &Config,
     prober: &Arc<dyn Prober>,
 ) -> Vec<rt::JoinHandle<()>> {
-    let engine = Engine::from_config(config, 0);
+    // Members resolved as the engine does, without building its zones.
+    let sites = crate::policy::Sites::from_config(config);
     let mut tasks = Vec::new();
-    for (service, s) in config.gslb_services.iter().enumerate() {
+    for s in &config.gslb_services {
         let Some(monitor) = s
             .health
             .monitor
@@ -709,7 +712,7 @@ fn probe_tasks(
         else {
             continue;
         };
-        let Some(Some(built)) = engine.services().get(service) else {
+        let Some(built) = crate::policy::Service::from_config(config, &sites, s) else {
             continue;
         };
         for member in &built.members {
