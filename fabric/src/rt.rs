@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub mod raft;
 mod udp_batch;
 
-pub use udp_batch::UdpBatch;
+pub use udp_batch::{BatchWorker, UdpBatch, WORKER_POLL};
 
 pub use tokio::net::{TcpListener, TcpStream};
 pub use tokio::task::JoinHandle;

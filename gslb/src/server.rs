@@ -60,45 +60,30 @@ impl EngineHandle {
     }
 }
 
-/// Serve UDP until the socket fails. One datagram in, at most one out.
+/// Serve UDP on `socket` until the returned worker is dropped or the socket
+/// fails. One datagram in, at most one out.
 ///
-/// On a real host the datagrams come in batches of up to [`UDP_BATCH`]
-/// (one `recvmmsg`) and their answers leave together (one `sendmmsg`);
-/// in the simulation a batch is one datagram ([`rt::UdpBatch`]). Buffers
-/// are allocated once, here. Each batch is answered by the engine current
-/// when it arrived.
-///
-/// Errors that concern a single peer (an ICMP-reported refusal, a failed
-/// send) are logged and skipped: one client must not stop the server.
-pub async fn serve_udp(socket: UdpSocket, engine: EngineHandle) -> io::Result<()> {
-    let mut batch = rt::UdpBatch::new(socket, UDP_BATCH, UDP_RECV_BYTES);
-    loop {
-        match batch.recv().await {
-            Ok(_) => {}
-            Err(e) if is_peer_error(&e) => {
-                tracing::debug!(error = %e, "DNS over UDP: receive error from a peer, ignored");
-                continue;
-            }
-            Err(e) => return Err(e),
+/// [`rt::UdpBatch::serve`] runs the loop: on a real host a thread of its own
+/// (`dns-udp-WORKER`) reading batches of up to [`UDP_BATCH`] with one
+/// blocking `recvmmsg` and answering them with one `sendmmsg`, as gdnsd's UDP
+/// threads do; in the simulation a task taking one datagram at a time.
+/// Buffers are allocated once, there. Each batch is answered by the engine
+/// current when it arrived. Errors that concern a single peer (an
+/// ICMP-reported refusal, a failed send) are logged and skipped: one client
+/// must not stop the server.
+pub fn serve_udp(
+    socket: UdpSocket,
+    engine: EngineHandle,
+    worker: usize,
+) -> io::Result<rt::BatchWorker> {
+    let batch = rt::UdpBatch::new(socket, UDP_BATCH, UDP_RECV_BYTES);
+    let mut current = engine.current();
+    batch.serve(format!("dns-udp-{worker}"), move |index, query, peer, response| {
+        if index == 0 {
+            current = engine.current();
         }
-        let engine = engine.current();
-        batch.respond(|query, peer, response| {
-            engine.answer_into(query, peer.ip(), Transport::Udp, response)
-        });
-        batch
-            .send(|peer, e| tracing::debug!(%peer, error = %e, "DNS over UDP: send failed"))
-            .await;
-    }
-}
-
-fn is_peer_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    )
+        current.answer_into(query, peer.ip(), Transport::Udp, response)
+    })
 }
 
 /// Serve DNS over TCP (RFC 7766: 2-byte length prefix, several queries per
@@ -182,21 +167,25 @@ pub async fn run(addr: SocketAddr, engine: EngineHandle) -> io::Result<SocketAdd
 
 /// [`run`] with `udp_workers` UDP sockets on `addr` (`dns.udp_workers`),
 /// sharing it with `SO_REUSEPORT` when more than one, each served by its
-/// own task; the simulation uses one ([`rt::UdpSocket::bind_reuse_port`]).
+/// own worker ([`serve_udp`]: a thread on a real host); the simulation uses
+/// one ([`rt::UdpSocket::bind_reuse_port`]).
 pub async fn run_with(
     addr: SocketAddr,
     engine: EngineHandle,
     udp_workers: usize,
 ) -> io::Result<SocketAddr> {
     let (udp, tcp, local) = bind_pair(addr, udp_workers).await?;
-    for (worker, socket) in udp.into_iter().enumerate() {
-        let udp_engine = engine.clone();
-        rt::spawn(async move {
-            if let Err(e) = serve_udp(socket, udp_engine).await {
-                tracing::error!(%local, worker, error = %e, "DNS over UDP stopped");
-            }
-        });
-    }
+    let workers = udp
+        .into_iter()
+        .enumerate()
+        .map(|(worker, socket)| serve_udp(socket, engine.clone(), worker))
+        .collect::<io::Result<Vec<_>>>()?;
+    // The UDP workers live as long as this task: until the runtime that
+    // started the server ends (a test's, or the process's).
+    rt::spawn(async move {
+        let _workers = workers;
+        std::future::pending::<()>().await
+    });
     rt::spawn(async move {
         if let Err(e) = serve_tcp(tcp, engine).await {
             tracing::error!(%local, error = %e, "DNS over TCP stopped");

@@ -14,6 +14,13 @@
 //! Every buffer is allocated once, in [`UdpBatch::new`]: a slot per datagram
 //! in and out, each of the size the caller asks for, and (real hosts) the
 //! `mmsghdr`/`iovec`/`sockaddr_storage` arrays the two calls read.
+//!
+//! [`UdpBatch::serve`] runs that loop for a server: on a real host on an OS
+//! thread of its own that blocks in `recvmmsg` (`MSG_WAITFORONE`), as gdnsd's
+//! UDP threads do, so the socket is never registered with epoll (no
+//! `epoll_wait` per batch, and no epoll wakeup from the kernel for every
+//! datagram sent and freed); in the simulation as a task around the async
+//! calls above.
 
 use std::io;
 use std::net::SocketAddr;
@@ -28,6 +35,11 @@ pub(super) use mmsg::reuse_port_socket;
 /// the simulated socket's `recv_from`/`send_to`.
 pub struct UdpBatch {
     socket: UdpSocket,
+    slots: Slots,
+}
+
+/// A batch's buffers, apart from its socket.
+struct Slots {
     /// Bytes per datagram slot, in and out.
     slot: usize,
     /// `capacity` slots of `slot` bytes, back to back.
@@ -48,10 +60,10 @@ impl std::fmt::Debug for UdpBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UdpBatch")
             .field("socket", &self.socket)
-            .field("capacity", &self.lens.len())
-            .field("slot", &self.slot)
-            .field("received", &self.received)
-            .field("queued", &self.queued)
+            .field("capacity", &self.slots.lens.len())
+            .field("slot", &self.slots.slot)
+            .field("received", &self.slots.received)
+            .field("queued", &self.slots.queued)
             .finish_non_exhaustive()
     }
 }
@@ -72,18 +84,20 @@ impl UdpBatch {
         let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
         Self {
             socket,
-            slot,
-            // Zeroed memory from the allocator: pages are backed only where
-            // the kernel writes datagrams.
-            inbox: vec![0; capacity * slot],
-            lens: vec![0; capacity],
-            peers: vec![None; capacity],
-            received: 0,
-            outbox: (0..capacity).map(|_| Vec::with_capacity(slot)).collect(),
-            targets: vec![unspecified; capacity],
-            queued: 0,
-            #[cfg(not(madsim))]
-            sys: mmsg::Headers::new(capacity),
+            slots: Slots {
+                slot,
+                // Zeroed memory from the allocator: pages are backed only where
+                // the kernel writes datagrams.
+                inbox: vec![0; capacity * slot],
+                lens: vec![0; capacity],
+                peers: vec![None; capacity],
+                received: 0,
+                outbox: (0..capacity).map(|_| Vec::with_capacity(slot)).collect(),
+                targets: vec![unspecified; capacity],
+                queued: 0,
+                #[cfg(not(madsim))]
+                sys: mmsg::Headers::new(capacity),
+            },
         }
     }
 
@@ -94,7 +108,7 @@ impl UdpBatch {
 
     /// Most datagrams one [`recv`](Self::recv) returns.
     pub fn capacity(&self) -> usize {
-        self.lens.len()
+        self.slots.lens.len()
     }
 
     /// Wait for datagrams and take as many as are queued, up to the
@@ -105,29 +119,33 @@ impl UdpBatch {
     /// waits for readiness; errors that concern one peer (an ICMP-reported
     /// `ConnectionRefused`) come back to the caller, who decides to go on.
     pub async fn recv(&mut self) -> io::Result<usize> {
-        self.received = 0;
-        self.queued = 0;
+        self.slots.received = 0;
+        self.slots.queued = 0;
         #[cfg(madsim)]
         {
-            let (len, peer) = self.socket.recv_from(&mut self.inbox[..self.slot]).await?;
-            self.lens[0] = len;
-            self.peers[0] = Some(peer);
-            self.received = 1;
+            let (len, peer) = self
+                .socket
+                .recv_from(&mut self.slots.inbox[..self.slots.slot])
+                .await?;
+            self.slots.lens[0] = len;
+            self.slots.peers[0] = Some(peer);
+            self.slots.received = 1;
         }
         #[cfg(not(madsim))]
         {
-            self.received = self
+            let b = &mut self.slots;
+            b.received = b
                 .sys
                 .recv(
                     &self.socket.0,
-                    &mut self.inbox,
-                    self.slot,
-                    &mut self.lens,
-                    &mut self.peers,
+                    &mut b.inbox,
+                    b.slot,
+                    &mut b.lens,
+                    &mut b.peers,
                 )
                 .await?;
         }
-        Ok(self.received)
+        Ok(self.slots.received)
     }
 
     /// Call `answer(datagram, peer, out)` for each datagram of the last
@@ -137,17 +155,72 @@ impl UdpBatch {
     where
         F: FnMut(&[u8], SocketAddr, &mut Vec<u8>) -> bool,
     {
-        self.queued = 0;
-        for i in 0..self.received {
-            let Some(peer) = self.peers[i] else { continue };
-            let start = i * self.slot;
-            let datagram = &self.inbox[start..start + self.lens[i]];
-            let out = &mut self.outbox[self.queued];
-            out.clear();
-            if answer(datagram, peer, out) {
-                self.targets[self.queued] = peer;
-                self.queued += 1;
+        self.slots
+            .respond_indexed(|_, datagram, peer, out| answer(datagram, peer, out));
+    }
+
+    /// Serve datagrams until the returned [`BatchWorker`] is dropped or the
+    /// socket fails: each batch is received, `answer(index, datagram, peer,
+    /// out)` is called for each datagram in order (index 0 starts a batch:
+    /// the moment to pick up new state), and the answers it queues are sent
+    /// together.
+    ///
+    /// Real hosts: a thread named `name` that blocks in `recvmmsg` and
+    /// `sendmmsg`; a dropped worker stops within [`WORKER_POLL`]. Simulation:
+    /// a task on the current node, aborted when the worker is dropped.
+    /// Errors that concern one peer (an ICMP-reported refusal, a failed send)
+    /// are logged at debug level and skipped; any other receive error ends
+    /// the worker with an error log naming `name`.
+    pub fn serve<F>(self, name: String, answer: F) -> io::Result<BatchWorker>
+    where
+        F: FnMut(usize, &[u8], SocketAddr, &mut Vec<u8>) -> bool + Send + 'static,
+    {
+        #[cfg(madsim)]
+        {
+            let task = super::spawn(self.serve_async(name, answer));
+            Ok(BatchWorker { task })
+        }
+        #[cfg(not(madsim))]
+        {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            // Out of tokio's reactor: `into_std` deregisters it from epoll.
+            let socket = self.socket.0.into_std()?;
+            socket.set_nonblocking(false)?;
+            socket.set_read_timeout(Some(WORKER_POLL))?;
+            let mut worker = BlockingBatch {
+                socket,
+                slots: self.slots,
+                stop: stop.clone(),
+            };
+            std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || worker.run(&name, answer))?;
+            Ok(BatchWorker { stop })
+        }
+    }
+
+    #[cfg(madsim)]
+    async fn serve_async<F>(mut self, name: String, mut answer: F)
+    where
+        F: FnMut(usize, &[u8], SocketAddr, &mut Vec<u8>) -> bool,
+    {
+        loop {
+            match self.recv().await {
+                Ok(_) => {}
+                Err(e) if is_peer_error(&e) => {
+                    tracing::debug!(worker = %name, error = %e, "UDP: receive error from a peer, ignored");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(worker = %name, error = %e, "UDP: receive failed, worker stopped");
+                    return;
+                }
             }
+            self.slots.respond_indexed(&mut answer);
+            self.send(
+                |peer, e| tracing::debug!(worker = %name, %peer, error = %e, "UDP: send failed"),
+            )
+            .await;
         }
     }
 
@@ -160,22 +233,142 @@ impl UdpBatch {
     where
         F: FnMut(SocketAddr, io::Error),
     {
-        let queued = std::mem::take(&mut self.queued);
+        let queued = std::mem::take(&mut self.slots.queued);
         #[cfg(madsim)]
         for i in 0..queued {
-            if let Err(e) = self.socket.send_to(&self.outbox[i], self.targets[i]).await {
-                failed(self.targets[i], e);
+            if let Err(e) = self
+                .socket
+                .send_to(&self.slots.outbox[i], self.slots.targets[i])
+                .await
+            {
+                failed(self.slots.targets[i], e);
             }
         }
         #[cfg(not(madsim))]
-        self.sys
+        self.slots
+            .sys
             .send(
                 &self.socket.0,
-                &self.outbox[..queued],
-                &self.targets[..queued],
+                &self.slots.outbox[..queued],
+                &self.slots.targets[..queued],
                 &mut failed,
             )
             .await;
+    }
+}
+
+impl Slots {
+    /// [`UdpBatch::respond`], telling `answer` each datagram's index in
+    /// the batch (0 for the first).
+    fn respond_indexed<F>(&mut self, mut answer: F)
+    where
+        F: FnMut(usize, &[u8], SocketAddr, &mut Vec<u8>) -> bool,
+    {
+        self.queued = 0;
+        for i in 0..self.received {
+            let Some(peer) = self.peers[i] else { continue };
+            let start = i * self.slot;
+            let datagram = &self.inbox[start..start + self.lens[i]];
+            let out = &mut self.outbox[self.queued];
+            out.clear();
+            if answer(i, datagram, peer, out) {
+                self.targets[self.queued] = peer;
+                self.queued += 1;
+            }
+        }
+    }
+}
+
+/// How often a real-host worker of [`UdpBatch::serve`] that receives
+/// nothing looks whether its [`BatchWorker`] was dropped.
+pub const WORKER_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The worker [`UdpBatch::serve`] started; dropping it stops the worker.
+#[must_use = "dropping the worker stops it"]
+pub struct BatchWorker {
+    #[cfg(not(madsim))]
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    #[cfg(madsim)]
+    task: super::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for BatchWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchWorker").finish_non_exhaustive()
+    }
+}
+
+impl Drop for BatchWorker {
+    fn drop(&mut self) {
+        #[cfg(not(madsim))]
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        #[cfg(madsim)]
+        self.task.abort();
+    }
+}
+
+/// Errors from a receive or send that concern one peer, not the socket.
+fn is_peer_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::TimedOut
+    )
+}
+
+/// A real-host worker of [`UdpBatch::serve`]: the batch's buffers over a
+/// blocking socket with a receive timeout of [`WORKER_POLL`].
+#[cfg(not(madsim))]
+struct BlockingBatch {
+    socket: std::net::UdpSocket,
+    slots: Slots,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[cfg(not(madsim))]
+impl BlockingBatch {
+    fn run<F>(&mut self, name: &str, mut answer: F)
+    where
+        F: FnMut(usize, &[u8], SocketAddr, &mut Vec<u8>) -> bool,
+    {
+        use std::os::fd::AsRawFd;
+        let fd = self.socket.as_raw_fd();
+        while !self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let b = &mut self.slots;
+            b.queued = 0;
+            b.received = 0;
+            match b
+                .sys
+                .recv_blocking(fd, &mut b.inbox, b.slot, &mut b.lens, &mut b.peers)
+            {
+                Ok(n) => b.received = n,
+                // The receive timeout (nothing came): look at `stop` again.
+                Err(e) if is_peer_error(&e) => {
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) {
+                        tracing::debug!(worker = %name, error = %e, "UDP: receive error from a peer, ignored");
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(worker = %name, error = %e, "UDP: receive failed, worker stopped");
+                    return;
+                }
+            }
+            b.respond_indexed(&mut answer);
+            let queued = std::mem::take(&mut b.queued);
+            b.sys.send_blocking(
+                fd,
+                &b.outbox[..queued],
+                &b.targets[..queued],
+                &mut |peer, e| tracing::debug!(worker = %name, %peer, error = %e, "UDP: send failed"),
+            );
+        }
     }
 }
 
@@ -235,8 +428,13 @@ mod mmsg {
             };
         }
 
-        /// One `recvmmsg` into the first `capacity` headers, without waiting.
-        fn recvmmsg(&mut self, fd: libc::c_int, capacity: usize) -> io::Result<usize> {
+        /// One `recvmmsg` into the first `capacity` headers.
+        fn recvmmsg(
+            &mut self,
+            fd: libc::c_int,
+            capacity: usize,
+            flags: libc::c_int,
+        ) -> io::Result<usize> {
             // SAFETY: `point` aimed `msgs[..capacity]` at valid iovecs over
             // distinct slots of the inbox and at `sockaddr_storage`s of
             // `NAME_LEN` bytes; the caller holds all of them mutably.
@@ -245,7 +443,7 @@ mod mmsg {
                     fd,
                     self.msgs.as_mut_ptr(),
                     capacity as libc::c_uint,
-                    libc::MSG_DONTWAIT,
+                    flags,
                     std::ptr::null_mut(),
                 )
             };
@@ -256,24 +454,47 @@ mod mmsg {
             }
         }
 
-        /// One `sendmmsg` of headers `from..to`, without waiting.
-        fn sendmmsg(&mut self, fd: libc::c_int, from: usize, to: usize) -> io::Result<usize> {
+        /// One `sendmmsg` of headers `from..to`.
+        fn sendmmsg(
+            &mut self,
+            fd: libc::c_int,
+            from: usize,
+            to: usize,
+            flags: libc::c_int,
+        ) -> io::Result<usize> {
             let msgs = &mut self.msgs[from..to];
             // SAFETY: `point` aimed every header at a datagram and an address
             // that the caller holds borrowed for the whole send.
-            let n = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    msgs.as_mut_ptr(),
-                    msgs.len() as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
+            let n =
+                unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as libc::c_uint, flags) };
             if n < 0 {
                 Err(io::Error::last_os_error())
             } else {
                 Ok(n as usize)
             }
+        }
+
+        /// Aim the first `capacity` headers at the `slot`-byte slots of `inbox`.
+        fn point_inbox(&mut self, inbox: &mut [u8], slot: usize, capacity: usize) {
+            for (i, chunk) in inbox.chunks_exact_mut(slot).take(capacity).enumerate() {
+                self.point(i, chunk.as_mut_ptr(), slot, NAME_LEN);
+            }
+        }
+
+        /// The lengths and senders of the `n` datagrams the last `recvmmsg` got.
+        fn received(
+            &self,
+            n: usize,
+            slot: usize,
+            lens: &mut [usize],
+            peers: &mut [Option<SocketAddr>],
+        ) -> usize {
+            for i in 0..n {
+                let msg = &self.msgs[i];
+                lens[i] = (msg.msg_len as usize).min(slot);
+                peers[i] = from_raw(&self.names[i], msg.msg_hdr.msg_namelen);
+            }
+            n
         }
 
         /// Receive up to `lens.len()` datagrams into `slot`-byte slots of
@@ -289,25 +510,44 @@ mod mmsg {
             let capacity = lens.len();
             let fd = socket.as_raw_fd();
             loop {
-                for (i, chunk) in inbox.chunks_exact_mut(slot).take(capacity).enumerate() {
-                    self.point(i, chunk.as_mut_ptr(), slot, NAME_LEN);
-                }
+                self.point_inbox(inbox, slot, capacity);
                 let headers = &mut *self;
                 let received = socket
-                    .async_io(Interest::READABLE, || headers.recvmmsg(fd, capacity))
+                    .async_io(Interest::READABLE, || {
+                        headers.recvmmsg(fd, capacity, libc::MSG_DONTWAIT)
+                    })
                     .await;
                 match received {
-                    Ok(n) => {
-                        for i in 0..n {
-                            let msg = &self.msgs[i];
-                            lens[i] = (msg.msg_len as usize).min(slot);
-                            peers[i] = from_raw(&self.names[i], msg.msg_hdr.msg_namelen);
-                        }
-                        return Ok(n);
-                    }
+                    Ok(n) => return Ok(self.received(n, slot, lens, peers)),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
                 }
+            }
+        }
+
+        /// [`recv`](Self::recv) on a blocking socket: waits for the first
+        /// datagram (or the socket's receive timeout: `WouldBlock`), then
+        /// takes what is queued behind it without waiting (`MSG_WAITFORONE`).
+        pub(super) fn recv_blocking(
+            &mut self,
+            fd: libc::c_int,
+            inbox: &mut [u8],
+            slot: usize,
+            lens: &mut [usize],
+            peers: &mut [Option<SocketAddr>],
+        ) -> io::Result<usize> {
+            let capacity = lens.len();
+            self.point_inbox(inbox, slot, capacity);
+            let n = self.recvmmsg(fd, capacity, libc::MSG_WAITFORONE)?;
+            Ok(self.received(n, slot, lens, peers))
+        }
+
+        /// Aim headers `0..datagrams.len()` at the datagrams and their targets.
+        fn point_outbox(&mut self, datagrams: &[Vec<u8>], targets: &[SocketAddr]) {
+            for (i, (datagram, target)) in datagrams.iter().zip(targets).enumerate() {
+                let name_len = to_raw(*target, &mut self.names[i]);
+                // sendmmsg only reads the buffer; iovec's pointer is `*mut`.
+                self.point(i, datagram.as_ptr().cast_mut(), datagram.len(), name_len);
             }
         }
 
@@ -321,34 +561,60 @@ mod mmsg {
             failed: &mut impl FnMut(SocketAddr, io::Error),
         ) {
             let count = datagrams.len();
-            for (i, (datagram, target)) in datagrams.iter().zip(targets).enumerate() {
-                let name_len = to_raw(*target, &mut self.names[i]);
-                // sendmmsg only reads the buffer; iovec's pointer is `*mut`.
-                self.point(i, datagram.as_ptr().cast_mut(), datagram.len(), name_len);
-            }
+            self.point_outbox(datagrams, targets);
             let fd = socket.as_raw_fd();
             let mut done = 0;
             while done < count {
                 let headers = &mut *self;
                 let sent = socket
-                    .async_io(Interest::WRITABLE, || headers.sendmmsg(fd, done, count))
+                    .async_io(Interest::WRITABLE, || {
+                        headers.sendmmsg(fd, done, count, libc::MSG_DONTWAIT)
+                    })
                     .await;
-                match sent {
-                    // At least one sent; the rest go in the next call, whose
-                    // first datagram gets any error the kernel did not return.
-                    Ok(n) if n > 0 => done += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    // An error is about the first datagram not sent: report
-                    // it and go on with the next.
-                    Ok(_) => {
-                        failed(targets[done], io::Error::other("sendmmsg sent nothing"));
-                        done += 1;
-                    }
-                    Err(e) => {
-                        failed(targets[done], e);
-                        done += 1;
-                    }
-                }
+                done = sent_up_to(sent, done, targets, failed);
+            }
+        }
+
+        /// [`send`](Self::send) on a blocking socket: a full send buffer
+        /// blocks the call until there is room.
+        pub(super) fn send_blocking(
+            &mut self,
+            fd: libc::c_int,
+            datagrams: &[Vec<u8>],
+            targets: &[SocketAddr],
+            failed: &mut impl FnMut(SocketAddr, io::Error),
+        ) {
+            let count = datagrams.len();
+            self.point_outbox(datagrams, targets);
+            let mut done = 0;
+            while done < count {
+                let sent = self.sendmmsg(fd, done, count, 0);
+                done = sent_up_to(sent, done, targets, failed);
+            }
+        }
+    }
+
+    /// Where a send loop stands after a `sendmmsg` that started at `done`.
+    fn sent_up_to(
+        sent: io::Result<usize>,
+        done: usize,
+        targets: &[SocketAddr],
+        failed: &mut impl FnMut(SocketAddr, io::Error),
+    ) -> usize {
+        match sent {
+            // At least one sent; the rest go in the next call, whose first
+            // datagram gets any error the kernel did not return.
+            Ok(n) if n > 0 => done + n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => done,
+            // An error is about the first datagram not sent: report it and
+            // go on with the next.
+            Ok(_) => {
+                failed(targets[done], io::Error::other("sendmmsg sent nothing"));
+                done + 1
+            }
+            Err(e) => {
+                failed(targets[done], e);
+                done + 1
             }
         }
     }
@@ -536,7 +802,7 @@ mod tests {
             ]
         );
         // Re-aim the second answer at a port no datagram can go to.
-        server.targets[1] = unreachable;
+        server.slots.targets[1] = unreachable;
         let mut failures = Vec::new();
         server.send(|peer, e| failures.push((peer, e.kind()))).await;
         assert_eq!(failures, [(unreachable, io::ErrorKind::InvalidInput)]);
@@ -569,6 +835,60 @@ mod tests {
             false
         });
         assert_eq!(firsts, [8, 9, 10]);
+    }
+
+    /// A worker thread answers batches with their index (0 starts each
+    /// one), skips a datagram it does not answer, and stops after it is
+    /// dropped: its socket closes, so the port can be bound again.
+    #[tokio::test]
+    async fn a_served_batch_answers_until_its_worker_is_dropped() {
+        let server = UdpBatch::new(socket().await, 4, 64);
+        let at = server.local_addr().unwrap();
+        let worker = server
+            .serve("test-udp".into(), |index, datagram, _, out| {
+                if datagram == b"drop" {
+                    return false;
+                }
+                out.extend_from_slice(format!("{index}:").as_bytes());
+                out.extend_from_slice(datagram);
+                true
+            })
+            .unwrap();
+        let client = socket().await;
+        let mut buf = [0u8; 64];
+        for text in ["drop", "one", "two"] {
+            client.send_to(text.as_bytes(), at).await.unwrap();
+        }
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let (len, from) = timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(from, at);
+            got.push(String::from_utf8(buf[..len].to_vec()).unwrap());
+        }
+        // Loopback queues all three before the worker wakes, mostly: then
+        // they come as one batch, "drop" at index 0; any split is valid.
+        let valid = [
+            ["1:one", "2:two"],
+            ["0:one", "1:two"],
+            ["1:one", "0:two"],
+            ["0:one", "0:two"],
+        ];
+        assert!(valid.iter().any(|v| got == *v), "{got:?}");
+        drop(worker);
+        let deadline = std::time::Instant::now() + WORKER_POLL * 10;
+        loop {
+            match UdpSocket::bind(at).await {
+                Ok(_) => break,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+                    crate::rt::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("the worker still holds {at} after {:?}: {e}", WORKER_POLL * 10),
+            }
+        }
     }
 
     /// Sockets of one `SO_REUSEPORT` group share a port; a plain socket
