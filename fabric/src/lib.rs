@@ -13,6 +13,7 @@
 pub mod api;
 pub mod cluster;
 pub mod controller;
+pub mod ha;
 pub mod model;
 pub mod pki;
 pub mod platform;

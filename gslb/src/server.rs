@@ -78,12 +78,15 @@ pub fn serve_udp(
 ) -> io::Result<rt::BatchWorker> {
     let batch = rt::UdpBatch::new(socket, UDP_BATCH, UDP_RECV_BYTES);
     let mut current = engine.current();
-    batch.serve(format!("dns-udp-{worker}"), move |index, query, peer, response| {
-        if index == 0 {
-            current = engine.current();
-        }
-        current.answer_into(query, peer.ip(), Transport::Udp, response)
-    })
+    batch.serve(
+        format!("dns-udp-{worker}"),
+        move |index, query, peer, response| {
+            if index == 0 {
+                current = engine.current();
+            }
+            current.answer_into(query, peer.ip(), Transport::Udp, response)
+        },
+    )
 }
 
 /// Serve DNS over TCP (RFC 7766: 2-byte length prefix, several queries per

@@ -22,6 +22,7 @@ pub mod dataplane;
 pub mod h1;
 pub mod h2relay;
 pub mod h2up;
+pub mod ha;
 pub mod health;
 pub mod l4;
 pub mod lb;

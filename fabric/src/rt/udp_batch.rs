@@ -886,7 +886,10 @@ mod tests {
                     assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
                     crate::rt::sleep(Duration::from_millis(20)).await;
                 }
-                Err(e) => panic!("the worker still holds {at} after {:?}: {e}", WORKER_POLL * 10),
+                Err(e) => panic!(
+                    "the worker still holds {at} after {:?}: {e}",
+                    WORKER_POLL * 10
+                ),
             }
         }
     }
