@@ -393,6 +393,7 @@ async fn run(command: Command) -> Result<()> {
                 controllers: controller,
                 credentials,
                 join,
+                ha: None,
             };
             se::agent::run(opts, l2, None).await;
             Ok(())
@@ -565,6 +566,7 @@ async fn up(path: Option<&Path>) -> Result<()> {
             group: group.to_string(),
             controllers: vec![controller_addr],
             join: Some(join),
+            ha: None,
         };
         cloud.create_se(spec).await?;
     }

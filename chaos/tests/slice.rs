@@ -564,6 +564,7 @@ async fn a_join_token_registers_one_se_and_nothing_else_gets_in() {
         group: "default".into(),
         controllers: vec![world.config.controller.listen],
         join: Some(join),
+        ha: None,
     };
     let forged = JoinTicket {
         token: fabric::pki::new_secret(),

@@ -87,6 +87,8 @@ struct Inner {
     ses: Mutex<BTreeMap<String, (u64, SeStatus)>>,
     events: Mutex<VecDeque<Event>>,
     next_session: Mutex<u64>,
+    /// Legacy active/standby pairs: who may hold their VIPs (docs/ha.md).
+    arbiter: Mutex<crate::ha::Arbiter>,
 }
 
 impl Controller {
@@ -101,6 +103,7 @@ impl Controller {
             ses: Mutex::new(BTreeMap::new()),
             events: Mutex::new(VecDeque::new()),
             next_session: Mutex::new(0),
+            arbiter: Mutex::new(crate::ha::Arbiter::new()),
         };
         let this = Controller {
             inner: Arc::new(inner),
@@ -138,7 +141,11 @@ impl Controller {
         let mut leader = None;
         let mut version = desired.borrow().version;
         loop {
-            let now_leader = metrics.borrow_and_update().current_leader;
+            let (now_leader, me) = {
+                let m = metrics.borrow_and_update();
+                (m.current_leader, m.id)
+            };
+            lock(&self.inner.arbiter).set_leader(rt::now(), now_leader == Some(me));
             if now_leader != leader {
                 let term = metrics.borrow().current_term;
                 let who = now_leader.map_or("none".to_string(), |l| format!("node {l}"));
@@ -491,6 +498,52 @@ impl Controller {
         (sum, reporting)
     }
 
+    /// The dead interval of `group` if it is a legacy active/standby group
+    /// of the desired state.
+    fn ha_dead(&self, group: &str) -> Option<Duration> {
+        let desired = self.inner.desired.borrow().clone();
+        let config = desired.config.as_ref()?;
+        let g = config.se_groups.iter().find(|g| g.name == group)?;
+        (g.ha_mode == crate::model::HaMode::LegacyActiveStandby)
+            .then(|| g.ha_profile.timing().dead())
+    }
+
+    /// An HA beat from SE `name` of `group`: recorded if it speaks for
+    /// itself and its own legacy active/standby group, else acked as from a
+    /// non-leader (no lease).
+    fn on_ha_beat(&self, name: &str, group: &str, beat: &crate::ha::Beat) -> crate::ha::HaAck {
+        let no_lease = crate::ha::HaAck {
+            seq: beat.seq,
+            leader: false,
+        };
+        let Some(dead) = self.ha_dead(group) else {
+            return no_lease;
+        };
+        if beat.from != name || beat.pair != group {
+            return no_lease;
+        }
+        lock(&self.inner.arbiter).beat(rt::now(), beat, dead)
+    }
+
+    /// SE `name` of `group` asks for its pair's VIPs.
+    fn on_ha_takeover(&self, name: &str, group: &str, epoch: u64) -> crate::ha::Verdict {
+        let Some(dead) = self.ha_dead(group) else {
+            return crate::ha::Verdict::Refused {
+                reason: format!("SE group {group} is not a legacy active/standby group"),
+            };
+        };
+        let verdict = lock(&self.inner.arbiter).takeover(rt::now(), group, name, epoch, dead);
+        match &verdict {
+            crate::ha::Verdict::Granted { epoch } => {
+                self.event("ha_takeover", group, format!("{name} holds the VIPs, epoch {epoch}"))
+            }
+            crate::ha::Verdict::Refused { reason } => {
+                tracing::debug!(se = name, group, %reason, "HA takeover refused")
+            }
+        }
+        verdict
+    }
+
     fn on_ack(&self, session: u64, name: &str, version: u64) -> Result<(), String> {
         {
             let mut ses = lock(&self.inner.ses);
@@ -591,6 +644,18 @@ impl Controller {
                             self.event(kind, format!("{pool}/{server}"), format!("{state} on {name}: {reason}"))
                         }
                         SeMessage::Stats { stats } => self.on_stats(session, name, stats),
+                        SeMessage::HaBeat { beat } => {
+                            let ack = ControllerMessage::HaAck { ack: self.on_ha_beat(name, group, &beat) };
+                            if let Err(e) = proto::write_frame(wr, &ack).await {
+                                break Err(e.to_string());
+                            }
+                        }
+                        SeMessage::HaTakeover { epoch } => {
+                            let verdict = ControllerMessage::HaVerdict { verdict: self.on_ha_takeover(name, group, epoch) };
+                            if let Err(e) = proto::write_frame(wr, &verdict).await {
+                                break Err(e.to_string());
+                            }
+                        }
                         SeMessage::Hello { .. } | SeMessage::Register { .. } => {
                             break Err("hello or registration inside a session".into())
                         }

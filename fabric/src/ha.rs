@@ -25,6 +25,56 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+/// Heartbeat timing of a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Profile {
+    /// Time between two beats.
+    pub heartbeat: Duration,
+    /// Beats missed in a row before the peer is dead.
+    pub misses: u32,
+}
+
+impl Profile {
+    /// Legacy HA's default (seed 002: "default failover time is 9 seconds"):
+    /// a beat every 3 s, dead after 3 missed.
+    pub const DEFAULT: Profile = Profile {
+        heartbeat: Duration::from_secs(3),
+        misses: 3,
+    };
+    /// Failover in under a second: a beat every 100 ms, dead after 3 missed.
+    pub const FAST: Profile = Profile {
+        heartbeat: Duration::from_millis(100),
+        misses: 3,
+    };
+
+    /// How long a silent peer (or Controller) is still counted alive.
+    pub fn dead(&self) -> Duration {
+        self.heartbeat * self.misses
+    }
+}
+
+/// How an SE reaches its pair peer (given to the SE when it is created).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairPeer {
+    /// The peer's heartbeat address; this SE listens on the same port.
+    pub peer: std::net::SocketAddr,
+    /// This SE's priority (the higher one is preferred).
+    pub priority: u8,
+}
+
+/// A legacy active/standby group's settings, as the Controller sends them
+/// to its SEs (so both sides of a lease use the same timing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairSettings {
+    /// Heartbeat timing.
+    pub profile: crate::model::HaProfile,
+    /// Whether a higher-priority standby takes the VIPs back.
+    pub preempt: bool,
+}
+
+/// Default UDP port of the heartbeats between the two SEs of a pair.
+pub const DEFAULT_PAIR_PORT: u16 = 7475;
+
 /// Most pairs the arbiter tracks; beats for more are refused.
 pub const MAX_PAIRS: usize = 4096;
 

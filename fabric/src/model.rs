@@ -354,6 +354,34 @@ pub struct SeGroup {
     /// Most virtual services one SE of this group carries.
     #[serde(default = "default_max_vs_per_se")]
     pub max_vs_per_se: u32,
+    /// Heartbeat timing of a legacy active/standby pair (docs/ha.md).
+    #[serde(default)]
+    pub ha_profile: HaProfile,
+    /// Legacy active/standby: whether the SE with the higher priority takes
+    /// the VIPs back when it returns.
+    #[serde(default)]
+    pub ha_preempt: bool,
+}
+
+/// Heartbeat timing of a legacy active/standby pair.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HaProfile {
+    /// A beat every 3 s, dead after 3 missed: failover in about 9 s (seed 002).
+    #[default]
+    Default,
+    /// A beat every 100 ms, dead after 3 missed: failover in under a second.
+    Fast,
+}
+
+impl HaProfile {
+    /// The timing it names.
+    pub fn timing(self) -> crate::ha::Profile {
+        match self {
+            HaProfile::Default => crate::ha::Profile::DEFAULT,
+            HaProfile::Fast => crate::ha::Profile::FAST,
+        }
+    }
 }
 
 fn default_max_vs_per_se() -> u32 {

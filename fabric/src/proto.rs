@@ -107,6 +107,18 @@ pub enum SeMessage {
         /// The counters.
         stats: crate::stats::SeStats,
     },
+    /// Legacy active/standby: this SE's heartbeat (docs/ha.md); answered
+    /// with [`ControllerMessage::HaAck`].
+    HaBeat {
+        /// The beat; `from` must be the session's SE and `pair` its group.
+        beat: crate::ha::Beat,
+    },
+    /// Legacy active/standby: this SE asks for its pair's VIPs; answered
+    /// with [`ControllerMessage::HaVerdict`].
+    HaTakeover {
+        /// The highest ownership epoch the SE knows.
+        epoch: u64,
+    },
 }
 
 /// How often an SE reports its counters.
@@ -161,6 +173,16 @@ pub enum ControllerMessage {
         /// Why.
         reason: String,
     },
+    /// The answer to an [`SeMessage::HaBeat`].
+    HaAck {
+        /// The ack.
+        ack: crate::ha::HaAck,
+    },
+    /// The answer to an [`SeMessage::HaTakeover`].
+    HaVerdict {
+        /// Granted with an epoch, or refused with the reason.
+        verdict: crate::ha::Verdict,
+    },
 }
 
 /// Everything one SE needs to serve, at one version.
@@ -170,6 +192,9 @@ pub struct SeConfig {
     pub version: u64,
     /// Virtual services placed on this SE.
     pub virtual_services: Vec<SeVirtualService>,
+    /// Its group's legacy active/standby settings (`None`: another HA mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<crate::ha::PairSettings>,
 }
 
 /// A virtual service as an SE serves it: pool resolved inline.
@@ -264,9 +289,18 @@ impl SeConfig {
                 })
             })
             .collect();
+        let ha = config
+            .se_groups
+            .iter()
+            .find(|g| g.name == group && g.ha_mode == crate::model::HaMode::LegacyActiveStandby)
+            .map(|g| crate::ha::PairSettings {
+                profile: g.ha_profile,
+                preempt: g.ha_preempt,
+            });
         SeConfig {
             version,
             virtual_services,
+            ha,
         }
     }
 }

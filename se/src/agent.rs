@@ -43,6 +43,17 @@ pub struct SeOptions {
     pub credentials: Arc<dyn Storage>,
     /// How to register when there are no credentials yet.
     pub join: Option<JoinTicket>,
+    /// Legacy active/standby: the pair peer and this SE's priority (`None`:
+    /// not in a pair). The pair's driver runs beside the agent, its
+    /// messages to the Controller travel on the session, and the data
+    /// plane's VIPs reach the L2 fabric only while this SE is active.
+    pub ha: Option<fabric::ha::PairPeer>,
+}
+
+/// What the session shares with a pair's driver.
+struct HaSide {
+    link: Arc<crate::ha::ControllerLink>,
+    settings: watch::Sender<Option<fabric::ha::PairSettings>>,
 }
 
 const KEY_FILE: &str = "se-key.pem";
@@ -150,6 +161,21 @@ async fn connect_tls(
 /// Run the SE forever: sessions with the Controller, and the data plane.
 /// `applied` (if given) is told every version the data plane starts serving.
 pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::Sender<u64>>) {
+    let (l2, ha) = match opts.ha {
+        Some(peer) => {
+            let link = Arc::new(crate::ha::ControllerLink::new());
+            let gate = Arc::new(crate::ha::HaL2::new(l2));
+            let (settings, settings_rx) = watch::channel(None);
+            let pair = crate::ha::PairOptions {
+                name: opts.name.clone(),
+                group: opts.group.clone(),
+                peer,
+            };
+            rt::spawn(crate::ha::run(pair, link.clone(), gate.clone(), settings_rx));
+            (gate as Arc<dyn L2Fabric>, Some(HaSide { link, settings }))
+        }
+        None => (l2, None),
+    };
     let mut plane = DataPlane::new(&opts.name, l2);
     let incarnation = rt::random_u64();
     let mut credentials = load_credentials(&*opts.credentials);
@@ -181,6 +207,7 @@ pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::
             incarnation,
             &mut plane,
             applied.as_ref(),
+            ha.as_ref(),
         )
         .await
         {
@@ -200,7 +227,9 @@ async fn session(
     incarnation: u64,
     plane: &mut DataPlane,
     applied: Option<&watch::Sender<u64>>,
+    ha: Option<&HaSide>,
 ) -> Result<(), String> {
+    let link = ha.map(|h| &*h.link);
     let stream = connect_tls(controller, credentials.tls.clone()).await?;
     let (rd, mut wr) = tokio::io::split(stream);
     let hello = SeMessage::Hello {
@@ -244,6 +273,11 @@ async fn session(
                 // generator madsim does not seed (docs/runtime.md).
                 biased;
                 _ = health.pushed() => report_health(&mut wr, &health, takes_health).await?,
+                _ = ha_outgoing(link) => {
+                    for msg in link.map(|l| l.take_outgoing()).unwrap_or_default() {
+                        proto::write_frame(&mut wr, &msg).await.map_err(|e| e.to_string())?;
+                    }
+                }
                 msg = incoming.recv() => {
                     last_heard = rt::now();
                     match msg {
@@ -255,6 +289,13 @@ async fn session(
                                     if let Some(tx) = applied {
                                         tx.send_replace(cfg.version);
                                     }
+                                    if let Some(ha) = ha {
+                                        ha.settings.send_if_modified(|s| {
+                                            let changed = *s != cfg.ha;
+                                            *s = cfg.ha;
+                                            changed
+                                        });
+                                    }
                                     SeMessage::Ack { version: cfg.version }
                                 }
                                 Err(e) => {
@@ -265,6 +306,11 @@ async fn session(
                             proto::write_frame(&mut wr, &reply).await.map_err(|e| e.to_string())?;
                         }
                         Some(Ok(ControllerMessage::HeartbeatAck { .. })) => {}
+                        Some(Ok(msg @ (ControllerMessage::HaAck { .. } | ControllerMessage::HaVerdict { .. }))) => {
+                            if let Some(link) = link {
+                                link.deliver(msg);
+                            }
+                        }
                         Some(Ok(ControllerMessage::Refused { reason })) => return Err(format!("refused: {reason}")),
                         Some(Ok(ControllerMessage::Welcome { .. } | ControllerMessage::Registered { .. })) => {
                             return Err("unexpected welcome or registration inside a session".into())
@@ -294,6 +340,14 @@ async fn session(
     .await;
     reader.abort();
     result
+}
+
+/// Until the HA driver queues a message; never without a driver.
+async fn ha_outgoing(link: Option<&crate::ha::ControllerLink>) {
+    match link {
+        Some(link) => link.outgoing().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Send the Controller every queued health change (dropping them if it

@@ -427,10 +427,19 @@ impl DataPlane {
             service.set_upstream_h2(speaks_h2(vs));
             let for_task = service.clone();
             let gate = service.gate().clone();
+            let (l2, vip) = (self.l2.clone(), vs.vip);
             let task = match listener {
                 Bound::Tcp(listener) => rt::spawn(async move {
                     let result = rt::accept_loop_gated(listener, gate, move |stream, peer| {
-                        proxy::serve_connection(for_task.clone(), stream, peer)
+                        // A VIP this host does not hold now (an HA standby,
+                        // a simulated node after a takeover): dropped, as a
+                        // kernel without the address would.
+                        let serve = l2.serves(vip).then(|| proxy::serve_connection(for_task.clone(), stream, peer));
+                        async move {
+                            if let Some(serve) = serve {
+                                serve.await;
+                            }
+                        }
                     })
                     .await;
                     if let Err(e) = result {
@@ -612,6 +621,7 @@ mod tests {
         let v1 = SeConfig {
             version: 1,
             virtual_services: vec![vs("a", free_port)],
+            ha: None,
         };
         plane.apply(&v1).await.unwrap();
         assert_eq!(
@@ -623,6 +633,7 @@ mod tests {
         let v2 = SeConfig {
             version: 2,
             virtual_services: vec![vs("a", free_port), vs("b", taken_port)],
+            ha: None,
         };
         let err = plane.apply(&v2).await.unwrap_err();
         assert!(
@@ -640,6 +651,7 @@ mod tests {
         let stale = SeConfig {
             version: 0,
             virtual_services: vec![],
+            ha: None,
         };
         assert!(matches!(
             plane.apply(&stale).await,
@@ -649,6 +661,7 @@ mod tests {
         let dup = SeConfig {
             version: 3,
             virtual_services: vec![vs("a", free_port), vs("c", free_port)],
+            ha: None,
         };
         assert!(matches!(
             plane.apply(&dup).await,
@@ -660,6 +673,7 @@ mod tests {
             .apply(&SeConfig {
                 version: 4,
                 virtual_services: vec![],
+                ha: None,
             })
             .await
             .unwrap();

@@ -26,37 +26,13 @@
 //!   serving while it hears its peer.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Instant;
 
-pub use fabric::ha::{Beat, HaAck, Role, Verdict};
+use fabric::proto::{ControllerMessage, SeMessage};
+use tokio::sync::Notify;
 
-/// Heartbeat timing of a pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Profile {
-    /// Time between two beats.
-    pub heartbeat: Duration,
-    /// Beats missed in a row before the peer is dead.
-    pub misses: u32,
-}
-
-impl Profile {
-    /// Legacy HA's default (seed 002: "default failover time is 9 seconds"):
-    /// a beat every 3 s, dead after 3 missed.
-    pub const DEFAULT: Profile = Profile {
-        heartbeat: Duration::from_secs(3),
-        misses: 3,
-    };
-    /// Failover in under a second: a beat every 100 ms, dead after 3 missed.
-    pub const FAST: Profile = Profile {
-        heartbeat: Duration::from_millis(100),
-        misses: 3,
-    };
-
-    /// How long a silent peer (or Controller) is still counted alive.
-    pub fn dead(&self) -> Duration {
-        self.heartbeat * self.misses
-    }
-}
+pub use fabric::ha::{Beat, HaAck, Profile, Role, Verdict};
 
 /// Who this member is.
 #[derive(Debug, Clone)]
@@ -127,6 +103,9 @@ pub struct Member {
     asked_at: Option<Instant>,
     /// The epoch of this member's own grant, while active.
     claimed_epoch: u64,
+    /// Since when neither this member nor its peer has been active (as the
+    /// peer's beats say).
+    no_active_since: Option<Instant>,
 }
 
 impl Member {
@@ -147,6 +126,7 @@ impl Member {
             ask_after: None,
             asked_at: None,
             claimed_epoch: 0,
+            no_active_since: None,
         }
     }
 
@@ -173,7 +153,12 @@ impl Member {
         match self.role {
             Role::Starting => consider(self.started + dead),
             Role::Active => consider(self.hold_until()),
-            Role::Standby => consider(self.peer_until()),
+            Role::Standby => {
+                consider(self.peer_until());
+                if let Some(since) = self.no_active_since {
+                    consider(since + dead);
+                }
+            }
         }
         if let Some(at) = self.ask_after {
             consider(at);
@@ -263,7 +248,15 @@ impl Member {
             // A preempting standby waits for the active to step down
             // (it does on seeing this member ready: `on_peer_beat`).
             Role::Active => false,
-            Role::Standby => me_preferred,
+            // The preferred one asks at once; the other after the pair has
+            // been without an active for a dead interval (the preferred one
+            // cannot get a grant: it may be cut from the Controller).
+            Role::Standby => {
+                me_preferred
+                    || self
+                        .no_active_since
+                        .is_some_and(|since| now >= since + self.config.profile.dead())
+            }
             // A peer that just (re)started holds nothing and asks for nothing yet.
             Role::Starting => true,
         }
@@ -334,7 +327,20 @@ impl Member {
             (Role::Starting, Role::Active) => self.role = Role::Standby,
             _ => {}
         }
+        if self.role != Role::Active && beat.role != Role::Active {
+            self.no_active_since.get_or_insert(now);
+        } else {
+            self.no_active_since = None;
+        }
+        let echo = beat.role == Role::Active && self.role != Role::Active;
         self.peer = Some((now, beat));
+        if echo {
+            // The active's lease from this member runs from the beat it
+            // sent: answer at once rather than with the next beat, so one
+            // lost beat does not eat up the dead interval.
+            let beat = self.beat(now);
+            out.push(Action::Beat(beat));
+        }
     }
 
     fn my_beat_now(&self) -> Beat {
@@ -393,6 +399,82 @@ impl Member {
                 self.ask_after = Some(now + self.config.profile.heartbeat);
             }
         }
+    }
+}
+
+mod driver;
+
+pub use driver::{run, HaL2, PairOptions, REANNOUNCE};
+
+/// Messages queued either way between the HA driver and the Controller
+/// session; beyond it the oldest go (a beat is worth less than the next).
+pub const LINK_QUEUE: usize = 32;
+
+/// The HA driver's way to the Controller: whichever session the agent has
+/// up carries the driver's messages and hands back the Controller's
+/// answers. Bounded both ways; without a session nothing moves, which the
+/// driver sees as a Controller it does not hear.
+#[derive(Debug, Default)]
+pub struct ControllerLink {
+    out: Mutex<VecDeque<SeMessage>>,
+    out_ready: Notify,
+    inbox: Mutex<VecDeque<ControllerMessage>>,
+    in_ready: Notify,
+}
+
+impl ControllerLink {
+    /// A link with nothing queued.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn push<T>(queue: &Mutex<VecDeque<T>>, ready: &Notify, msg: T) {
+        let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() == LINK_QUEUE {
+            q.pop_front();
+        }
+        q.push_back(msg);
+        drop(q);
+        ready.notify_one();
+    }
+
+    fn take<T>(queue: &Mutex<VecDeque<T>>) -> Vec<T> {
+        queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect()
+    }
+
+    /// Driver side: send `msg` to the Controller.
+    pub fn send(&self, msg: SeMessage) {
+        Self::push(&self.out, &self.out_ready, msg);
+    }
+
+    /// Driver side: wait for answers from the Controller.
+    pub async fn answers(&self) -> Vec<ControllerMessage> {
+        loop {
+            let got = Self::take(&self.inbox);
+            if !got.is_empty() {
+                return got;
+            }
+            self.in_ready.notified().await;
+        }
+    }
+
+    /// Session side: wait until the driver queued something.
+    pub async fn outgoing(&self) {
+        self.out_ready.notified().await
+    }
+
+    /// Session side: everything the driver queued, oldest first.
+    pub fn take_outgoing(&self) -> Vec<SeMessage> {
+        Self::take(&self.out)
+    }
+
+    /// Session side: an answer from the Controller for the driver.
+    pub fn deliver(&self, msg: ControllerMessage) {
+        Self::push(&self.inbox, &self.in_ready, msg);
     }
 }
 

@@ -123,6 +123,7 @@ async fn tcp_connections_spread_over_servers_and_half_closes_pass_through() {
     let plane = plane(SeConfig {
         version: 1,
         virtual_services: vec![vs("tcp", port, VsProtocol::Tcp, &servers, VsL4::default())],
+        ha: None,
     })
     .await;
     let vip = SocketAddr::new(LOCALHOST, port);
@@ -180,6 +181,7 @@ async fn udp_flows_stay_on_one_server_and_answers_come_from_the_vip() {
             vs("tcp", port, VsProtocol::Tcp, &tcp, VsL4::default()),
             vs("udp", port, VsProtocol::Udp, &udp, VsL4::default()),
         ],
+        ha: None,
     })
     .await;
     let vip = SocketAddr::new(LOCALHOST, port);
@@ -216,6 +218,7 @@ async fn udp_flows_are_bounded_and_forgotten_when_idle() {
     let _plane = plane(SeConfig {
         version: 1,
         virtual_services: vec![vs("udp", port, VsProtocol::Udp, &udp, l4)],
+        ha: None,
     })
     .await;
     let vip = SocketAddr::new(LOCALHOST, port);

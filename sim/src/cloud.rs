@@ -113,6 +113,7 @@ impl CloudConnector for SimCloud {
             controllers: spec.controllers,
             credentials,
             join: spec.join,
+            ha: spec.ha,
         };
         let node = Handle::current()
             .create_node()

@@ -166,11 +166,11 @@ impl Segment {
         let port = Arc::new(HostPort {
             ip,
             segment: self.clone(),
-            socket,
+            socket: Arc::new(socket),
             cache: Mutex::default(),
-            owned: Mutex::default(),
+            owned: Arc::default(),
             learned: Notify::new(),
-            stats: Mutex::default(),
+            stats: Arc::default(),
         });
         rt::spawn(port.clone().run_agent());
         Ok(port)
@@ -190,11 +190,47 @@ impl Segment {
 pub struct HostPort {
     ip: IpAddr,
     segment: Segment,
-    socket: rt::UdpSocket,
+    socket: Arc<rt::UdpSocket>,
     cache: Mutex<ArpCache>,
-    owned: Mutex<BTreeSet<IpAddr>>,
+    owned: Arc<Mutex<BTreeSet<IpAddr>>>,
     learned: Notify,
-    stats: Mutex<PortStats>,
+    stats: Arc<Mutex<PortStats>>,
+}
+
+/// What a GARP train needs, apart from the port: it runs as a task of its own.
+#[derive(Debug, Clone)]
+struct Announcer {
+    ip: IpAddr,
+    segment: Segment,
+    socket: Arc<rt::UdpSocket>,
+    owned: Arc<Mutex<BTreeSet<IpAddr>>>,
+    stats: Arc<Mutex<PortStats>>,
+}
+
+impl Announcer {
+    /// Frames `from..to` of a train, the interval apart (before each but
+    /// the first of the train), while the VIP is still held.
+    async fn train(self, vip: IpAddr, from: u32, to: u32) {
+        let config = self.segment.config.clone();
+        for i in from..to {
+            if i > 0 {
+                rt::sleep(config.garp_interval).await;
+            }
+            if !lock(&self.owned).contains(&vip) {
+                return;
+            }
+            let frame = Frame::Garp {
+                vip,
+                owner: self.ip,
+            };
+            let bytes = serde_json::to_vec(&frame).expect("frames always serialize");
+            for host in self.segment.others(self.ip) {
+                let to = SocketAddr::new(host, config.arp_port);
+                let _ = self.socket.send_to(&bytes, to).await;
+            }
+            lock(&self.stats).garp_sent += 1;
+        }
+    }
 }
 
 impl HostPort {
@@ -248,21 +284,25 @@ impl HostPort {
         }
     }
 
+    fn announcer(&self) -> Announcer {
+        Announcer {
+            ip: self.ip,
+            segment: self.segment.clone(),
+            socket: self.socket.clone(),
+            owned: self.owned.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// A GARP train for `vip`: the first frame before returning, the rest
+    /// from a task, as `NetlinkL2` does (a takeover is not slowed by the
+    /// train's length).
     async fn send_garps(&self, vip: IpAddr) {
-        let config = &self.segment.config;
-        for i in 0..config.garp_count {
-            if i > 0 {
-                rt::sleep(config.garp_interval).await;
-            }
-            if !lock(&self.owned).contains(&vip) {
-                return;
-            }
-            self.broadcast(Frame::Garp {
-                vip,
-                owner: self.ip,
-            })
-            .await;
-            lock(&self.stats).garp_sent += 1;
+        let announcer = self.announcer();
+        let count = self.segment.config.garp_count;
+        announcer.clone().train(vip, 0, count.min(1)).await;
+        if count > 1 {
+            rt::spawn(announcer.train(vip, 1, count));
         }
     }
 
@@ -330,6 +370,12 @@ impl L2Fabric for HostPort {
     fn bind_addr(&self, _vip: IpAddr) -> IpAddr {
         // The node has one address; traffic for the VIP arrives on it.
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    }
+
+    fn serves(&self, vip: IpAddr) -> bool {
+        // As a kernel without the address: a client with a stale ARP entry
+        // reaches this node, but nothing answers for the VIP.
+        lock(&self.owned).contains(&vip)
     }
 }
 

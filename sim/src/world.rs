@@ -270,6 +270,11 @@ impl WorldBuilder {
             .first()
             .map(|g| g.name.clone())
             .unwrap_or_else(|| "default".into());
+        // A legacy active/standby group of two: se-1 (priority 150) and
+        // se-2 (100), each other's peer (SimCloud numbers hosts in order).
+        let pair = config.se_groups.first().is_some_and(|g| {
+            g.ha_mode == fabric::model::HaMode::LegacyActiveStandby
+        }) && self.ses == 2;
         for i in 0..self.ses {
             let name = format!("se-{}", i + 1);
             let join = loop {
@@ -289,6 +294,13 @@ impl WorldBuilder {
                     .keys()
                     .map(|&id| SocketAddr::new(controller_ip(id), se_port))
                     .collect(),
+                ha: pair.then(|| fabric::ha::PairPeer {
+                    peer: SocketAddr::new(
+                        IpAddr::from([10, 0, 1, (2 - i) as u8]),
+                        fabric::ha::DEFAULT_PAIR_PORT,
+                    ),
+                    priority: if i == 0 { 150 } else { 100 },
+                }),
             };
             cloud.create_se(spec).await?;
         }
@@ -554,6 +566,26 @@ impl World {
             net.clog_node(node);
         } else {
             net.unclog_node(node);
+        }
+    }
+
+    /// The simulator's node id of controller node `i`.
+    pub fn controller_node(&self, i: usize) -> NodeId {
+        self.controllers[i].node
+    }
+
+    /// The simulator's node id of the client.
+    pub fn client_node(&self) -> NodeId {
+        self.client.id()
+    }
+
+    /// Cut (or heal) the one-way link from node `from` to node `to`.
+    pub fn clog_link(&self, from: NodeId, to: NodeId, clogged: bool) {
+        let net = madsim::net::NetSim::current();
+        if clogged {
+            net.clog_link(from, to);
+        } else {
+            net.unclog_link(from, to);
         }
     }
 

@@ -23,6 +23,8 @@ pub struct SeSpec {
     pub controllers: Vec<SocketAddr>,
     /// How it registers the first time (a one-time join token).
     pub join: Option<crate::pki::JoinTicket>,
+    /// Legacy active/standby: its pair peer and priority (`None`: not in a pair).
+    pub ha: Option<crate::ha::PairPeer>,
 }
 
 /// An SE host as the connector sees it.

@@ -45,6 +45,14 @@ pub trait L2Fabric: Send + Sync + std::fmt::Debug {
     async fn announce(&self, vip: IpAddr) -> Result<(), L2Error>;
     /// The local address a listener for `vip` binds to.
     fn bind_addr(&self, vip: IpAddr) -> IpAddr;
+    /// Whether traffic for `vip` reaches this host now. On a real host the
+    /// kernel drops packets for an address it does not have, so this is
+    /// always true; the simulation (one address per node) and the HA gate
+    /// (a standby binds but must not answer) say no for a VIP they do not
+    /// hold, and the data plane then drops the connection.
+    fn serves(&self, _vip: IpAddr) -> bool {
+        true
+    }
 }
 
 /// VIPs on the loopback range: nothing to claim, nobody to tell.

@@ -2,6 +2,7 @@
 //! switches, every message delayed by `LATENCY`.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use fabric::ha::Arbiter;
 
@@ -436,4 +437,20 @@ fn flapping_links_keep_at_most_one_holder_beyond_a_message() {
         );
     }
     println!("worst dual-holding over 100 seeds: {worst:?}");
+}
+
+#[test]
+fn a_preferred_member_cut_from_the_controller_leaves_the_vips_to_the_other() {
+    // Both standby (a just stepped down), a preferred but unable to reach
+    // the Controller: b asks once the pair has had no active for a dead
+    // interval, and gets the VIPs.
+    let mut p = fast();
+    p.to_ctl[0] = false;
+    p.from_ctl[0] = false;
+    p.kill(0);
+    p.start(0);
+    let took = p.until_holding(1, Duration::from_secs(3));
+    assert!(took <= Duration::from_millis(1_500), "{took:?}: {:#?}", p.log);
+    p.run(Duration::from_secs(2));
+    assert_eq!(p.holding, [false, true], "{:#?}", p.log);
 }
