@@ -6,8 +6,10 @@
 # and skips otherwise.
 set -euo pipefail
 # knot (knotd) and knot-dnsutils (kdig): the reference authoritative server;
-# gdnsd: the GSLB speed anchor; dnsperf: the DNS load generator.
-pkgs=(haproxy nginx-light wrk nghttp2-client bc knot knot-dnsutils gdnsd dnsperf)
+# gdnsd: the GSLB speed anchor; dnsperf: the DNS load generator;
+# keepalived: the VRRP failover anchor (benches/ha-keepalived.sh), tcpdump to
+# count the gratuitous ARPs its client sees.
+pkgs=(haproxy nginx-light wrk nghttp2-client bc knot knot-dnsutils gdnsd dnsperf keepalived tcpdump)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
