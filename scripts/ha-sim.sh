@@ -20,8 +20,8 @@ out=$(MADSIM_TEST_SEED=${MADSIM_TEST_SEED:-1} MADSIM_TEST_NUM=$seeds RUSTFLAGS="
   echo "$out" | grep -v '^cut:' | tail -40; exit 1; }
 lines=$(echo "$out" | grep -o 'failover profile=[a-z]* kill_to_serve_ms=[0-9]* outage_ms=[0-9]*' | tr '=' ' ')
 for profile in fast default; do
-  for field in 4 6; do
-    name=$([ $field = 4 ] && echo "kill to standby serving" || echo "client-visible outage  ")
+  for field in 5 7; do
+    name=$([ $field = 5 ] && echo "kill to standby serving" || echo "client-visible outage  ")
     echo "$lines" | awk -v p="$profile" -v f=$field '$3 == p {print $f}' | sort -n | awk -v p="$profile" -v n="$name" '
       { a[NR] = $1 }
       END {

@@ -6,6 +6,8 @@
 //! SE group as a child process that gets its config from the Controller over
 //! the network protocol. The other subcommands run one role each.
 
+mod drill;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -161,6 +163,14 @@ enum Command {
         ca_sha256: Option<String>,
         #[command(flatten)]
         l2: L2Args,
+        /// Legacy active/standby (the group's `ha_mode`): the pair peer's
+        /// heartbeat address (ip:port); this SE listens on the same port.
+        /// The group's `ha_profile` sets the timing (docs/ha.md).
+        #[arg(long)]
+        ha_peer: Option<SocketAddr>,
+        /// This SE's priority in its pair: the higher one is preferred.
+        #[arg(long, default_value_t = 100, requires = "ha_peer")]
+        ha_priority: u8,
     },
     /// Run the authoritative DNS server of a config.
     Dns {
@@ -179,6 +189,12 @@ enum Command {
         /// when it cannot be reached). Implies `--peer` with it.
         #[arg(long)]
         follow: Option<SocketAddr>,
+    },
+    /// Failover drills on this host, in network namespaces of their own
+    /// (needs root): docs/ha.md, "Failover drill".
+    Drill {
+        #[command(subcommand)]
+        command: DrillCommand,
     },
     /// Run a demo origin HTTP server.
     Origin {
@@ -287,6 +303,38 @@ enum ClusterCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum DrillCommand {
+    /// A legacy active/standby pair with the real binaries: kill the
+    /// active SE again and again while a client asks the VIP every 20 ms;
+    /// reports the outage, the GARPs and who answered.
+    Failover {
+        /// The group's `ha_profile`: fast or default.
+        #[arg(long, default_value = "fast")]
+        profile: String,
+        /// How many times to kill the active SE (1 to 100).
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+        /// node: the SE process is killed and its link goes down (a host
+        /// that dies); crash: the process only.
+        #[arg(long, default_value = "node")]
+        scenario: String,
+        /// Prefix of the namespaces it creates (and deletes).
+        #[arg(long, default_value = "fdrill")]
+        prefix: String,
+        /// Write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// The drill's client (run by the drill in its client namespace).
+    #[command(hide = true)]
+    Probe {
+        /// How long to send requests.
+        #[arg(long)]
+        duration_ms: u64,
+    },
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -367,6 +415,30 @@ async fn run(command: Command) -> Result<()> {
             token,
             command,
         } => ctl(controller, api, dns_api, token, command).await,
+        Command::Drill { command } => match command {
+            DrillCommand::Failover {
+                profile,
+                kills,
+                scenario,
+                prefix,
+                json,
+            } => {
+                let exe = std::env::current_exe().context("finding this binary")?;
+                let opts = drill::Options {
+                    profile,
+                    kills,
+                    scenario,
+                    prefix,
+                    json,
+                };
+                let report = drill::failover(&opts, &exe)?;
+                println!("\n{}", report.markdown());
+                Ok(())
+            }
+            DrillCommand::Probe { duration_ms } => {
+                drill::probe(Duration::from_millis(duration_ms.min(600_000)))
+            }
+        },
         Command::Se {
             name,
             group,
@@ -376,6 +448,8 @@ async fn run(command: Command) -> Result<()> {
             join_token,
             ca_sha256,
             l2,
+            ha_peer,
+            ha_priority,
         } => {
             if let Some(pid) = parent_pid {
                 rt::spawn(exit_with_parent(pid));
@@ -393,7 +467,10 @@ async fn run(command: Command) -> Result<()> {
                 controllers: controller,
                 credentials,
                 join,
-                ha: None,
+                ha: ha_peer.map(|peer| fabric::ha::PairPeer {
+                    peer,
+                    priority: ha_priority,
+                }),
             };
             se::agent::run(opts, l2, None).await;
             Ok(())

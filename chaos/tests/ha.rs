@@ -10,7 +10,11 @@
 //! - the active is cut from the Controller only: nothing moves;
 //! - the active is cut from the pair and the Controller (not from the
 //!   client): it steps down before the standby takes over, so the client
-//!   never has two SEs answering at once.
+//!   never has two SEs answering at once;
+//! - the takeover's GARPs to the client are lost: the client's requests to
+//!   the dead active fail, it asks the segment again, the new active
+//!   answers;
+//! - the link between the pair flaps for 10 s: nothing moves.
 //!
 //! Replay: `MADSIM_TEST_SEED=<seed> RUSTFLAGS="--cfg madsim" cargo test -p chaos --target-dir target/sim --test ha`
 #![cfg(madsim)]
@@ -70,7 +74,10 @@ async fn pair_with(profile: &str) -> (World, &'static str, &'static str) {
         if let Some(se) = ask(&world).await {
             break se;
         }
-        assert!(rt::now() - start < Duration::from_secs(30), "no SE serves the VIP after 30 s");
+        assert!(
+            rt::now() - start < Duration::from_secs(30),
+            "no SE serves the VIP after 30 s"
+        );
         rt::sleep(Duration::from_millis(50)).await;
     };
     match active.as_str() {
@@ -79,10 +86,11 @@ async fn pair_with(profile: &str) -> (World, &'static str, &'static str) {
     }
 }
 
-/// One request: the SE that answered, or None.
+/// One request: the SE that answered, or None. A failed one makes the
+/// client ask the segment who holds the VIP before the next.
 async fn ask(world: &World) -> Option<String> {
-    match rt::timeout(REQUEST_TIMEOUT, world.http_get("/")).await {
-        Ok(Ok(reply)) if reply.status == 200 => reply.se,
+    match world.http_get_within("/", REQUEST_TIMEOUT).await {
+        Ok(reply) if reply.status == 200 => reply.se,
         _ => None,
     }
 }
@@ -166,8 +174,17 @@ async fn kill_the_active(profile: &str, bound_ms: u64, watch: Duration) {
         first - last_ok,
         seen.failed()
     );
-    assert!(first - kill_at <= bound_ms, "{profile}: failover took {} ms", first - kill_at);
-    assert_eq!(seen.holders_in_order(), [active, standby], "{:?}", seen.answers);
+    assert!(
+        first - kill_at <= bound_ms,
+        "{profile}: failover took {} ms",
+        first - kill_at
+    );
+    assert_eq!(
+        seen.holders_in_order(),
+        [active, standby],
+        "{:?}",
+        seen.answers
+    );
 
     // The old active comes back: it listens, hears the new one, stays standby.
     world.cloud.restart(active).unwrap();
@@ -248,4 +265,78 @@ async fn an_isolated_active_steps_down_before_the_standby_takes_over() {
     }
     let seen = Seen::watch(&world, Duration::from_secs(3)).await;
     assert_eq!(seen.holders_in_order(), [standby], "{:?}", seen.answers);
+}
+
+#[madsim::test]
+async fn lost_garps_delay_the_client_but_never_split_it() {
+    // Every frame from the standby to the client is lost from the kill until
+    // 800 ms after it: the takeover's GARPs (3, 100 ms apart) do not arrive.
+    // The client's requests to the dead active fail; it then asks the
+    // segment, and the new active answers.
+    let (world, active, standby) = pair().await;
+    let to = world.cloud.node_id(standby).unwrap();
+    let client = world.client_node();
+    let kill_at = 500 + rt::random_u64() % 1500;
+    let start = rt::now();
+    let mut seen = Seen::default();
+    let mut killed = false;
+    let mut healed = false;
+    while rt::now() - start < Duration::from_secs(5) {
+        let at = (rt::now() - start).as_millis() as u64;
+        if !killed && at >= kill_at {
+            world.clog_link(to, client, true);
+            world.cloud.kill(active).unwrap();
+            killed = true;
+        }
+        if killed && !healed && at >= kill_at + 800 {
+            world.clog_link(to, client, false);
+            healed = true;
+        }
+        seen.answers.push((at, ask(&world).await));
+        rt::sleep(PACE).await;
+    }
+    let first = seen
+        .first_from(standby, kill_at)
+        .unwrap_or_else(|| panic!("{standby} never answered: {:?}", seen.answers));
+    println!(
+        "GARPs lost: the standby answered {} ms after the kill",
+        first - kill_at
+    );
+    assert!(first >= kill_at + 800, "answered through a cut link?");
+    assert!(first - kill_at <= 1_500, "{} ms", first - kill_at);
+    assert_eq!(
+        seen.holders_in_order(),
+        [active, standby],
+        "{:?}",
+        seen.answers
+    );
+}
+
+#[madsim::test]
+async fn a_flapping_pair_link_moves_nothing() {
+    // The link between the pair goes down and up every 50-400 ms for 10 s
+    // (either direction, or both), while both still reach the Controller.
+    let (world, active, standby) = pair().await;
+    let a = world.cloud.node_id(active).unwrap();
+    let b = world.cloud.node_id(standby).unwrap();
+    let start = rt::now();
+    let mut seen = Seen::default();
+    let mut next_flip = 0;
+    let mut cut = [false; 2];
+    while rt::now() - start < Duration::from_secs(10) {
+        let at = (rt::now() - start).as_millis() as u64;
+        if at >= next_flip {
+            let which = (rt::random_u64() % 2) as usize;
+            cut[which] = !cut[which];
+            let (from, to) = if which == 0 { (a, b) } else { (b, a) };
+            world.clog_link(from, to, cut[which]);
+            next_flip = at + 50 + rt::random_u64() % 350;
+        }
+        seen.answers.push((at, ask(&world).await));
+        rt::sleep(PACE).await;
+    }
+    world.clog_link(a, b, false);
+    world.clog_link(b, a, false);
+    assert_eq!(seen.holders_in_order(), [active], "{:?}", seen.answers);
+    assert_eq!(seen.failed(), 0, "{:?}", seen.answers);
 }

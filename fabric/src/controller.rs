@@ -530,14 +530,17 @@ impl Controller {
         let Some(dead) = self.ha_dead(group) else {
             return crate::ha::Verdict::Refused {
                 reason: format!("SE group {group} is not a legacy active/standby group"),
+                retry_after_ms: None,
             };
         };
         let verdict = lock(&self.inner.arbiter).takeover(rt::now(), group, name, epoch, dead);
         match &verdict {
-            crate::ha::Verdict::Granted { epoch } => {
-                self.event("ha_takeover", group, format!("{name} holds the VIPs, epoch {epoch}"))
-            }
-            crate::ha::Verdict::Refused { reason } => {
+            crate::ha::Verdict::Granted { epoch } => self.event(
+                "ha_takeover",
+                group,
+                format!("{name} holds the VIPs, epoch {epoch}"),
+            ),
+            crate::ha::Verdict::Refused { reason, .. } => {
                 tracing::debug!(se = name, group, %reason, "HA takeover refused")
             }
         }

@@ -148,6 +148,10 @@ pub enum Verdict {
     Refused {
         /// Why, for logs and events.
         reason: String,
+        /// When asking again could succeed, if the arbiter knows (the
+        /// holder's lease running out, a new leader's wait ending).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -255,16 +259,27 @@ impl Arbiter {
         seen_epoch: u64,
         dead: Duration,
     ) -> Verdict {
-        let refuse = |reason: String| Verdict::Refused { reason };
+        let refuse = |reason: String| Verdict::Refused {
+            reason,
+            retry_after_ms: None,
+        };
+        let refuse_until = |reason: String, left: Duration| Verdict::Refused {
+            reason,
+            // A millisecond past the moment, so the retry finds it passed.
+            retry_after_ms: Some(left.as_millis() as u64 + 1),
+        };
         let Some(since) = self.leader_since else {
             return refuse("this Controller node is not the leader".into());
         };
         if now.duration_since(since) < dead {
-            return refuse(format!(
-                "the leader is new: it grants nothing until {} ms after it won, \
-                 as it does not know the leases its predecessor gave",
-                dead.as_millis()
-            ));
+            return refuse_until(
+                format!(
+                    "the leader is new: it grants nothing until {} ms after it won, \
+                     as it does not know the leases its predecessor gave",
+                    dead.as_millis()
+                ),
+                dead - now.duration_since(since),
+            );
         }
         if !self.pairs.contains_key(pair_name) && self.pairs.len() >= MAX_PAIRS {
             return refuse(format!("more than {MAX_PAIRS} pairs"));
@@ -280,11 +295,14 @@ impl Arbiter {
         for (name, seen) in &pair.members {
             let age = now.duration_since(seen.acked);
             if name != from && seen.role == Role::Active && age < dead {
-                return refuse(format!(
-                    "{name} holds the VIPs and was heard {} ms ago (dead after {} ms)",
-                    age.as_millis(),
-                    dead.as_millis()
-                ));
+                return refuse_until(
+                    format!(
+                        "{name} holds the VIPs and was heard {} ms ago (dead after {} ms)",
+                        age.as_millis(),
+                        dead.as_millis()
+                    ),
+                    dead - age,
+                );
             }
         }
         // A member never heard by this leader, for a whole dead interval
@@ -382,7 +400,9 @@ mod tests {
         assert_eq!(a.owner("g"), Some(("a", 3)));
         // The pair link broke: b hears nothing from a, but the leader does.
         let v = a.takeover(ms(t0, 650), "g", "b", 3, DEAD);
-        assert!(matches!(v, Verdict::Refused { ref reason } if reason.contains("a holds")));
+        assert!(
+            matches!(v, Verdict::Refused { ref reason, retry_after_ms: Some(51) } if reason.contains("a holds"))
+        );
         // a goes silent: once its lease is over, b gets a higher epoch.
         assert_eq!(
             a.takeover(ms(t0, 700), "g", "b", 3, DEAD),

@@ -171,7 +171,12 @@ pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::
                 group: opts.group.clone(),
                 peer,
             };
-            rt::spawn(crate::ha::run(pair, link.clone(), gate.clone(), settings_rx));
+            rt::spawn(crate::ha::run(
+                pair,
+                link.clone(),
+                gate.clone(),
+                settings_rx,
+            ));
             (gate as Arc<dyn L2Fabric>, Some(HaSide { link, settings }))
         }
         None => (l2, None),

@@ -434,7 +434,9 @@ impl DataPlane {
                         // A VIP this host does not hold now (an HA standby,
                         // a simulated node after a takeover): dropped, as a
                         // kernel without the address would.
-                        let serve = l2.serves(vip).then(|| proxy::serve_connection(for_task.clone(), stream, peer));
+                        let serve = l2
+                            .serves(vip)
+                            .then(|| proxy::serve_connection(for_task.clone(), stream, peer));
                         async move {
                             if let Some(serve) = serve {
                                 serve.await;

@@ -27,7 +27,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fabric::proto::{ControllerMessage, SeMessage};
 use tokio::sync::Notify;
@@ -394,9 +394,14 @@ impl Member {
                 out.push(Action::Beat(beat));
             }
             Verdict::Granted { .. } => {}
-            Verdict::Refused { .. } => {
-                // Ask again after a heartbeat, not at once.
-                self.ask_after = Some(now + self.config.profile.heartbeat);
+            Verdict::Refused { retry_after_ms, .. } => {
+                // Ask again when the arbiter says it could say yes (but
+                // within a heartbeat), else after a heartbeat; never at once.
+                let heartbeat = self.config.profile.heartbeat;
+                let wait = retry_after_ms
+                    .map_or(heartbeat, |ms| Duration::from_millis(ms).min(heartbeat))
+                    .max(Duration::from_millis(1));
+                self.ask_after = Some(now + wait);
             }
         }
     }

@@ -244,6 +244,14 @@ impl HostPort {
         *lock(&self.stats)
     }
 
+    /// Drop this host's entry for `vip`: the next [`resolve`](Self::resolve)
+    /// asks the segment. A client calls it when the cached owner stopped
+    /// answering, as a kernel marks a neighbour failed after its probes
+    /// (Linux: a few seconds with default sysctls; here at once).
+    pub fn forget(&self, vip: IpAddr) {
+        lock(&self.cache).forget(vip);
+    }
+
     /// The owner of `vip` as this host's cache has it, without asking.
     pub fn cached_owner(&self, vip: IpAddr) -> Option<IpAddr> {
         if lock(&self.owned).contains(&vip) {

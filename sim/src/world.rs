@@ -272,9 +272,11 @@ impl WorldBuilder {
             .unwrap_or_else(|| "default".into());
         // A legacy active/standby group of two: se-1 (priority 150) and
         // se-2 (100), each other's peer (SimCloud numbers hosts in order).
-        let pair = config.se_groups.first().is_some_and(|g| {
-            g.ha_mode == fabric::model::HaMode::LegacyActiveStandby
-        }) && self.ses == 2;
+        let pair = config
+            .se_groups
+            .first()
+            .is_some_and(|g| g.ha_mode == fabric::model::HaMode::LegacyActiveStandby)
+            && self.ses == 2;
         for i in 0..self.ses {
             let name = format!("se-{}", i + 1);
             let join = loop {
@@ -621,6 +623,13 @@ impl World {
     /// `GET path` on the first virtual service's VIP from the client, which
     /// finds the VIP's owner through its ARP cache like a real host.
     pub async fn http_get(&self, path: &str) -> Result<HttpReply> {
+        self.http_get_within(path, Duration::from_secs(5)).await
+    }
+
+    /// [`http_get`](Self::http_get) given up after `limit`; a request that
+    /// fails or times out makes the client forget the VIP's cached owner
+    /// ([`HostPort::forget`]), so the next one asks the segment again.
+    pub async fn http_get_within(&self, path: &str, limit: Duration) -> Result<HttpReply> {
         let vip = self.vip();
         let (host, path) = (
             self.config.virtual_services[0].name.clone(),
@@ -631,12 +640,20 @@ impl World {
                 .resolve(vip.ip())
                 .await
                 .ok_or_else(|| anyhow!("nobody answers ARP for {}", vip.ip()))?;
-            let resp = rt::timeout(
-                Duration::from_secs(5),
+            let result = rt::timeout(
+                limit,
                 se::proxy::get(SocketAddr::new(owner, vip.port()), &host, &path),
             )
             .await
-            .context("HTTP request timed out")??;
+            .context("HTTP request timed out")
+            .and_then(|r| r.map_err(anyhow::Error::from));
+            let resp = match result {
+                Ok(resp) => resp,
+                Err(e) => {
+                    port.forget(vip.ip());
+                    return Err(e);
+                }
+            };
             let header = |name: &str| {
                 resp.headers()
                     .get(name)

@@ -114,6 +114,12 @@ impl L2Fabric for HaL2 {
         if active {
             self.inner.claim_vip(vip).await
         } else {
+            // A standby must not hold it: an address left on the interface
+            // by an earlier run that crashed (the kernel would answer ARP
+            // for it and take its connections) goes now.
+            if let Err(e) = self.inner.release_vip(vip).await {
+                tracing::warn!(%vip, error = %e, "standby: removing a stale VIP failed");
+            }
             Ok(())
         }
     }

@@ -450,7 +450,11 @@ fn a_preferred_member_cut_from_the_controller_leaves_the_vips_to_the_other() {
     p.kill(0);
     p.start(0);
     let took = p.until_holding(1, Duration::from_secs(3));
-    assert!(took <= Duration::from_millis(1_500), "{took:?}: {:#?}", p.log);
+    assert!(
+        took <= Duration::from_millis(1_500),
+        "{took:?}: {:#?}",
+        p.log
+    );
     p.run(Duration::from_secs(2));
     assert_eq!(p.holding, [false, true], "{:#?}", p.log);
 }
