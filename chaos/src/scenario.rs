@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use fabric::rt;
 use serde::Serialize;
 use sim::world::World;
@@ -33,12 +33,28 @@ pub enum Fault {
     ControllerIsolated,
     /// An origin server crashed and restarted after a while.
     OriginCrash,
+    /// The link between the two SEs of a pair was cut (both ways), then healed.
+    PairLinkCut,
+    /// The active SE of a pair was cut from the Controller (both ways).
+    ActiveControllerCut,
+    /// Every gratuitous ARP frame on the segment was lost for a while.
+    GarpLoss,
 }
 
 impl Fault {
-    /// Every fault type, for swarm selection.
-    pub const ALL: [Fault; 4] = [
+    /// The fault types of the slice scenario, for swarm selection.
+    pub const SLICE: [Fault; 4] = [
         Fault::SeCrash,
+        Fault::ControllerCrash,
+        Fault::ControllerIsolated,
+        Fault::OriginCrash,
+    ];
+    /// The fault types of the pair scenario (`SeCrash`: the active).
+    pub const PAIR: [Fault; 7] = [
+        Fault::SeCrash,
+        Fault::PairLinkCut,
+        Fault::ActiveControllerCut,
+        Fault::GarpLoss,
         Fault::ControllerCrash,
         Fault::ControllerIsolated,
         Fault::OriginCrash,
@@ -51,6 +67,9 @@ impl Fault {
             Fault::ControllerCrash => "controller_crash",
             Fault::ControllerIsolated => "controller_isolated",
             Fault::OriginCrash => "origin_crash",
+            Fault::PairLinkCut => "pair_link_cut",
+            Fault::ActiveControllerCut => "active_controller_cut",
+            Fault::GarpLoss => "garp_loss",
         }
     }
 }
@@ -58,6 +77,8 @@ impl Fault {
 /// What one seed observed.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Outcome {
+    /// The scenario the seed ran.
+    pub scenario: &'static str,
     /// Faults injected, in order.
     pub faults: Vec<Fault>,
     /// Simulated seconds the seed covered.
@@ -68,6 +89,8 @@ pub struct Outcome {
     pub requests_failed: u32,
     /// Client-visible outage of each SE crash, first failure to first success (ms).
     pub outages_ms: Vec<u64>,
+    /// Longest stretch two SEs both held the VIP (pair scenario), ms.
+    pub dual_hold_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +117,9 @@ fn inject(world: &World, fault: Fault) -> Result<()> {
         Fault::ControllerCrash => world.kill_controller(),
         Fault::ControllerIsolated => world.isolate_controller_at(0, true),
         Fault::OriginCrash => madsim::runtime::Handle::current().kill(CRASHED_ORIGIN),
+        Fault::PairLinkCut | Fault::ActiveControllerCut | Fault::GarpLoss => {
+            bail!("{} is a pair fault", fault.name())
+        }
     }
     Ok(())
 }
@@ -104,6 +130,9 @@ fn heal(world: &World, fault: Fault) -> Result<()> {
         Fault::ControllerCrash => world.restart_controller(),
         Fault::ControllerIsolated => world.isolate_controller_at(0, false),
         Fault::OriginCrash => madsim::runtime::Handle::current().restart(CRASHED_ORIGIN),
+        Fault::PairLinkCut | Fault::ActiveControllerCut | Fault::GarpLoss => {
+            bail!("{} is a pair fault", fault.name())
+        }
     }
     Ok(())
 }
@@ -113,15 +142,16 @@ fn heal(world: &World, fault: Fault) -> Result<()> {
 /// least one) at its own intensity (how long a fault may last), so that
 /// some seeds meet rare combinations at full strength instead of every
 /// seed meeting every fault mildly.
-fn plan() -> Vec<Window> {
+fn plan(types: &[Fault]) -> Vec<Window> {
     let mut windows = Vec::new();
     let pick = |lo: u64, hi: u64| Duration::from_millis(lo + rt::random_u64() % (hi - lo));
-    let mut enabled: Vec<Fault> = Fault::ALL
-        .into_iter()
+    let mut enabled: Vec<Fault> = types
+        .iter()
+        .copied()
         .filter(|_| rt::random_u64().is_multiple_of(2))
         .collect();
     if enabled.is_empty() {
-        enabled.push(Fault::ALL[(rt::random_u64() % Fault::ALL.len() as u64) as usize]);
+        enabled.push(types[(rt::random_u64() % types.len() as u64) as usize]);
     }
     let longest = [2_000, 8_000, 15_000][(rt::random_u64() % 3) as usize];
     for fault in enabled {
@@ -153,8 +183,9 @@ pub async fn slice_under_crashes() -> Result<Outcome> {
         })
         .await?;
 
-    let mut windows = plan();
+    let mut windows = plan(&Fault::SLICE);
     let mut outcome = Outcome {
+        scenario: "slice_under_crashes",
         faults: windows.iter().map(|w| w.fault).collect(),
         ..Outcome::default()
     };
@@ -179,7 +210,7 @@ pub async fn slice_under_crashes() -> Result<Outcome> {
                     Fault::SeCrash => se_down = true,
                     Fault::ControllerCrash => controller_crashed = true,
                     Fault::ControllerIsolated => controller_isolated = true,
-                    Fault::OriginCrash => {}
+                    _ => {}
                 }
             } else if w.phase == Phase::Down && t >= w.start + w.down_for {
                 w.phase = Phase::Healed;
@@ -204,7 +235,7 @@ pub async fn slice_under_crashes() -> Result<Outcome> {
                             se_ready_by = t + CONVERGE_DEADLINE;
                         }
                     }
-                    Fault::OriginCrash => {}
+                    _ => {}
                 }
             }
         }
@@ -267,6 +298,212 @@ pub async fn slice_under_crashes() -> Result<Outcome> {
     let mut ok = 0;
     for _ in 0..LIVENESS_REQUESTS {
         if matches!(world.http_get("/").await, Ok(r) if r.status == 200) {
+            ok += 1;
+        }
+    }
+    if ok * 1000 < LIVENESS_REQUESTS * 999 {
+        bail!("liveness: only {ok} of {LIVENESS_REQUESTS} requests succeeded after faults healed");
+    }
+    outcome.sim_secs = (rt::now() - started).as_secs_f64();
+    Ok(outcome)
+}
+
+/// The legacy active/standby pair of `chaos/tests/ha.rs`: se-1 and se-2
+/// holding one VIP, `fast` profile.
+const PAIR_CONFIG: &str = r#"
+[controller]
+listen = "10.0.0.1:7470"
+heartbeat_ms = 500
+
+[[se_groups]]
+name = "pair"
+ha_mode = "legacy_active_standby"
+ha_profile = "fast"
+
+[[pools]]
+name = "web"
+servers = ["10.0.2.1:80"]
+
+[[virtual_services]]
+name = "app"
+vip = "10.0.100.1"
+port = 80
+pool = "web"
+se_group = "pair"
+
+[[demo_origins]]
+name = "origin-1"
+listen = "10.0.2.1:80"
+"#;
+
+/// Two SEs may both hold the VIP for at most this long in a row (the new
+/// active's first beat reaching the old one); longer fails the seed.
+pub const DUAL_HOLD_GRACE: Duration = Duration::from_millis(100);
+/// Client requests in the pair scenario: one every this long...
+const PAIR_PACE: Duration = Duration::from_millis(20);
+/// ...each given up after this.
+const PAIR_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Which SE holds the VIP now by the client's ARP view is not the
+/// question; which hosts hold it on the segment is.
+fn holders(world: &World) -> Vec<String> {
+    world.cloud.holders(world.vip().ip())
+}
+
+fn inject_pair(world: &World, fault: Fault, victim: &mut Option<String>) -> Result<()> {
+    let node = |name: &str| {
+        world
+            .cloud
+            .node_id(name)
+            .ok_or_else(|| anyhow!("no SE {name}"))
+    };
+    match fault {
+        Fault::SeCrash => {
+            // The active at the time, else se-1.
+            let active = holders(world)
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| "se-1".into());
+            world.cloud.kill(&active)?;
+            *victim = Some(active);
+        }
+        Fault::PairLinkCut => {
+            let (a, b) = (node("se-1")?, node("se-2")?);
+            world.clog_link(a, b, true);
+            world.clog_link(b, a, true);
+        }
+        Fault::ActiveControllerCut => {
+            let active = holders(world)
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| "se-1".into());
+            let (se, ctl) = (node(&active)?, world.controller_node(0));
+            world.clog_link(se, ctl, true);
+            world.clog_link(ctl, se, true);
+            *victim = Some(active);
+        }
+        Fault::GarpLoss => world.cloud.set_garp_loss(true),
+        Fault::ControllerCrash => world.kill_controller(),
+        Fault::ControllerIsolated => world.isolate_controller_at(0, true),
+        Fault::OriginCrash => madsim::runtime::Handle::current().kill("origin-1"),
+    }
+    Ok(())
+}
+
+fn heal_pair(world: &World, fault: Fault, victim: &Option<String>) -> Result<()> {
+    let node = |name: &str| {
+        world
+            .cloud
+            .node_id(name)
+            .ok_or_else(|| anyhow!("no SE {name}"))
+    };
+    match fault {
+        Fault::SeCrash => {
+            if let Some(name) = victim {
+                world.cloud.restart(name)?;
+            }
+        }
+        Fault::PairLinkCut => {
+            let (a, b) = (node("se-1")?, node("se-2")?);
+            world.clog_link(a, b, false);
+            world.clog_link(b, a, false);
+        }
+        Fault::ActiveControllerCut => {
+            if let Some(name) = victim {
+                let (se, ctl) = (node(name)?, world.controller_node(0));
+                world.clog_link(se, ctl, false);
+                world.clog_link(ctl, se, false);
+            }
+        }
+        Fault::GarpLoss => world.cloud.set_garp_loss(false),
+        Fault::ControllerCrash => world.restart_controller(),
+        Fault::ControllerIsolated => world.isolate_controller_at(0, false),
+        Fault::OriginCrash => madsim::runtime::Handle::current().restart("origin-1"),
+    }
+    Ok(())
+}
+
+/// A legacy active/standby pair under a swarm of faults: the active killed,
+/// the link between the pair cut, the active cut from the Controller, GARPs
+/// lost, the Controller crashed or cut off, the origin crashed. Safety
+/// (BENCHMARKS.md invariant 1), checked every 20 ms on the segment itself:
+/// two SEs never hold the VIP for longer than [`DUAL_HOLD_GRACE`] in a row.
+/// Liveness: once faults heal, exactly one SE holds the VIP within
+/// [`CONVERGE_DEADLINE`] and 99.9% of requests succeed.
+pub async fn pair_under_faults() -> Result<Outcome> {
+    let started = rt::now();
+    let world = World::builder().config(PAIR_CONFIG).ses(2).build().await?;
+    world
+        .wait_until(
+            "an SE serves the VIP after boot",
+            CONVERGE_DEADLINE * 3,
+            || async {
+                matches!(world.http_get_within("/", PAIR_TIMEOUT).await, Ok(r) if r.status == 200)
+            },
+        )
+        .await?;
+    let mut windows = plan(&Fault::PAIR);
+    let mut outcome = Outcome {
+        scenario: "pair_under_faults",
+        faults: windows.iter().map(|w| w.fault).collect(),
+        ..Outcome::default()
+    };
+    let mut victims: Vec<Option<String>> = vec![None; windows.len()];
+    let phase_start = rt::now();
+    let mut dual_since: Option<Duration> = None;
+    let mut outage_started: Option<Duration> = None;
+    while rt::now() - phase_start < FAULT_PHASE {
+        let t = rt::now() - phase_start;
+        for (i, w) in windows.iter_mut().enumerate() {
+            if w.phase == Phase::Planned && t >= w.start {
+                w.phase = Phase::Down;
+                inject_pair(&world, w.fault, &mut victims[i])?;
+            } else if w.phase == Phase::Down && t >= w.start + w.down_for {
+                w.phase = Phase::Healed;
+                heal_pair(&world, w.fault, &victims[i])?;
+            }
+        }
+        let held_by = holders(&world);
+        if held_by.len() > 1 {
+            let since = *dual_since.get_or_insert(t);
+            let dual = t - since;
+            outcome.dual_hold_ms = outcome.dual_hold_ms.max(dual.as_millis() as u64);
+            if dual > DUAL_HOLD_GRACE {
+                bail!("safety: {held_by:?} all held the VIP for {dual:?} (since {since:?})");
+            }
+        } else {
+            dual_since = None;
+        }
+        match world.http_get_within("/", PAIR_TIMEOUT).await {
+            Ok(r) if r.status == 200 => {
+                outcome.requests_ok += 1;
+                if let Some(from) = outage_started.take() {
+                    outcome.outages_ms.push((t - from).as_millis() as u64);
+                }
+            }
+            _ => {
+                outcome.requests_failed += 1;
+                outage_started.get_or_insert(t);
+            }
+        }
+        rt::sleep(PAIR_PACE).await;
+    }
+    for (i, w) in windows.iter().enumerate() {
+        if w.phase == Phase::Down {
+            heal_pair(&world, w.fault, &victims[i])?;
+        }
+    }
+    world
+        .wait_until(
+            "liveness: one SE holds the VIP",
+            CONVERGE_DEADLINE,
+            || async { holders(&world).len() == 1 },
+        )
+        .await?;
+    let mut ok = 0;
+    for _ in 0..LIVENESS_REQUESTS {
+        if matches!(world.http_get_within("/", Duration::from_secs(2)).await, Ok(r) if r.status == 200)
+        {
             ok += 1;
         }
     }

@@ -9,7 +9,7 @@ use fabric::platform::{CloudConnector, CloudError, L2Fabric, SeHost, SeSpec};
 use madsim::runtime::Handle;
 use madsim::task::NodeId;
 
-use crate::l2::Segment;
+use crate::l2::{HostPort, Segment};
 
 /// SE hosts as madsim nodes on the world's L2 segment, addressed
 /// `10.0.1.N` in creation order.
@@ -17,6 +17,8 @@ use crate::l2::Segment;
 pub struct SimCloud {
     segment: Segment,
     hosts: Arc<Mutex<BTreeMap<String, SimHost>>>,
+    /// Each SE host's attachment to the segment, from its latest boot.
+    ports: Arc<Mutex<BTreeMap<String, Arc<HostPort>>>>,
     created: Arc<Mutex<u8>>,
     applied: Arc<Mutex<Applied>>,
 }
@@ -36,9 +38,26 @@ impl SimCloud {
         Self {
             segment,
             hosts: Arc::default(),
+            ports: Arc::default(),
             created: Arc::default(),
             applied: Arc::default(),
         }
+    }
+
+    /// The running SE hosts that hold `vip` on the segment now (answer ARP
+    /// for it and take its traffic), by name.
+    pub fn holders(&self, vip: IpAddr) -> Vec<String> {
+        let hosts = lock(&self.hosts);
+        lock(&self.ports)
+            .iter()
+            .filter(|(name, port)| hosts.get(*name).is_some_and(|h| h.running) && port.holds(vip))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Lose (`true`) or deliver again every gratuitous ARP frame on the segment.
+    pub fn set_garp_loss(&self, lost: bool) {
+        self.segment.set_garp_loss(lost);
     }
 
     /// The config version SE `name` serves now (0: none yet), if it exists.
@@ -104,6 +123,8 @@ impl CloudConnector for SimCloud {
         let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 1, n));
         let segment = self.segment.clone();
         let applied = self.applied.clone();
+        let ports = self.ports.clone();
+        let port_name = spec.name.clone();
         // The SE's disk (its credentials) outlives restarts of its node.
         let credentials: Arc<dyn fabric::platform::Storage> =
             Arc::new(fabric::platform::MemStorage::new());
@@ -123,11 +144,13 @@ impl CloudConnector for SimCloud {
                 let segment = segment.clone();
                 let opts = opts.clone();
                 let applied = applied.clone();
+                let (ports, port_name) = (ports.clone(), port_name.clone());
                 async move {
                     let port = segment
                         .attach(ip)
                         .await
                         .expect("the ARP port is free on a new node");
+                    lock(&ports).insert(port_name, port.clone());
                     let (tx, rx) = tokio::sync::watch::channel(0u64);
                     fabric::rt::spawn(watch_applied(opts.name.clone(), rx, applied));
                     se::agent::run(opts, port as Arc<dyn L2Fabric>, Some(tx)).await;

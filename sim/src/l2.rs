@@ -142,6 +142,8 @@ pub struct PortStats {
 pub struct Segment {
     hosts: Arc<Mutex<BTreeSet<IpAddr>>>,
     config: SegmentConfig,
+    /// While set, every gratuitous ARP frame is lost on the wire.
+    garp_loss: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Segment {
@@ -150,12 +152,20 @@ impl Segment {
         Self {
             hosts: Arc::default(),
             config,
+            garp_loss: Arc::default(),
         }
     }
 
     /// The segment's settings.
     pub fn config(&self) -> &SegmentConfig {
         &self.config
+    }
+
+    /// Lose (`true`) or deliver again every gratuitous ARP frame (a fault:
+    /// a switch dropping them, a neighbour ignoring them).
+    pub fn set_garp_loss(&self, lost: bool) {
+        self.garp_loss
+            .store(lost, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Attach host `ip` (call it on that host: it binds the ARP port there
@@ -224,11 +234,18 @@ impl Announcer {
                 owner: self.ip,
             };
             let bytes = serde_json::to_vec(&frame).expect("frames always serialize");
+            lock(&self.stats).garp_sent += 1;
+            if self
+                .segment
+                .garp_loss
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                continue;
+            }
             for host in self.segment.others(self.ip) {
                 let to = SocketAddr::new(host, config.arp_port);
                 let _ = self.socket.send_to(&bytes, to).await;
             }
-            lock(&self.stats).garp_sent += 1;
         }
     }
 }
@@ -250,6 +267,11 @@ impl HostPort {
     /// (Linux: a few seconds with default sysctls; here at once).
     pub fn forget(&self, vip: IpAddr) {
         lock(&self.cache).forget(vip);
+    }
+
+    /// Whether this host holds `vip` now (answers ARP for it).
+    pub fn holds(&self, vip: IpAddr) -> bool {
+        lock(&self.owned).contains(&vip)
     }
 
     /// The owner of `vip` as this host's cache has it, without asking.
