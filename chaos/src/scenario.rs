@@ -308,34 +308,6 @@ pub async fn slice_under_crashes() -> Result<Outcome> {
     Ok(outcome)
 }
 
-/// The legacy active/standby pair of `chaos/tests/ha.rs`: se-1 and se-2
-/// holding one VIP, `fast` profile.
-const PAIR_CONFIG: &str = r#"
-[controller]
-listen = "10.0.0.1:7470"
-heartbeat_ms = 500
-
-[[se_groups]]
-name = "pair"
-ha_mode = "legacy_active_standby"
-ha_profile = "fast"
-
-[[pools]]
-name = "web"
-servers = ["10.0.2.1:80"]
-
-[[virtual_services]]
-name = "app"
-vip = "10.0.100.1"
-port = 80
-pool = "web"
-se_group = "pair"
-
-[[demo_origins]]
-name = "origin-1"
-listen = "10.0.2.1:80"
-"#;
-
 /// Two SEs may both hold the VIP for at most this long in a row (the new
 /// active's first beat reaching the old one); longer fails the seed.
 pub const DUAL_HOLD_GRACE: Duration = Duration::from_millis(100);
@@ -432,7 +404,11 @@ fn heal_pair(world: &World, fault: Fault, victim: &Option<String>) -> Result<()>
 /// [`CONVERGE_DEADLINE`] and 99.9% of requests succeed.
 pub async fn pair_under_faults() -> Result<Outcome> {
     let started = rt::now();
-    let world = World::builder().config(PAIR_CONFIG).ses(2).build().await?;
+    let world = World::builder()
+        .config(&sim::world::pair_config("fast"))
+        .ses(2)
+        .build()
+        .await?;
     world
         .wait_until(
             "an SE serves the VIP after boot",

@@ -22,33 +22,7 @@
 use std::time::Duration;
 
 use fabric::rt;
-use sim::world::World;
-
-const CONFIG: &str = r#"
-[controller]
-listen = "10.0.0.1:7470"
-heartbeat_ms = 500
-
-[[se_groups]]
-name = "pair"
-ha_mode = "legacy_active_standby"
-ha_profile = "PROFILE"
-
-[[pools]]
-name = "web"
-servers = ["10.0.2.1:80"]
-
-[[virtual_services]]
-name = "app"
-vip = "10.0.100.1"
-port = 80
-pool = "web"
-se_group = "pair"
-
-[[demo_origins]]
-name = "origin-1"
-listen = "10.0.2.1:80"
-"#;
+use sim::world::{pair_config, World};
 
 /// A request the client gives up on after this counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(200);
@@ -64,7 +38,7 @@ async fn pair() -> (World, &'static str, &'static str) {
 
 async fn pair_with(profile: &str) -> (World, &'static str, &'static str) {
     let world = World::builder()
-        .config(&CONFIG.replace("PROFILE", profile))
+        .config(&pair_config(profile))
         .ses(2)
         .build()
         .await

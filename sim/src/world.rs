@@ -66,6 +66,40 @@ name = "origin-2"
 listen = "10.0.2.2:80"
 "#;
 
+/// A legacy active/standby pair (build it with `.ses(2)`): SE group
+/// `pair` with `ha_profile` `profile` (`fast` or `default`), one HTTP
+/// virtual service on the VIP over one origin. se-1 (priority 150) and se-2
+/// (100) are each other's peer.
+pub fn pair_config(profile: &str) -> String {
+    format!(
+        r#"
+[controller]
+listen = "10.0.0.1:7470"
+heartbeat_ms = 500
+
+[[se_groups]]
+name = "pair"
+ha_mode = "legacy_active_standby"
+ha_profile = "{profile}"
+
+[[pools]]
+name = "web"
+servers = ["10.0.2.1:80"]
+
+[[virtual_services]]
+name = "app"
+vip = "10.0.100.1"
+port = 80
+pool = "web"
+se_group = "pair"
+
+[[demo_origins]]
+name = "origin-1"
+listen = "10.0.2.1:80"
+"#
+    )
+}
+
 /// Address of the simulated client.
 pub const CLIENT_IP: [u8; 4] = [10, 0, 9, 1];
 
