@@ -64,8 +64,7 @@ pub struct Kill {
     pub garps: u32,
     /// Requests that failed.
     pub failed: u32,
-    /// Requests answered by the killed SE after the kill (must be 0), and
-    /// answers that flipped between the two SEs (must be 0).
+    /// Requests answered by the killed SE after the kill (must be 0).
     pub stale_answers: u32,
 }
 
@@ -502,9 +501,7 @@ impl Lab {
             &priority,
         ];
         args.extend(join.unwrap_or_default().iter().map(String::as_str));
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.spawn(name, node, &refs)
+        self.spawn(name, node, &args)
     }
 
     fn kill_se(&mut self, name: &str, node: &str, link_down: bool) -> Result<()> {

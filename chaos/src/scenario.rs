@@ -322,74 +322,47 @@ fn holders(world: &World) -> Vec<String> {
     world.cloud.holders(world.vip().ip())
 }
 
-fn inject_pair(world: &World, fault: Fault, victim: &mut Option<String>) -> Result<()> {
-    let node = |name: &str| {
-        world
-            .cloud
-            .node_id(name)
-            .ok_or_else(|| anyhow!("no SE {name}"))
-    };
-    match fault {
-        Fault::SeCrash => {
-            // The active at the time, else se-1.
-            let active = holders(world)
-                .into_iter()
-                .next()
-                .unwrap_or_else(|| "se-1".into());
-            world.cloud.kill(&active)?;
-            *victim = Some(active);
-        }
-        Fault::PairLinkCut => {
-            let (a, b) = (node("se-1")?, node("se-2")?);
-            world.clog_link(a, b, true);
-            world.clog_link(b, a, true);
-        }
-        Fault::ActiveControllerCut => {
-            let active = holders(world)
-                .into_iter()
-                .next()
-                .unwrap_or_else(|| "se-1".into());
-            let (se, ctl) = (node(&active)?, world.controller_node(0));
-            world.clog_link(se, ctl, true);
-            world.clog_link(ctl, se, true);
-            *victim = Some(active);
-        }
-        Fault::GarpLoss => world.cloud.set_garp_loss(true),
-        Fault::ControllerCrash => world.kill_controller(),
-        Fault::ControllerIsolated => world.isolate_controller_at(0, true),
-        Fault::OriginCrash => madsim::runtime::Handle::current().kill("origin-1"),
-    }
-    Ok(())
+/// The SE holding the VIP now, else se-1.
+fn active_or_first(world: &World) -> String {
+    holders(world)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| "se-1".into())
 }
 
-fn heal_pair(world: &World, fault: Fault, victim: &Option<String>) -> Result<()> {
+/// Inject (`on`) or heal a pair fault. `victim` is the SE a fault picked
+/// when injected (the active at the time), for healing the same one.
+fn pair_fault(world: &World, fault: Fault, on: bool, victim: &mut Option<String>) -> Result<()> {
     let node = |name: &str| {
         world
             .cloud
             .node_id(name)
             .ok_or_else(|| anyhow!("no SE {name}"))
     };
+    let clog_both = |a, b| {
+        world.clog_link(a, b, on);
+        world.clog_link(b, a, on);
+    };
+    if on && matches!(fault, Fault::SeCrash | Fault::ActiveControllerCut) {
+        *victim = Some(active_or_first(world));
+    }
     match fault {
-        Fault::SeCrash => {
-            if let Some(name) = victim {
-                world.cloud.restart(name)?;
-            }
-        }
-        Fault::PairLinkCut => {
-            let (a, b) = (node("se-1")?, node("se-2")?);
-            world.clog_link(a, b, false);
-            world.clog_link(b, a, false);
-        }
+        Fault::SeCrash => match (on, victim.as_deref()) {
+            (true, Some(name)) => world.cloud.kill(name)?,
+            (false, Some(name)) => world.cloud.restart(name)?,
+            _ => {}
+        },
+        Fault::PairLinkCut => clog_both(node("se-1")?, node("se-2")?),
         Fault::ActiveControllerCut => {
-            if let Some(name) = victim {
-                let (se, ctl) = (node(name)?, world.controller_node(0));
-                world.clog_link(se, ctl, false);
-                world.clog_link(ctl, se, false);
+            if let Some(name) = victim.as_deref() {
+                clog_both(node(name)?, world.controller_node(0));
             }
         }
-        Fault::GarpLoss => world.cloud.set_garp_loss(false),
+        Fault::GarpLoss => world.cloud.set_garp_loss(on),
+        Fault::ControllerCrash if on => world.kill_controller(),
         Fault::ControllerCrash => world.restart_controller(),
-        Fault::ControllerIsolated => world.isolate_controller_at(0, false),
+        Fault::ControllerIsolated => world.isolate_controller_at(0, on),
+        Fault::OriginCrash if on => madsim::runtime::Handle::current().kill("origin-1"),
         Fault::OriginCrash => madsim::runtime::Handle::current().restart("origin-1"),
     }
     Ok(())
@@ -433,10 +406,10 @@ pub async fn pair_under_faults() -> Result<Outcome> {
         for (i, w) in windows.iter_mut().enumerate() {
             if w.phase == Phase::Planned && t >= w.start {
                 w.phase = Phase::Down;
-                inject_pair(&world, w.fault, &mut victims[i])?;
+                pair_fault(&world, w.fault, true, &mut victims[i])?;
             } else if w.phase == Phase::Down && t >= w.start + w.down_for {
                 w.phase = Phase::Healed;
-                heal_pair(&world, w.fault, &victims[i])?;
+                pair_fault(&world, w.fault, false, &mut victims[i])?;
             }
         }
         let held_by = holders(&world);
@@ -466,7 +439,7 @@ pub async fn pair_under_faults() -> Result<Outcome> {
     }
     for (i, w) in windows.iter().enumerate() {
         if w.phase == Phase::Down {
-            heal_pair(&world, w.fault, &victims[i])?;
+            pair_fault(&world, w.fault, false, &mut victims[i])?;
         }
     }
     world

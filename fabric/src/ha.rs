@@ -120,9 +120,19 @@ impl Beat {
     /// Whether `self` wins against `other` when both claim the same pair:
     /// the higher epoch, then the higher priority, then the smaller name.
     pub fn outranks(&self, other: &Beat) -> bool {
-        (self.epoch, self.priority, std::cmp::Reverse(&self.from))
-            > (other.epoch, other.priority, std::cmp::Reverse(&other.from))
+        self.rank() > other.rank()
     }
+
+    /// What [`outranks`](Self::outranks) compares.
+    pub fn rank(&self) -> (u64, u8, std::cmp::Reverse<&str>) {
+        rank(self.epoch, self.priority, &self.from)
+    }
+}
+
+/// The rank of a member holding `epoch` with `priority` and `name`: higher
+/// wins (the higher epoch, then priority, then the smaller name).
+pub fn rank(epoch: u64, priority: u8, name: &str) -> (u64, u8, std::cmp::Reverse<&str>) {
+    (epoch, priority, std::cmp::Reverse(name))
 }
 
 /// The Controller's answer to a beat.
@@ -362,7 +372,7 @@ mod tests {
 
     #[test]
     fn a_follower_acks_without_a_lease_and_grants_nothing() {
-        let t0 = Instant::now();
+        let t0 = crate::rt::now();
         let mut a = Arbiter::new();
         assert_eq!(
             a.beat(t0, &beat("a", Role::Active, 1), DEAD),
@@ -379,7 +389,7 @@ mod tests {
 
     #[test]
     fn a_new_leader_waits_one_dead_interval() {
-        let t0 = Instant::now();
+        let t0 = crate::rt::now();
         let mut a = leader(t0);
         assert!(matches!(
             a.takeover(ms(t0, 100), "g", "b", 0, DEAD),
@@ -394,7 +404,7 @@ mod tests {
 
     #[test]
     fn an_owner_heard_within_the_dead_interval_keeps_the_vips() {
-        let t0 = Instant::now();
+        let t0 = crate::rt::now();
         let mut a = leader(t0);
         a.beat(ms(t0, 400), &beat("a", Role::Active, 3), DEAD);
         assert_eq!(a.owner("g"), Some(("a", 3)));
@@ -418,7 +428,7 @@ mod tests {
 
     #[test]
     fn an_owner_that_released_can_be_followed_at_once() {
-        let t0 = Instant::now();
+        let t0 = crate::rt::now();
         let mut a = leader(t0);
         a.beat(ms(t0, 400), &beat("a", Role::Active, 1), DEAD);
         a.beat(ms(t0, 500), &beat("a", Role::Standby, 1), DEAD);
@@ -430,7 +440,7 @@ mod tests {
 
     #[test]
     fn epochs_only_grow_and_leadership_loss_forgets() {
-        let t0 = Instant::now();
+        let t0 = crate::rt::now();
         let mut a = leader(t0);
         // A requester that saw epoch 9 (from an earlier leader) gets 10.
         assert_eq!(
@@ -453,7 +463,7 @@ mod tests {
 
     #[test]
     fn a_lost_grant_does_not_let_anyone_past_the_member_still_active() {
-        let t0 = Instant::now();
+        let t0 = crate::rt::now();
         let mut a = leader(t0);
         a.beat(ms(t0, 400), &beat("a", Role::Active, 1), DEAD);
         a.beat(ms(t0, 400), &beat("b", Role::Standby, 1), DEAD);
@@ -475,7 +485,7 @@ mod tests {
 
     #[test]
     fn a_standby_beat_sent_before_the_grant_arrived_is_not_a_release() {
-        let t0 = Instant::now();
+        let t0 = crate::rt::now();
         let mut a = leader(t0);
         a.beat(ms(t0, 300), &beat("b", Role::Standby, 4), DEAD);
         assert_eq!(
@@ -506,7 +516,7 @@ mod tests {
 
     #[test]
     fn a_third_member_gets_no_lease() {
-        let t0 = Instant::now();
+        let t0 = crate::rt::now();
         let mut a = leader(t0);
         assert!(a.beat(t0, &beat("a", Role::Active, 1), DEAD).leader);
         assert!(a.beat(t0, &beat("b", Role::Standby, 1), DEAD).leader);

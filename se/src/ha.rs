@@ -140,11 +140,6 @@ impl Member {
         self.epoch
     }
 
-    /// Its settings.
-    pub fn config(&self) -> &MemberConfig {
-        &self.config
-    }
-
     /// When [`tick`](Self::tick) must run next at the latest.
     pub fn next_deadline(&self) -> Instant {
         let dead = self.config.profile.dead();
@@ -304,7 +299,14 @@ impl Member {
             self.echo_from = Some(self.echo_from.map_or(sent, |e| e.max(sent)));
         }
         match (self.role, beat.role) {
-            (Role::Active, Role::Active) if beat.outranks(&self.my_beat_now()) => {
+            (Role::Active, Role::Active)
+                if beat.rank()
+                    > fabric::ha::rank(
+                        self.claimed_epoch,
+                        self.config.priority,
+                        &self.config.name,
+                    ) =>
+            {
                 let reason = format!(
                     "{} is active with epoch {} (ours {})",
                     beat.from, beat.epoch, self.claimed_epoch
@@ -340,18 +342,6 @@ impl Member {
             // lost beat does not eat up the dead interval.
             let beat = self.beat(now);
             out.push(Action::Beat(beat));
-        }
-    }
-
-    fn my_beat_now(&self) -> Beat {
-        Beat {
-            pair: self.config.pair.clone(),
-            from: self.config.name.clone(),
-            role: self.role,
-            epoch: self.claimed_epoch,
-            priority: self.config.priority,
-            seq: self.seq,
-            heard: 0,
         }
     }
 

@@ -46,7 +46,7 @@ struct Pair {
 
 impl Pair {
     fn new(profile: Profile) -> Self {
-        let t0 = Instant::now();
+        let t0 = fabric::rt::now();
         let mut arbiter = Arbiter::new();
         arbiter.set_leader(t0, true);
         let mut p = Pair {
