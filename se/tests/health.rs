@@ -179,7 +179,7 @@ async fn a_stopped_server_leaves_the_pool_within_interval_times_fall_and_returns
 #[tokio::test]
 async fn refused_requests_take_a_dead_server_out_and_no_request_fails() {
     let (_a_task, a) = origin("origin-a", 0).await;
-    let dead = SocketAddr::new(LOCALHOST, common::free_port().await);
+    let (_held, dead) = common::refusing_addr();
     // Checks too rare to matter: passive failures must do the work.
     let check = monitor(MonitorKind::Tcp, 60_000, 1, 2);
     let port = common::free_port().await;
@@ -200,7 +200,7 @@ async fn refused_requests_take_a_dead_server_out_and_no_request_fails() {
 #[tokio::test]
 async fn no_eligible_server_gets_503_and_health_survives_config_changes() {
     let (_a_task, a) = origin("origin-a", 0).await;
-    let dead = SocketAddr::new(LOCALHOST, common::free_port().await);
+    let (_held, dead) = common::refusing_addr();
     let port = common::free_port().await;
     let vip = SocketAddr::new(LOCALHOST, port);
     let check = monitor(MonitorKind::Tcp, 60_000, 1, 1);

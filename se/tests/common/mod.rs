@@ -37,6 +37,17 @@ pub async fn udp_socket() -> rt::UdpSocket {
 }
 
 /// A port free for both TCP and UDP.
+/// An address whose connections are refused for as long as the returned
+/// socket lives: bound, never listening, so no other test can take the port
+/// meanwhile (a port from [`free_port`] could be reused by a test running
+/// beside this one, and then answer).
+pub fn refusing_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(LOCALHOST, 0)).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
 pub async fn free_port() -> u16 {
     loop {
         let tcp = rt::TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
