@@ -179,6 +179,7 @@ pub fn router(controller: Controller) -> Router {
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/ses", get(ses))
         .route("/api/v1/stats", get(stats))
+        .route("/api/v1/placement", get(placement))
         .route("/api/v1/events", get(events))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
@@ -641,6 +642,36 @@ async fn cluster(State(c): State<Controller>, headers: HeaderMap) -> ApiResult {
 async fn ses(State(c): State<Controller>, headers: HeaderMap) -> ApiResult {
     authenticate(&c, &headers)?;
     Ok(axum::Json(json!({ "node": c.node().id(), "items": c.ses() })).into_response())
+}
+
+/// Where the virtual services the caller may see run, what is short and
+/// why, and how each elastic group's SEs are used (docs/placement.md).
+async fn placement(State(c): State<Controller>, headers: HeaderMap) -> ApiResult {
+    let p = authenticate(&c, &headers)?;
+    let desired = c.desired();
+    let visible = |name: &str| {
+        c.node()
+            .peek(|o| o.get("virtual_services", name).is_some_and(|s| p.sees(s)))
+    };
+    let placement = &desired.placement;
+    let virtual_services: std::collections::BTreeMap<_, _> = placement
+        .virtual_services
+        .iter()
+        .filter(|(vs, _)| visible(vs))
+        .collect();
+    let problems: std::collections::BTreeMap<_, _> = placement
+        .problems
+        .iter()
+        .filter(|(vs, _)| visible(vs))
+        .collect();
+    Ok(axum::Json(json!({
+        "node": c.node().id(),
+        "version": desired.placement_version,
+        "virtual_services": virtual_services,
+        "problems": problems,
+        "groups": placement.groups,
+    }))
+    .into_response())
 }
 
 /// p50, p90, p99 and p99.9 of a histogram in milliseconds (null when empty).

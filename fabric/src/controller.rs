@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::watch;
@@ -34,6 +34,16 @@ pub const MAX_SE_SESSIONS: usize = 1024;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Heartbeats an SE may miss before its session is dropped.
 pub const MISSED_HEARTBEATS: u32 = 3;
+/// How often the leader looks at placement even when nothing was reported.
+pub const PLACEMENT_TICK: Duration = Duration::from_millis(250);
+/// Placement waits until no SE has said hello for this long (and this long
+/// after the node became leader): SEs arriving together (a fresh fabric, a
+/// new leader) are all seen before anything is placed, so the first SE in
+/// does not get everything.
+pub const PLACEMENT_QUIET: Duration = Duration::from_millis(500);
+/// What a node that is not the leader tells an SE saying hello (the SE
+/// tries the next Controller address at once).
+pub const NOT_LEADER: &str = "not the leader";
 
 /// What the Controller knows of one SE.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -89,6 +99,15 @@ struct Inner {
     next_session: Mutex<u64>,
     /// Legacy active/standby pairs: who may hold their VIPs (docs/ha.md).
     arbiter: Mutex<crate::ha::Arbiter>,
+    /// Whether this node leads, and since when (SE sessions and placement
+    /// are the leader's).
+    leader: watch::Sender<Option<Instant>>,
+    /// When each SE was last heard from (placement's failure detection).
+    heard: Mutex<BTreeMap<String, Instant>>,
+    /// When an SE last said hello.
+    last_hello: Mutex<Option<Instant>>,
+    /// Wakes the placement loop (an SE came or went).
+    placement_kick: tokio::sync::Notify,
 }
 
 impl Controller {
@@ -104,11 +123,16 @@ impl Controller {
             events: Mutex::new(VecDeque::new()),
             next_session: Mutex::new(0),
             arbiter: Mutex::new(crate::ha::Arbiter::new()),
+            leader: watch::channel(None).0,
+            heard: Mutex::new(BTreeMap::new()),
+            last_hello: Mutex::new(None),
+            placement_kick: tokio::sync::Notify::new(),
         };
         let this = Controller {
             inner: Arc::new(inner),
         };
         rt::spawn(this.clone().watch_cluster());
+        rt::spawn(this.clone().placement_loop());
         this
     }
 
@@ -145,7 +169,15 @@ impl Controller {
                 let m = metrics.borrow_and_update();
                 (m.current_leader, m.id)
             };
-            lock(&self.inner.arbiter).set_leader(rt::now(), now_leader == Some(me));
+            let leads = now_leader == Some(me);
+            lock(&self.inner.arbiter).set_leader(rt::now(), leads);
+            self.inner.leader.send_if_modified(|since| {
+                let changed = since.is_some() != leads;
+                if changed {
+                    *since = leads.then(rt::now);
+                }
+                changed
+            });
             if now_leader != leader {
                 let term = metrics.borrow().current_term;
                 let who = now_leader.map_or("none".to_string(), |l| format!("node {l}"));
@@ -169,6 +201,122 @@ impl Controller {
                 r = desired.changed() => if r.is_err() { return },
             }
         }
+    }
+
+    /// The placement the leader keeps current (docs/placement.md): runs
+    /// whenever an SE comes or goes, and every [`PLACEMENT_TICK`] (an SE
+    /// gone quiet is down only after the failure-detection time).
+    async fn placement_loop(self) {
+        loop {
+            if let Err(e) = self.place_once().await {
+                tracing::debug!(error = %e, "placement not written");
+            }
+            tokio::select! {
+                biased;
+                _ = self.inner.placement_kick.notified() => {}
+                _ = rt::sleep(PLACEMENT_TICK) => {}
+            }
+        }
+    }
+
+    /// What this node knows of the SEs, for placement: an SE is up while it
+    /// has a session, and for `controller.heartbeat_ms` x
+    /// [`MISSED_HEARTBEATS`] after it was last heard; an SE the previous
+    /// placement names that this node has not heard from is up for twice
+    /// that after it became leader (time for SEs to find a new leader).
+    fn se_views(
+        &self,
+        config: &crate::model::Config,
+        previous: &crate::placement::Placement,
+        leader_since: Instant,
+    ) -> Vec<crate::placement::SeView> {
+        let now = rt::now();
+        let detect = Duration::from_millis(config.controller.heartbeat_ms) * MISSED_HEARTBEATS;
+        let ses = lock(&self.inner.ses);
+        let heard = lock(&self.inner.heard);
+        let mut views: BTreeMap<String, crate::placement::SeView> = ses
+            .values()
+            .map(|(_, s)| {
+                let recent = heard
+                    .get(&s.name)
+                    .is_some_and(|t| now.saturating_duration_since(*t) < detect);
+                let view = crate::placement::SeView {
+                    name: s.name.clone(),
+                    group: s.group.clone(),
+                    up: s.connected || recent,
+                    draining: false,
+                    cpu_percent: None,
+                };
+                (s.name.clone(), view)
+            })
+            .collect();
+        let settling = now.saturating_duration_since(leader_since) < detect * 2;
+        for (vs, names) in &previous.virtual_services {
+            let Some(group) = config.virtual_service(vs).map(|v| v.se_group.clone()) else {
+                continue;
+            };
+            for name in names {
+                views
+                    .entry(name.clone())
+                    .or_insert_with(|| crate::placement::SeView {
+                        name: name.clone(),
+                        group: group.clone(),
+                        up: settling,
+                        draining: false,
+                        cpu_percent: None,
+                    });
+            }
+        }
+        views.into_values().collect()
+    }
+
+    /// If this node leads: place, and write the placement if it changed.
+    async fn place_once(&self) -> Result<(), ClusterError> {
+        let Some(since) = *self.inner.leader.borrow() else {
+            return Ok(());
+        };
+        let now = rt::now();
+        let hello = lock(&self.inner.last_hello).unwrap_or(since).max(since);
+        if now.saturating_duration_since(hello) < PLACEMENT_QUIET {
+            return Ok(());
+        }
+        let desired = self.desired();
+        let Some(config) = desired.config.as_ref() else {
+            return Ok(());
+        };
+        let views = self.se_views(config, &desired.placement, since);
+        let next = crate::placement::place(config, &views, &desired.placement);
+        if next == *desired.placement {
+            return Ok(());
+        }
+        let write = self.inner.node.write(Command::SetPlacement {
+            placement: Box::new(next.clone()),
+        });
+        let version = match rt::timeout(Duration::from_secs(5), write).await {
+            Ok(r) => r?,
+            Err(_) => return Err(ClusterError::Fatal("placement write timed out".into())),
+        };
+        for (vs, ses) in &next.virtual_services {
+            let before = desired.placement.of(vs);
+            if before != ses.as_slice() {
+                let was = if before.is_empty() {
+                    "nowhere".to_string()
+                } else {
+                    before.join(", ")
+                };
+                self.event(
+                    "vs_placed",
+                    vs,
+                    format!("on {} (was {was}), version {version}", ses.join(", ")),
+                );
+            }
+        }
+        for (vs, why) in &next.problems {
+            if desired.placement.problems.get(vs) != Some(why) {
+                self.event("vs_placement_short", vs, why.clone());
+            }
+        }
+        Ok(())
     }
 
     /// Every SE the Controller has heard from, by name.
@@ -416,6 +564,12 @@ impl Controller {
             let _ = proto::write_frame(&mut wr, &refuse(reason)).await;
             return;
         }
+        // SE sessions are the leader's: it alone places virtual services,
+        // so it must know every SE that is up (docs/placement.md).
+        if self.inner.leader.borrow().is_none() {
+            let _ = proto::write_frame(&mut wr, &refuse(NOT_LEADER.into())).await;
+            return;
+        }
         let session = self.on_hello(&se_name, &se_group, incarnation, applied_version, peer);
         let result = self
             .run_session(session, &se_name, &se_group, rd, &mut wr)
@@ -447,6 +601,8 @@ impl Controller {
             stats_unix_ms: 0,
         };
         lock(&self.inner.ses).insert(name.to_string(), (session, status));
+        self.heard(name);
+        *lock(&self.inner.last_hello) = Some(rt::now());
         self.event(
             "se_up",
             name,
@@ -467,6 +623,11 @@ impl Controller {
         }
         let reason = result.err().unwrap_or_else(|| "session closed".into());
         self.event("se_down", name, reason);
+        self.inner.placement_kick.notify_one();
+    }
+
+    fn heard(&self, name: &str) {
+        lock(&self.inner.heard).insert(name.to_string(), rt::now());
     }
 
     /// Record an acknowledgement; an SE whose applied version goes backwards
@@ -581,6 +742,7 @@ impl Controller {
         W: tokio::io::AsyncWrite + Unpin,
     {
         let mut desired_rx = self.inner.desired.clone();
+        let mut leader_rx = self.inner.leader.subscribe();
         let heartbeat_ms = desired_rx
             .borrow()
             .config
@@ -604,13 +766,19 @@ impl Controller {
             if let Some(config) = desired
                 .config
                 .as_ref()
-                .filter(|_| desired.version != pushed)
+                .filter(|_| desired.se_version() != pushed)
             {
-                let cfg = SeConfig::for_group(config, group, desired.version);
+                let cfg = SeConfig::for_se(
+                    config,
+                    group,
+                    name,
+                    &desired.placement,
+                    desired.se_version(),
+                );
                 if let Err(e) = proto::write_frame(wr, &ControllerMessage::Config(cfg)).await {
                     break Err(e.to_string());
                 }
-                pushed = desired.version;
+                pushed = desired.se_version();
             }
             tokio::select! {
                 // Fixed poll order: tokio picks a random one otherwise, from a
@@ -619,7 +787,11 @@ impl Controller {
                 changed = desired_rx.changed() => {
                     if changed.is_err() { break Ok(()) }
                 }
-                msg = rt::timeout(liveness, incoming.recv()) => match msg {
+                _ = async { leader_rx.wait_for(Option::is_none).await.is_ok() } => {
+                    let _ = proto::write_frame(wr, &ControllerMessage::Refused { reason: NOT_LEADER.into() }).await;
+                    break Err("this node no longer leads".into());
+                }
+                msg = rt::timeout(liveness, incoming.recv()) => match msg.inspect(|m| if matches!(m, Some(Ok(_))) { self.heard(name) }) {
                     Err(_) => break Err(format!("missed {MISSED_HEARTBEATS} heartbeats")),
                     Ok(None) => break Ok(()),
                     Ok(Some(Err(e))) => break Err(e.to_string()),

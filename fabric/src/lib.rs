@@ -6,6 +6,7 @@
 //! - [`model`]: the desired state an operator writes, with validation.
 //! - [`proto`]: Controller <-> SE messages over TCP.
 //! - [`controller`]: holds the desired state and pushes it to SEs.
+//! - [`placement`]: which SEs of an elastic group carry each virtual service.
 //! - [`stats`]: traffic counters and latency histograms SEs report.
 //! - [`zone`]: static DNS records from the config and from zone files.
 #![deny(missing_docs)]
@@ -16,6 +17,7 @@ pub mod controller;
 pub mod ha;
 pub mod model;
 pub mod pki;
+pub mod placement;
 pub mod platform;
 pub mod proto;
 pub mod rt;

@@ -361,6 +361,55 @@ pub struct SeGroup {
     /// the VIPs back when it returns.
     #[serde(default)]
     pub ha_preempt: bool,
+    /// Elastic modes: fill the SEs one at a time (seed 002's compactor)
+    /// instead of spreading virtual services evenly (docs/placement.md).
+    #[serde(default)]
+    pub compact: bool,
+    /// Elastic N+M: SEs kept free as spare capacity for that many failures
+    /// (the M).
+    #[serde(default = "default_buffer_ses")]
+    pub buffer_ses: u32,
+    /// SEs each virtual service is placed on; the first one holds the VIP.
+    /// Left out: 1, or 2 in active/active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_scaleout_per_vs: Option<u32>,
+    /// Memory of one SE, MB.
+    #[serde(default = "default_se_memory_mb")]
+    pub se_memory_mb: u32,
+    /// Memory one virtual service takes on each SE that carries it, MB.
+    #[serde(default = "default_vs_memory_mb")]
+    pub vs_memory_mb: u32,
+    /// An SE whose CPU use (as it reports it) is above this percentage
+    /// takes no new virtual services.
+    #[serde(default = "default_max_cpu_percent")]
+    pub max_cpu_percent: u32,
+}
+
+impl SeGroup {
+    /// SEs each virtual service of this group is placed on.
+    pub fn scaleout(&self) -> u32 {
+        match (self.min_scaleout_per_vs, self.ha_mode) {
+            (Some(n), _) => n,
+            (None, HaMode::ElasticActiveActive) => 2,
+            (None, _) => 1,
+        }
+    }
+}
+
+fn default_buffer_ses() -> u32 {
+    1
+}
+
+fn default_se_memory_mb() -> u32 {
+    2048
+}
+
+fn default_vs_memory_mb() -> u32 {
+    128
+}
+
+fn default_max_cpu_percent() -> u32 {
+    80
 }
 
 /// Heartbeat timing of a legacy active/standby pair.
@@ -383,6 +432,11 @@ impl HaProfile {
         }
     }
 }
+
+/// Most SEs one virtual service is placed on.
+pub const MAX_SCALEOUT_PER_VS: u32 = 16;
+/// Most buffer SEs of an N+M group.
+pub const MAX_BUFFER_SES: u32 = 16;
 
 fn default_max_vs_per_se() -> u32 {
     10
@@ -1344,6 +1398,43 @@ impl Config {
                 err(
                     format!("se_groups[{i}].max_vs_per_se"),
                     "must be at least 1".into(),
+                );
+            }
+            if let Some(n) = g.min_scaleout_per_vs {
+                if n == 0 || n > MAX_SCALEOUT_PER_VS {
+                    err(
+                        format!("se_groups[{i}].min_scaleout_per_vs"),
+                        format!("must be between 1 and {MAX_SCALEOUT_PER_VS}"),
+                    );
+                } else if g.ha_mode == HaMode::LegacyActiveStandby {
+                    err(
+                        format!("se_groups[{i}].min_scaleout_per_vs"),
+                        "a legacy active/standby pair carries every virtual service on both SEs"
+                            .into(),
+                    );
+                } else if g.ha_mode == HaMode::ElasticActiveActive && n < 2 {
+                    err(
+                        format!("se_groups[{i}].min_scaleout_per_vs"),
+                        "active/active places each virtual service on at least 2 SEs".into(),
+                    );
+                }
+            }
+            if g.buffer_ses > MAX_BUFFER_SES {
+                err(
+                    format!("se_groups[{i}].buffer_ses"),
+                    format!("must be at most {MAX_BUFFER_SES}"),
+                );
+            }
+            if g.vs_memory_mb == 0 || g.vs_memory_mb > g.se_memory_mb {
+                err(
+                    format!("se_groups[{i}].vs_memory_mb"),
+                    format!("must be between 1 and se_memory_mb ({} MB)", g.se_memory_mb),
+                );
+            }
+            if g.max_cpu_percent == 0 || g.max_cpu_percent > 100 {
+                err(
+                    format!("se_groups[{i}].max_cpu_percent"),
+                    "must be between 1 and 100".into(),
                 );
             }
         }

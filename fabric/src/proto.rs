@@ -244,6 +244,10 @@ pub struct SeVirtualService {
     /// The pool's outlier detection (passive monitoring), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// Placed here as a secondary (elastic active/active, scale-out): the
+    /// primary SE holds the VIP, so this SE does not claim it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secondary: bool,
 }
 
 fn resumption_default() -> bool {
@@ -251,7 +255,29 @@ fn resumption_default() -> bool {
 }
 
 impl SeConfig {
-    /// The config for an SE of `group`, computed from the desired state at `version`.
+    /// The config for SE `se` of `group`: in an elastic group, the virtual
+    /// services `placement` puts on it (marked secondary where it is not
+    /// the first); in a legacy active/standby group, all of the group's.
+    pub fn for_se(
+        config: &Config,
+        group: &str,
+        se: &str,
+        placement: &crate::placement::Placement,
+        version: u64,
+    ) -> SeConfig {
+        let mut cfg = SeConfig::for_group(config, group, version);
+        if cfg.ha.is_none() {
+            cfg.virtual_services.retain_mut(|vs| {
+                let ses = placement.of(&vs.name);
+                vs.secondary = ses.first().is_some_and(|p| p != se);
+                ses.iter().any(|s| s == se)
+            });
+        }
+        cfg
+    }
+
+    /// Every virtual service of `group` (no placement), computed from the
+    /// desired state at `version`.
     pub fn for_group(config: &Config, group: &str, version: u64) -> SeConfig {
         let virtual_services = config
             .virtual_services
@@ -286,6 +312,7 @@ impl SeConfig {
                     protocol: vs.protocol,
                     l4: vs.l4,
                     outlier_detection: pool.outlier_detection,
+                    secondary: false,
                 })
             })
             .collect();

@@ -27,6 +27,10 @@ pub const MISSED_HEARTBEATS: u32 = 3;
 /// jitter). Short, because an SE that restarted while the Controller was away
 /// has no config until it reconnects: its outage lasts until then.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// First pause before trying the Controller again.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+/// Pause before the next Controller address after one that does not lead.
+const NOT_LEADER_PAUSE: Duration = Duration::from_millis(20);
 
 /// Who this SE is and where its Controller is.
 #[derive(Debug, Clone)]
@@ -184,7 +188,7 @@ pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::
     let mut plane = DataPlane::new(&opts.name, l2);
     let incarnation = rt::random_u64();
     let mut credentials = load_credentials(&*opts.credentials);
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = INITIAL_BACKOFF;
     let mut next = 0usize;
     loop {
         let Some(&controller) = opts.controllers.get(next % opts.controllers.len().max(1)) else {
@@ -205,7 +209,7 @@ pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::
             backoff = (backoff * 2).min(MAX_BACKOFF);
             continue;
         };
-        match session(
+        let (welcomed, result) = session(
             &opts,
             controller,
             creds,
@@ -214,9 +218,20 @@ pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::
             applied.as_ref(),
             ha.as_ref(),
         )
-        .await
-        {
+        .await;
+        if welcomed {
+            backoff = INITIAL_BACKOFF;
+        }
+        match result {
             Ok(()) => tracing::info!(se = %opts.name, "controller session closed"),
+            // Only the leader serves SE sessions: try the next address soon.
+            Err(e) if e.ends_with(fabric::controller::NOT_LEADER) => {
+                tracing::debug!(se = %opts.name, %controller, "not the leader");
+                if !next.is_multiple_of(opts.controllers.len().max(1)) {
+                    rt::sleep(NOT_LEADER_PAUSE).await;
+                    continue;
+                }
+            }
             Err(e) => tracing::warn!(se = %opts.name, error = %e, "controller session failed"),
         }
         let jitter = Duration::from_millis(rt::random_u64() % (backoff.as_millis() as u64 / 2 + 1));
@@ -233,9 +248,12 @@ async fn session(
     plane: &mut DataPlane,
     applied: Option<&watch::Sender<u64>>,
     ha: Option<&HaSide>,
-) -> Result<(), String> {
+) -> (bool, Result<(), String>) {
     let link = ha.map(|h| &*h.link);
-    let stream = connect_tls(controller, credentials.tls.clone()).await?;
+    let stream = match connect_tls(controller, credentials.tls.clone()).await {
+        Ok(s) => s,
+        Err(e) => return (false, Err(e)),
+    };
     let (rd, mut wr) = tokio::io::split(stream);
     let hello = SeMessage::Hello {
         proto_version: PROTO_VERSION,
@@ -244,11 +262,12 @@ async fn session(
         incarnation,
         applied_version: plane.applied_version(),
     };
-    proto::write_frame(&mut wr, &hello)
-        .await
-        .map_err(|e| e.to_string())?;
+    if let Err(e) = proto::write_frame(&mut wr, &hello).await {
+        return (false, Err(e.to_string()));
+    }
     let (mut incoming, reader) = proto::spawn_reader::<_, ControllerMessage>(rd, 16);
     let mut takes_stats = false;
+    let mut welcomed = false;
     let result = async {
         let (heartbeat, takes_health) = match rt::timeout(CONNECT_TIMEOUT, incoming.recv()).await {
             Ok(Some(Ok(ControllerMessage::Welcome { proto_version, heartbeat_ms, health_events, stats }))) if proto_version == PROTO_VERSION => {
@@ -262,6 +281,7 @@ async fn session(
             Err(_) => return Err("no welcome in time".into()),
         };
         tracing::info!(se = %opts.name, controller = %controller, "controller session up");
+        welcomed = true;
         let liveness = heartbeat * MISSED_HEARTBEATS;
         let mut last_heard = rt::now();
         let mut next_beat = rt::now() + heartbeat;
@@ -344,7 +364,7 @@ async fn session(
     }
     .await;
     reader.abort();
-    result
+    (welcomed, result)
 }
 
 /// Until the HA driver queues a message; never without a driver.

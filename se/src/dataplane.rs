@@ -284,7 +284,9 @@ impl DataPlane {
             });
         }
         let mut wanted: BTreeMap<ListenKey, &SeVirtualService> = BTreeMap::new();
-        for vs in &config.virtual_services {
+        // A secondary keeps its pools and their health checks warm, but the
+        // primary holds the VIP: no claim, no listener (docs/placement.md).
+        for vs in config.virtual_services.iter().filter(|v| !v.secondary) {
             if wanted.insert(listen_key(vs), vs).is_some() {
                 return Err(ApplyError::Duplicate(vs.name.clone()));
             }
@@ -604,6 +606,7 @@ mod tests {
             protocol: VsProtocol::Http,
             l4: Default::default(),
             outlier_detection: None,
+            secondary: false,
         }
     }
 

@@ -74,6 +74,7 @@ fn config(
             protocol: Default::default(),
             l4: Default::default(),
             outlier_detection: None,
+            secondary: false,
         }],
         ha: None,
     }

@@ -74,6 +74,7 @@ fn vs(
         protocol,
         l4,
         outlier_detection: None,
+        secondary: false,
     }
 }
 

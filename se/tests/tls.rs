@@ -112,6 +112,7 @@ fn config(version: u64, port: u16, origin: SocketAddr, certs: &[Certificate]) ->
             protocol: Default::default(),
             l4: Default::default(),
             outlier_detection: None,
+            secondary: false,
         }],
         ha: None,
     }

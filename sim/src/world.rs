@@ -100,6 +100,41 @@ listen = "10.0.2.1:80"
     )
 }
 
+/// An elastic SE group `elastic` (build it with `.ses(n)`) with the group
+/// settings `group` (TOML lines, e.g. `ha_mode = "elastic_active_active"`)
+/// and `vss` HTTP virtual services `vs-1`.. on VIPs `10.0.100.1`.. (ports
+/// 80, 81, ..) over one origin.
+pub fn elastic_config(group: &str, vss: usize) -> String {
+    let mut text = format!(
+        r#"
+[controller]
+listen = "10.0.0.1:7470"
+heartbeat_ms = 500
+
+[[se_groups]]
+name = "elastic"
+{group}
+
+[[pools]]
+name = "web"
+servers = ["10.0.2.1:80"]
+
+[[demo_origins]]
+name = "origin-1"
+listen = "10.0.2.1:80"
+"#
+    );
+    for i in 1..=vss {
+        // Ports differ: a simulated SE listens on its own address for every
+        // VIP it holds (one address per node), so VIPs cannot share a port.
+        let port = 79 + i;
+        text += &format!(
+            "\n[[virtual_services]]\nname = \"vs-{i}\"\nvip = \"10.0.100.{i}\"\nport = {port}\npool = \"web\"\nse_group = \"elastic\"\n"
+        );
+    }
+    text
+}
+
 /// Address of the simulated client.
 pub const CLIENT_IP: [u8; 4] = [10, 0, 9, 1];
 
@@ -664,11 +699,21 @@ impl World {
     /// fails or times out makes the client forget the VIP's cached owner
     /// ([`HostPort::forget`]), so the next one asks the segment again.
     pub async fn http_get_within(&self, path: &str, limit: Duration) -> Result<HttpReply> {
-        let vip = self.vip();
-        let (host, path) = (
-            self.config.virtual_services[0].name.clone(),
-            path.to_string(),
-        );
+        let vs = self.config.virtual_services[0].name.clone();
+        self.http_get_vs_within(&vs, path, limit).await
+    }
+
+    /// [`http_get_within`](Self::http_get_within) on virtual service `vs`.
+    pub async fn http_get_vs_within(
+        &self,
+        vs: &str,
+        path: &str,
+        limit: Duration,
+    ) -> Result<HttpReply> {
+        let vip = self
+            .vip_of(vs)
+            .ok_or_else(|| anyhow!("no virtual service named {vs}"))?;
+        let (host, path) = (vs.to_string(), path.to_string());
         self.on_client(move |port| async move {
             let owner = port
                 .resolve(vip.ip())

@@ -109,6 +109,13 @@ pub enum Command {
     /// Change nothing, but go through the log like any write: proves the
     /// cluster commits (the leader-loss drill uses it). Replies the version.
     Probe,
+    /// Record where the virtual services of elastic groups run (the
+    /// leader's placement, `crate::placement`). Replies the SE config
+    /// version it makes.
+    SetPlacement {
+        /// The whole placement.
+        placement: Box<crate::placement::Placement>,
+    },
     /// Replace everything (bootstrap from a file, restore from a backup).
     Replace {
         /// The whole config.
@@ -193,6 +200,18 @@ pub struct Desired {
     pub version: u64,
     /// The config (None before the cluster was given one).
     pub config: Option<Arc<Config>>,
+    /// Where the virtual services of elastic groups run.
+    pub placement: Arc<crate::placement::Placement>,
+    /// Version of the latest placement change (0: none yet).
+    pub placement_version: u64,
+}
+
+impl Desired {
+    /// The version of what SEs are sent: moves with the config and with the
+    /// placement (both come from log indexes, so they compare).
+    pub fn se_version(&self) -> u64 {
+        self.version.max(self.placement_version)
+    }
 }
 
 /// The state machine's data: what snapshots hold.
@@ -216,6 +235,12 @@ pub struct Objects {
     /// API tokens by the SHA-256 (hex) of their secret.
     #[serde(default)]
     pub api_tokens: BTreeMap<String, ApiToken>,
+    /// Where the virtual services of elastic groups run.
+    #[serde(default)]
+    pub placement: crate::placement::Placement,
+    /// Version of the latest placement change.
+    #[serde(default)]
+    pub placement_version: u64,
 }
 
 /// What an API token may do.
@@ -334,6 +359,13 @@ impl Objects {
         let version = self.version_floor + index;
         match cmd {
             Command::Probe => Reply::Applied(self.version),
+            // Not part of the config (no object version moves), but SEs
+            // must be sent what changed: it gets a version of its own.
+            Command::SetPlacement { placement } => {
+                self.placement = (**placement).clone();
+                self.placement_version = version.max(self.version);
+                Reply::Applied(self.placement_version)
+            }
             // Not part of the config: the config version does not move.
             Command::InitCa { ca } => {
                 if self.ca.is_some() {

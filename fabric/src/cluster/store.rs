@@ -455,12 +455,18 @@ fn desired_of(data: &Objects) -> Desired {
             // Every applied change validated, so this only fails on a bug.
             data.config().ok().map(Arc::new)
         },
+        placement: Arc::new(data.placement.clone()),
+        placement_version: data.placement_version,
     }
 }
 
 impl SmInner {
     fn publish(&self) {
-        if self.desired.borrow().version != self.data.version || self.data.version == 0 {
+        let published = self.desired.borrow().clone();
+        if published.version != self.data.version
+            || published.placement_version != self.data.placement_version
+            || self.data.version == 0
+        {
             let d = Arc::new(desired_of(&self.data));
             self.desired.send_if_modified(|cur| {
                 if **cur == *d {
