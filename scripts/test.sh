@@ -5,8 +5,8 @@
 #   3. the simulation tests, built with --cfg madsim in their own target dir
 #   4. the Controller quorum scenarios (leader crash and isolation, all-node
 #      restart, live growth, linearizability under faults) over many seeds,
-#      the GSLB site-failure scenario and the legacy active/standby pair
-#      scenarios over many seeds
+#      the GSLB site-failure scenario, the legacy active/standby pair and
+#      the elastic HA (N+M, active/active) scenarios over many seeds
 #   5. the determinism check: a few seeds run twice, traces must match
 #   6. a chaos smoke: a few dozen seeds of the fault scenario, each run twice
 # Needs only the Rust toolchain (cargo, rustfmt, clippy); installs nothing.
@@ -23,6 +23,7 @@ CHAOS_SMOKE_SEEDS=${CHAOS_SMOKE_SEEDS:-32}
 QUORUM_SEEDS=${QUORUM_SEEDS:-300}
 GSLB_SEEDS=${GSLB_SEEDS:-50}
 HA_SEEDS=${HA_SEEDS:-30}
+ELASTIC_SEEDS=${ELASTIC_SEEDS:-30}
 
 step() { printf '\n==> %s\n' "$*"; }
 started=$SECONDS
@@ -54,11 +55,15 @@ step "legacy active/standby scenarios ($HA_SEEDS seeds each, from seed 1)"
 MADSIM_TEST_SEED=1 MADSIM_TEST_NUM=$HA_SEEDS RUSTFLAGS="--cfg madsim" \
   cargo test -p chaos --locked --target-dir "$SIM_TARGET" --test ha -q
 
+step "elastic HA scenarios ($ELASTIC_SEEDS seeds each, from seed 1)"
+MADSIM_TEST_SEED=1 MADSIM_TEST_NUM=$ELASTIC_SEEDS RUSTFLAGS="--cfg madsim" \
+  cargo test -p chaos --locked --target-dir "$SIM_TARGET" --test elastic -q
+
 step "determinism check (seeds: $DETERMINISM_SEEDS)"
 for seed in $DETERMINISM_SEEDS; do
   echo "seed $seed"
   MADSIM_TEST_SEED=$seed MADSIM_TEST_CHECK_DETERMINISM=1 RUSTFLAGS="--cfg madsim" \
-    cargo test -p chaos --locked --target-dir "$SIM_TARGET" --test slice --test quorum --test gslb --test ha -q
+    cargo test -p chaos --locked --target-dir "$SIM_TARGET" --test slice --test quorum --test gslb --test ha --test elastic -q
 done
 
 step "chaos smoke ($CHAOS_SMOKE_SEEDS seeds, each run twice)"

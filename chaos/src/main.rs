@@ -132,9 +132,28 @@ mod runner {
         format!("./scripts/chaos.sh replay {seed}")
     }
 
-    /// Run one seed on this thread; a panic or a time-out is a failure. Wall time
-    /// comes from `rt::now()` called outside the simulation, i.e. the real clock.
+    /// Run one seed on a thread of its own; a panic or a time-out is a failure.
+    /// Wall time comes from `rt::now()` called outside the simulation, i.e. the
+    /// real clock.
+    ///
+    /// A fresh thread, because std seeds a thread's hash keys once, at its first
+    /// `RandomState`: madsim sets them from the seed only if that happens in its
+    /// runtime. A second run on the same thread would continue from the first
+    /// run's keys (madsim warns "failed to initialize std random state"), and
+    /// tokio's `FastRand`, which orders `watch` wake-ups, is seeded from them
+    /// (vendor/README.md): the determinism check saw two runs of one seed wake
+    /// the Controller's sessions in another order.
     fn run_seed(seed: u64, limit: Duration) -> SeedResult {
+        thread::spawn(move || run_seed_here(seed, limit))
+            .join()
+            .unwrap_or_else(|_| SeedResult {
+                seed,
+                wall_secs: 0.0,
+                result: Err("the seed's thread died".into()),
+            })
+    }
+
+    fn run_seed_here(seed: u64, limit: Duration) -> SeedResult {
         let wall = fabric::rt::now();
         let result = std::panic::catch_unwind(|| {
             let mut rt =

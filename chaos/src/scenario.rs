@@ -286,7 +286,7 @@ pub async fn slice_under_crashes() -> Result<Outcome> {
             CONVERGE_DEADLINE * 2,
             || async {
                 world.controller().is_some_and(|c| {
-                    let newest = c.desired().version;
+                    let newest = c.desired().se_version();
                     c.ses()
                         .iter()
                         .all(|s| s.connected && s.applied_version == newest)
