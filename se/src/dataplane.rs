@@ -363,6 +363,22 @@ impl DataPlane {
             };
             checkers.insert(pool, built);
         }
+        // A VIP another host took while this config did not change (this SE
+        // was cut off and its virtual service placed elsewhere): a config
+        // that still puts it here takes it back.
+        for (key, vs) in &wanted {
+            if self.listeners.contains_key(key) && self.l2.lost(vs.vip) {
+                tracing::warn!(se = %self.se_name, vs = %vs.name, vip = %vs.vip,
+                    "claiming again a VIP another host had taken");
+                self.l2
+                    .claim_vip(vs.vip)
+                    .await
+                    .map_err(|source| ApplyError::Vip {
+                        vs: vs.name.clone(),
+                        source,
+                    })?;
+            }
+        }
         let mut prepared = Vec::new();
         for (key, vs) in &wanted {
             if self.listeners.contains_key(key) {

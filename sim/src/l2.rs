@@ -135,6 +135,8 @@ pub struct PortStats {
     pub garp_received: u64,
     /// Who-has frames sent.
     pub who_has_sent: u64,
+    /// VIPs given up to a newer claim by another host.
+    pub yielded: u64,
 }
 
 /// The segment: the set of attached hosts (the switch's ports) and settings.
@@ -179,6 +181,7 @@ impl Segment {
             socket: Arc::new(socket),
             cache: Mutex::default(),
             owned: Arc::default(),
+            claims: Mutex::default(),
             learned: Notify::new(),
             stats: Arc::default(),
         });
@@ -203,8 +206,16 @@ pub struct HostPort {
     socket: Arc<rt::UdpSocket>,
     cache: Mutex<ArpCache>,
     owned: Arc<Mutex<BTreeSet<IpAddr>>>,
+    /// When each VIP was claimed, and the VIPs lost to a newer claim.
+    claims: Mutex<Claims>,
     learned: Notify,
     stats: Arc<Mutex<PortStats>>,
+}
+
+#[derive(Debug, Default)]
+struct Claims {
+    since: BTreeMap<IpAddr, Instant>,
+    lost: BTreeSet<IpAddr>,
 }
 
 /// What a GARP train needs, apart from the port: it runs as a task of its own.
@@ -350,11 +361,39 @@ impl HostPort {
         }
     }
 
+    /// How long after its claim a host ignores other hosts' announcements
+    /// of the VIP (the tail of a train sent before it took over): twice its
+    /// own train.
+    fn claim_grace(&self) -> Duration {
+        let c = &self.segment.config;
+        c.garp_interval * c.garp_count.max(1) * 2
+    }
+
+    /// Another host announced `vip`: if this host holds it and its own
+    /// claim is older than the grace, the newer claim wins and this host
+    /// stops answering for it.
+    fn on_other_claim(&self, vip: IpAddr, owner: IpAddr) {
+        let now = rt::now();
+        let mut claims = lock(&self.claims);
+        let old = claims
+            .since
+            .get(&vip)
+            .is_some_and(|t| now.saturating_duration_since(*t) >= self.claim_grace());
+        if old && lock(&self.owned).remove(&vip) {
+            claims.lost.insert(vip);
+            lock(&self.stats).yielded += 1;
+            tracing::warn!(%vip, %owner, "another host announced the VIP: yielding it");
+        }
+    }
+
     async fn on_frame(&self, frame: Frame) {
         let expires = rt::now() + self.segment.config.arp_ttl;
         match frame {
             Frame::Garp { vip, owner } => {
                 lock(&self.stats).garp_received += 1;
+                if owner != self.ip {
+                    self.on_other_claim(vip, owner);
+                }
                 lock(&self.cache).learn(vip, owner, expires);
                 self.learned.notify_waiters();
             }
@@ -381,6 +420,11 @@ impl HostPort {
 #[async_trait]
 impl L2Fabric for HostPort {
     async fn claim_vip(&self, vip: IpAddr) -> Result<(), L2Error> {
+        {
+            let mut claims = lock(&self.claims);
+            claims.lost.remove(&vip);
+            claims.since.insert(vip, rt::now());
+        }
         lock(&self.owned).insert(vip);
         lock(&self.cache).forget(vip);
         self.send_garps(vip).await;
@@ -389,7 +433,14 @@ impl L2Fabric for HostPort {
 
     async fn release_vip(&self, vip: IpAddr) -> Result<(), L2Error> {
         lock(&self.owned).remove(&vip);
+        let mut claims = lock(&self.claims);
+        claims.since.remove(&vip);
+        claims.lost.remove(&vip);
         Ok(())
+    }
+
+    fn lost(&self, vip: IpAddr) -> bool {
+        lock(&self.claims).lost.contains(&vip)
     }
 
     async fn announce(&self, vip: IpAddr) -> Result<(), L2Error> {

@@ -82,6 +82,42 @@ pub fn announcement(mac: Mac, vip: IpAddr) -> Announcement {
     }
 }
 
+/// What an ARP frame says about its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArpSender {
+    /// ARP operation (1 request, 2 reply).
+    pub operation: u16,
+    /// The sender hardware address.
+    pub mac: Mac,
+    /// The sender protocol address: the address the sender says is its own.
+    pub ip: Ipv4Addr,
+}
+
+/// The sender of an Ethernet/IPv4 ARP frame (Ethernet header first; VLAN
+/// tags already stripped, as AF_PACKET delivers them), or `None` for
+/// anything else. Any ARP packet, request or reply, gratuitous or not,
+/// tells its neighbours that its sender IP is at its sender MAC (RFC 826),
+/// so a host that sees its own VIP as another MAC's sender IP knows another
+/// host is answering for it.
+pub fn arp_sender(frame: &[u8]) -> Option<ArpSender> {
+    if frame.len() < ARP_FRAME_LEN || u16::from_be_bytes([frame[12], frame[13]]) != ETHERTYPE_ARP {
+        return None;
+    }
+    let arp = &frame[14..];
+    let hw = u16::from_be_bytes([arp[0], arp[1]]);
+    let proto = u16::from_be_bytes([arp[2], arp[3]]);
+    if hw != 1 || proto != 0x0800 || arp[4] != 6 || arp[5] != 4 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&arp[8..14]);
+    Some(ArpSender {
+        operation: u16::from_be_bytes([arp[6], arp[7]]),
+        mac,
+        ip: Ipv4Addr::new(arp[14], arp[15], arp[16], arp[17]),
+    })
+}
+
 /// A gratuitous ARP request announcing that `vip` is at `mac`.
 pub fn arp_announcement(mac: Mac, vip: Ipv4Addr) -> [u8; ARP_FRAME_LEN] {
     let mut f = [0u8; ARP_FRAME_LEN];
@@ -228,6 +264,35 @@ mod tests {
     fn gratuitous_arp_matches_the_kernels_byte_for_byte() {
         let vip = Ipv4Addr::new(192, 0, 2, 100);
         assert_eq!(arp_announcement(MAC, vip).to_vec(), hex(KERNEL_GARP));
+    }
+
+    #[test]
+    fn arp_senders_are_read_and_other_frames_are_not() {
+        let mac = [0x02, 0, 0, 0, 0x0b, 1];
+        let vip = Ipv4Addr::new(192, 0, 2, 100);
+        let garp = arp_announcement(mac, vip);
+        assert_eq!(
+            arp_sender(&garp),
+            Some(ArpSender {
+                operation: 1,
+                mac,
+                ip: vip
+            })
+        );
+        // Padded to the Ethernet minimum: the same.
+        let mut padded = garp.to_vec();
+        padded.resize(60, 0);
+        assert_eq!(arp_sender(&padded).map(|s| s.ip), Some(vip));
+        // Short, not ARP, not Ethernet/IPv4: nothing.
+        assert_eq!(arp_sender(&garp[..30]), None);
+        assert_eq!(
+            arp_sender(&unsolicited_na(mac, "2001:db8::1".parse().unwrap())),
+            None
+        );
+        let mut other = garp;
+        other[14 + 3] = 0x06; // protocol type 0x0806
+        assert_eq!(arp_sender(&other), None);
+        assert_eq!(arp_sender(&[]), None);
     }
 
     #[test]

@@ -53,6 +53,13 @@ pub trait L2Fabric: Send + Sync + std::fmt::Debug {
     fn serves(&self, _vip: IpAddr) -> bool {
         true
     }
+    /// Whether this host gave `vip` up because another host announced it
+    /// after this host's own announcements ended (docs/placement.md, "Two
+    /// holders"): the newer claim wins. Claiming it again clears this; the
+    /// data plane does so when a config still makes this SE its holder.
+    fn lost(&self, _vip: IpAddr) -> bool {
+        false
+    }
 }
 
 /// VIPs on the loopback range: nothing to claim, nobody to tell.

@@ -12,12 +12,12 @@
 //! recreated with a new index or a new MAC) and the network namespace of
 //! the calling thread.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::stream::TryStreamExt;
@@ -71,6 +71,12 @@ pub struct NetlinkL2Config {
 }
 
 impl NetlinkL2Config {
+    /// How long after claiming a VIP other hosts' announcements of it are
+    /// ignored: twice one train.
+    pub fn claim_grace(&self) -> Duration {
+        self.garp_interval * self.garp_count.max(1) * 2
+    }
+
     /// VIPs on `interface` with the default prefix lengths and train.
     pub fn new(interface: impl Into<String>) -> Self {
         Self {
@@ -158,11 +164,49 @@ pub fn lan_vip_problem(vip: IpAddr) -> Option<&'static str> {
 /// announcement before it returns and the rest of the train from a task;
 /// a release stops the train first, so this host never announces a VIP it
 /// gave up, then deletes the address (absent: fine).
+///
+/// A watcher reads the interface's ARP traffic: when another MAC sends an
+/// ARP packet from an IPv4 VIP this host claimed more than two trains ago,
+/// the newer claim wins and this host deletes the address (see
+/// [`L2Fabric::lost`]; IPv6 VIPs are not watched yet).
 #[derive(Debug)]
 pub struct NetlinkL2 {
     config: NetlinkL2Config,
+    shared: Arc<Shared>,
+    watcher: Option<rt::JoinHandle<()>>,
+}
+
+/// What the claims and the watcher share.
+#[derive(Debug, Default)]
+struct Shared {
     /// The running announcement train of each VIP.
     trains: Mutex<BTreeMap<IpAddr, rt::JoinHandle<()>>>,
+    /// When each VIP was claimed, and the VIPs lost to a newer claim.
+    claims: Mutex<Claims>,
+}
+
+#[derive(Debug, Default)]
+struct Claims {
+    since: BTreeMap<IpAddr, Instant>,
+    lost: BTreeSet<IpAddr>,
+}
+
+impl Shared {
+    fn trains(&self) -> std::sync::MutexGuard<'_, BTreeMap<IpAddr, rt::JoinHandle<()>>> {
+        // A panic while holding the lock leaves only join handles behind:
+        // still usable.
+        self.trains.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn claims(&self) -> std::sync::MutexGuard<'_, Claims> {
+        self.claims.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stop_train(&self, vip: IpAddr) {
+        if let Some(train) = self.trains().remove(&vip) {
+            train.abort();
+        }
+    }
 }
 
 impl NetlinkL2 {
@@ -172,10 +216,25 @@ impl NetlinkL2 {
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let netlink = Netlink::connect()?;
-        netlink.link(&config.interface).await?;
+        let link = netlink.link(&config.interface).await?;
+        let shared = Arc::new(Shared::default());
+        let watcher = match ArpSocket::open(link.index) {
+            Ok(socket) => Some(rt::spawn(watch_claims(
+                socket,
+                link,
+                config.claim_grace(),
+                shared.clone(),
+            ))),
+            Err(e) => {
+                tracing::warn!(interface = %config.interface, error = %e,
+                    "cannot watch ARP: another host's claim of a VIP will not be noticed");
+                None
+            }
+        };
         Ok(Self {
             config,
-            trains: Mutex::default(),
+            shared,
+            watcher,
         })
     }
 
@@ -196,15 +255,11 @@ impl NetlinkL2 {
 
     /// Stop the announcement train of `vip`, if one runs.
     fn stop_train(&self, vip: IpAddr) {
-        if let Some(train) = self.trains_lock().remove(&vip) {
-            train.abort();
-        }
+        self.shared.stop_train(vip);
     }
 
     fn trains_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<IpAddr, rt::JoinHandle<()>>> {
-        // A panic while holding the lock leaves only join handles behind:
-        // still usable.
-        self.trains.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.trains()
     }
 
     /// Send the first announcement of `vip` now and start the rest of the
@@ -257,6 +312,9 @@ impl Drop for NetlinkL2 {
         for train in self.trains_lock().values() {
             train.abort();
         }
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
     }
 }
 
@@ -287,6 +345,11 @@ impl L2Fabric for NetlinkL2 {
             }
             return Err(e);
         }
+        {
+            let mut claims = self.shared.claims();
+            claims.lost.remove(&vip);
+            claims.since.insert(vip, rt::now());
+        }
         tracing::info!(%vip, interface = %link.name, mac = %garp::format_mac(&link.mac),
             prefix_len, already_present = !added, "claimed VIP");
         Ok(())
@@ -295,6 +358,11 @@ impl L2Fabric for NetlinkL2 {
     async fn release_vip(&self, vip: IpAddr) -> Result<(), L2Error> {
         Self::check(vip)?;
         self.stop_train(vip);
+        {
+            let mut claims = self.shared.claims();
+            claims.since.remove(&vip);
+            claims.lost.remove(&vip);
+        }
         let netlink = self.connect(vip)?;
         let link = match netlink.find_link(&self.config.interface).await {
             Ok(Some(link)) => link,
@@ -337,6 +405,62 @@ impl L2Fabric for NetlinkL2 {
 
     fn bind_addr(&self, vip: IpAddr) -> IpAddr {
         vip
+    }
+
+    fn lost(&self, vip: IpAddr) -> bool {
+        self.shared.claims().lost.contains(&vip)
+    }
+}
+
+/// Read the interface's ARP traffic; when another MAC speaks from a VIP
+/// this host claimed at least `grace` ago, give the VIP up: stop its train,
+/// delete the address, mark it lost. Within `grace` of a claim, other
+/// hosts' frames for the VIP are the tail of the train of the host this
+/// one took over from, and are ignored.
+async fn watch_claims(socket: ArpSocket, link: Link, grace: Duration, shared: Arc<Shared>) {
+    let mut buf = [0u8; 128];
+    loop {
+        let n = match socket.recv(&mut buf).await {
+            Ok(n) => n.min(buf.len()),
+            Err(e) => {
+                tracing::warn!(interface = %link.name, error = %e, "reading ARP failed");
+                rt::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Some(sender) = garp::arp_sender(&buf[..n]) else {
+            continue;
+        };
+        if sender.mac == link.mac {
+            continue; // Our own frames, as the socket sees them go out.
+        }
+        let vip = IpAddr::V4(sender.ip);
+        let yields = {
+            let mut claims = shared.claims();
+            let old = claims
+                .since
+                .get(&vip)
+                .is_some_and(|t| rt::now().saturating_duration_since(*t) >= grace);
+            if old {
+                claims.since.remove(&vip);
+                claims.lost.insert(vip);
+            }
+            old
+        };
+        if !yields {
+            continue;
+        }
+        shared.stop_train(vip);
+        tracing::warn!(%vip, interface = %link.name, other = %garp::format_mac(&sender.mac),
+            "another host announced the VIP: yielding it");
+        let deleted = match Netlink::connect() {
+            Ok(netlink) => netlink.delete_address(link.index, vip).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = deleted {
+            tracing::warn!(%vip, interface = %link.name, error = %e,
+                "removing a VIP another host took failed");
+        }
     }
 }
 
@@ -505,6 +629,76 @@ impl Netlink {
             }
         }
         Ok(removed)
+    }
+}
+
+/// An AF_PACKET socket that receives the ARP frames of one interface.
+struct ArpSocket(AsyncFd<OwnedFd>);
+
+impl ArpSocket {
+    fn open(index: u32) -> io::Result<Self> {
+        let protocol = (libc::ETH_P_ARP as u16).to_be();
+        // SAFETY: socket(2) with constant arguments; it touches no memory.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                protocol.into(),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_ll is plain data; all zeroes is a valid value.
+        let mut at: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        at.sll_family = libc::AF_PACKET as libc::c_ushort;
+        at.sll_protocol = protocol;
+        at.sll_ifindex = i32::try_from(index)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface index"))?;
+        // SAFETY: `at` outlives the call and the length passed is its own.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&at as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as in `PacketSocket::open`.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
+        Ok(Self(fd))
+    }
+
+    /// The next frame, truncated to `buf`; its full length.
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let mut ready = self.0.readable().await?;
+            let got = ready.try_io(|fd| {
+                // SAFETY: `buf` outlives the call and its length is passed.
+                let n = unsafe {
+                    libc::recv(
+                        fd.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_TRUNC,
+                    )
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match got {
+                Ok(result) => return result,
+                // Spurious readiness: wait again.
+                Err(_would_block) => continue,
+            }
+        }
     }
 }
 

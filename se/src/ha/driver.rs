@@ -149,6 +149,10 @@ impl L2Fabric for HaL2 {
         self.inner.bind_addr(vip)
     }
 
+    fn lost(&self, vip: IpAddr) -> bool {
+        self.inner.lost(vip)
+    }
+
     fn serves(&self, vip: IpAddr) -> bool {
         self.is_active() && self.inner.serves(vip)
     }
