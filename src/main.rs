@@ -621,10 +621,12 @@ async fn up(path: Option<&Path>) -> Result<()> {
     // The SEs keep their credentials for as long as this run: a fresh
     // directory each time, like the Controller's in-memory state.
     let se_data = std::env::temp_dir().join(format!("fabric-up-{}", std::process::id()));
-    let cloud = LocalProcesses::new(
+    let cloud = Arc::new(LocalProcesses::new(
         std::env::current_exe().context("finding the fabric binary")?,
         se_data.clone(),
-    );
+    ));
+    // Auto-healing groups get their new SEs as more child processes.
+    controller.set_cloud(cloud.clone(), vec![controller_addr]);
     let mut groups: Vec<&str> = config
         .virtual_services
         .iter()
@@ -661,7 +663,7 @@ async fn up(path: Option<&Path>) -> Result<()> {
     println!("Ctrl-C stops everything.");
     shutdown_signal().await;
     eprintln!("fabric: stopping");
-    drop(cloud);
+    cloud.stop_all();
     let _ = std::fs::remove_dir_all(&se_data);
     Ok(())
 }

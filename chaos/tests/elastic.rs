@@ -22,6 +22,12 @@
 //!   TCP backs off): vs-1 may move, but never back, no VIP has two
 //!   holders for more than a sample, vs-2 never moves, and once the link
 //!   heals each VIP is held by the SE the placement names;
+//! - auto-healing, one virtual service per SE and no buffer: the killed SE's
+//!   virtual service waits on it until the Controller has created a new SE
+//!   through the cloud connector (a new simulated node), which then serves
+//!   it; the dead SE is deleted;
+//! - auto-healing with a buffer: the buffer SE takes over at once, and a
+//!   new SE restores the buffer;
 //! - limits: one SE that takes one virtual service, two virtual services:
 //!   the API says which one is short and why.
 //!
@@ -372,4 +378,108 @@ async fn n_plus_m_under_a_flapping_controller_link_never_answers_twice() {
     }
     assert_eq!(order[1], [before[1].clone()], "vs-2 moved");
     assert!(dual_samples <= 1, "two holders for {dual_samples} samples");
+}
+
+/// Every SE host the simulated cloud has, by name.
+async fn hosts(world: &World) -> Vec<String> {
+    use fabric::platform::CloudConnector;
+    world
+        .cloud
+        .list_ses()
+        .await
+        .into_iter()
+        .map(|h| h.name)
+        .collect()
+}
+
+#[madsim::test]
+async fn auto_healing_replaces_a_failed_se() {
+    let world = build("max_vs_per_se = 1\nbuffer_ses = 0\nauto_heal = true", 2, 2).await;
+    let vss = ["vs-1", "vs-2"];
+    let before = serving(&world, &vss).await;
+    let victim = before[0].clone();
+    rt::sleep(Duration::from_millis(rt::random_u64() % 2_000)).await;
+    world.cloud.kill(&victim).unwrap();
+    let killed = rt::now();
+    let healed = loop {
+        one_holder(&world, &vss);
+        assert_eq!(
+            ask(&world, "vs-2").await.as_deref(),
+            Some(before[1].as_str()),
+            "vs-2 moved"
+        );
+        match ask(&world, "vs-1").await {
+            Some(se) if se != victim => break se,
+            _ => {}
+        }
+        assert!(
+            rt::now() - killed < Duration::from_secs(15),
+            "vs-1 never served again"
+        );
+        rt::sleep(PACE).await;
+    };
+    let took = rt::now() - killed;
+    println!("auto-heal: {healed} serves after {} ms", took.as_millis());
+    assert!(healed.starts_with("elastic-auto-"), "{healed}");
+    // Detection, the new node's registration and first session, the quiet
+    // period, placement.
+    assert!(took < Duration::from_secs(5), "healed after {took:?}");
+    // The dead SE is deleted (4 detection times after it was last heard).
+    let start = rt::now();
+    while hosts(&world).await.contains(&victim) {
+        assert!(
+            rt::now() - start < Duration::from_secs(15),
+            "{victim} never deleted"
+        );
+        rt::sleep(Duration::from_millis(200)).await;
+    }
+    let events = world.controller().unwrap().events();
+    for kind in ["se_created", "se_deleted"] {
+        assert!(
+            events.iter().any(|e| e.kind == kind),
+            "no {kind} event: {events:?}"
+        );
+    }
+    assert_eq!(placed(&world, "vs-1"), [healed]);
+    rt::sleep(Duration::from_secs(3)).await;
+    let all = hosts(&world).await;
+    assert_eq!(all.len(), 2, "one SE created, no more: {all:?}");
+}
+
+#[madsim::test]
+async fn auto_healing_restores_the_buffer() {
+    let world = build("auto_heal = true", 3, 2).await;
+    let vss = ["vs-1", "vs-2"];
+    let before = serving(&world, &vss).await;
+    let group =
+        |world: &World| world.controller().unwrap().desired().placement.groups["elastic"].clone();
+    assert_eq!(group(&world).ses_free, 1, "{:?}", group(&world));
+    world.cloud.kill(&before[0]).unwrap();
+    let start = rt::now();
+    loop {
+        one_holder(&world, &vss);
+        let g = group(&world);
+        if g.ses_free == 1 && g.ses_up == 3 && ask(&world, "vs-1").await.is_some() {
+            break;
+        }
+        assert!(
+            rt::now() - start < Duration::from_secs(15),
+            "buffer not restored: {g:?}"
+        );
+        rt::sleep(PACE).await;
+    }
+    println!(
+        "auto-heal buffer restored after {} ms",
+        (rt::now() - start).as_millis()
+    );
+    assert_eq!(
+        ask(&world, "vs-1").await.as_deref(),
+        Some(buffer_of(&before))
+    );
+    let created: Vec<String> = hosts(&world)
+        .await
+        .into_iter()
+        .filter(|h| h.starts_with("elastic-auto-"))
+        .collect();
+    assert_eq!(created, ["elastic-auto-1"], "one SE created, no more");
 }

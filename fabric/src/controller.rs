@@ -36,6 +36,14 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MISSED_HEARTBEATS: u32 = 3;
 /// How often the leader looks at placement even when nothing was reported.
 pub const PLACEMENT_TICK: Duration = Duration::from_millis(250);
+/// How long auto-healing waits for an SE it created to say hello before
+/// it tries again.
+pub const HEAL_TIMEOUT: Duration = Duration::from_secs(60);
+/// An SE of an auto-healing group that has been down this many times the
+/// detection time is deleted through the cloud connector, once the group
+/// has as many SEs up as it wants.
+pub const DELETE_AFTER_DETECTIONS: u32 = 4;
+
 /// Placement waits until no SE has said hello for this long (and this long
 /// after the node became leader): SEs arriving together (a fresh fabric, a
 /// new leader) are all seen before anything is placed, so the first SE in
@@ -106,6 +114,10 @@ struct Inner {
     heard: Mutex<BTreeMap<String, Instant>>,
     /// When an SE last said hello.
     last_hello: Mutex<Option<Instant>>,
+    /// Where auto-healing gets SEs from, and what they dial.
+    cloud: Mutex<Option<Cloud>>,
+    /// Per group: the SE auto-healing created and waits for, since when.
+    healing: Mutex<BTreeMap<String, (String, Instant)>>,
     /// Wakes the placement loop (an SE came or went).
     placement_kick: tokio::sync::Notify,
 }
@@ -126,6 +138,8 @@ impl Controller {
             leader: watch::channel(None).0,
             heard: Mutex::new(BTreeMap::new()),
             last_hello: Mutex::new(None),
+            cloud: Mutex::new(None),
+            healing: Mutex::new(BTreeMap::new()),
             placement_kick: tokio::sync::Notify::new(),
         };
         let this = Controller {
@@ -134,6 +148,19 @@ impl Controller {
         rt::spawn(this.clone().watch_cluster());
         rt::spawn(this.clone().placement_loop());
         this
+    }
+
+    /// Let auto-healing create and delete SEs through `connector`; the SEs
+    /// it creates dial `controllers` (docs/placement.md).
+    pub fn set_cloud(
+        &self,
+        connector: Arc<dyn crate::platform::CloudConnector>,
+        controllers: Vec<SocketAddr>,
+    ) {
+        *lock(&self.inner.cloud) = Some(Cloud {
+            connector,
+            controllers,
+        });
     }
 
     /// The cluster node underneath.
@@ -211,6 +238,7 @@ impl Controller {
             if let Err(e) = self.place_once().await {
                 tracing::debug!(error = %e, "placement not written");
             }
+            self.heal_once().await;
             tokio::select! {
                 biased;
                 _ = self.inner.placement_kick.notified() => {}
@@ -317,6 +345,157 @@ impl Controller {
             }
         }
         Ok(())
+    }
+
+    /// If this node leads and has a cloud connector: for each auto-healing
+    /// group with fewer SEs up than its placement wants, create one (one at
+    /// a time per group, until it says hello or [`HEAL_TIMEOUT`]); delete
+    /// SEs of the group that have been down long, once it has enough up.
+    async fn heal_once(&self) {
+        let Some(cloud) = lock(&self.inner.cloud).clone() else {
+            return;
+        };
+        let Some(since) = *self.inner.leader.borrow() else {
+            return;
+        };
+        let desired = self.desired();
+        let Some(config) = desired.config.clone() else {
+            return;
+        };
+        let now = rt::now();
+        let detect = Duration::from_millis(config.controller.heartbeat_ms) * MISSED_HEARTBEATS;
+        let views = self.se_views(&config, &desired.placement, since);
+        for g in config.se_groups.iter().filter(|g| g.auto_heal) {
+            let Some(usage) = desired.placement.groups.get(&g.name) else {
+                continue;
+            };
+            let wanted = usage.ses_wanted.min(g.max_ses);
+            if self.creation_pending(&g.name, now) {
+                continue;
+            }
+            // SEs up now, not as the last placement counted them: an SE
+            // just created is up before placement (waiting for quiet) has
+            // counted it, and must not be created again.
+            let up = views.iter().filter(|v| v.group == g.name && v.up).count() as u32;
+            if up < wanted {
+                self.create_se(&cloud, g, usage, up, wanted, now).await;
+                continue;
+            }
+            // Enough up: delete what failed long ago (the cloud's, only).
+            let hosts = cloud.connector.list_ses().await;
+            for v in views.iter().filter(|v| v.group == g.name && !v.up) {
+                let quiet = lock(&self.inner.heard).get(&v.name).is_none_or(|t| {
+                    now.saturating_duration_since(*t) >= detect * DELETE_AFTER_DETECTIONS
+                });
+                if !quiet || !hosts.iter().any(|h| h.name == v.name) {
+                    continue;
+                }
+                match cloud.connector.delete_se(&v.name).await {
+                    Ok(()) => {
+                        lock(&self.inner.ses).remove(&v.name);
+                        lock(&self.inner.heard).remove(&v.name);
+                        self.event(
+                            "se_deleted",
+                            &v.name,
+                            format!(
+                                "down for over {:?}, group {} has {} up",
+                                detect * DELETE_AFTER_DETECTIONS,
+                                g.name,
+                                usage.ses_up
+                            ),
+                        );
+                    }
+                    Err(e) => self.event("se_delete_failed", &v.name, e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Whether auto-healing still waits for the SE it created for `group`.
+    fn creation_pending(&self, group: &str, now: Instant) -> bool {
+        let mut healing = lock(&self.inner.healing);
+        let Some((name, at)) = healing.get(group).cloned() else {
+            return false;
+        };
+        let arrived = lock(&self.inner.ses)
+            .get(&name)
+            .is_some_and(|(_, s)| s.connected);
+        if arrived {
+            healing.remove(group);
+            return false;
+        }
+        if now.saturating_duration_since(at) < HEAL_TIMEOUT {
+            return true;
+        }
+        healing.remove(group);
+        drop(healing);
+        self.event(
+            "se_create_timed_out",
+            &name,
+            format!("no hello within {HEAL_TIMEOUT:?}"),
+        );
+        false
+    }
+
+    async fn create_se(
+        &self,
+        cloud: &Cloud,
+        g: &crate::model::SeGroup,
+        usage: &crate::placement::GroupUse,
+        up: u32,
+        wanted: u32,
+        now: Instant,
+    ) {
+        let name = self.next_se_name(&g.name);
+        let join = match self.create_join_token(&name).await {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::debug!(error = %e, "no join token for a new SE");
+                return;
+            }
+        };
+        let spec = crate::platform::SeSpec {
+            name: name.clone(),
+            group: g.name.clone(),
+            controllers: cloud.controllers.clone(),
+            join: Some(join),
+            ha: None,
+        };
+        let why = format!(
+            "group {} has {up} SE(s) up and wants {wanted}{}",
+            g.name,
+            usage
+                .note
+                .as_ref()
+                .map_or(String::new(), |n| format!(" ({n})"))
+        );
+        match cloud.connector.create_se(spec).await {
+            Ok(_) => {
+                lock(&self.inner.healing).insert(g.name.clone(), (name.clone(), now));
+                self.event("se_created", &name, why);
+            }
+            Err(e) => self.event("se_create_failed", &name, format!("{why}: {e}")),
+        }
+    }
+
+    /// `<group>-auto-<n>`, `n` one above any such name this cluster knows.
+    fn next_se_name(&self, group: &str) -> String {
+        let prefix = format!("{group}-auto-");
+        let number = |name: &str| {
+            name.strip_prefix(&prefix)
+                .and_then(|n| n.parse::<u64>().ok())
+        };
+        let registered = self
+            .inner
+            .node
+            .peek(|o| o.se_certs.values().filter_map(|n| number(n)).max());
+        let known = lock(&self.inner.ses).keys().filter_map(|n| number(n)).max();
+        let pending = lock(&self.inner.healing)
+            .values()
+            .filter_map(|(n, _)| number(n))
+            .max();
+        let n = registered.max(known).max(pending).unwrap_or(0) + 1;
+        format!("{prefix}{n}")
     }
 
     /// Every SE the Controller has heard from, by name.
@@ -841,6 +1020,13 @@ impl Controller {
         reader.abort();
         result
     }
+}
+
+/// Where auto-healing gets SEs from.
+#[derive(Debug, Clone)]
+struct Cloud {
+    connector: Arc<dyn crate::platform::CloudConnector>,
+    controllers: Vec<SocketAddr>,
 }
 
 fn valid_se_name(name: &str) -> bool {

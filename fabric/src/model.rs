@@ -383,6 +383,14 @@ pub struct SeGroup {
     /// takes no new virtual services.
     #[serde(default = "default_max_cpu_percent")]
     pub max_cpu_percent: u32,
+    /// Elastic modes: the Controller creates SEs through its cloud
+    /// connector when the group has fewer up than its placement wants (a
+    /// failed SE, a spent buffer), and deletes failed ones once replaced.
+    #[serde(default)]
+    pub auto_heal: bool,
+    /// Most SEs auto-healing brings the group to.
+    #[serde(default = "default_max_ses")]
+    pub max_ses: u32,
 }
 
 impl SeGroup {
@@ -411,6 +419,13 @@ fn default_vs_memory_mb() -> u32 {
 fn default_max_cpu_percent() -> u32 {
     80
 }
+
+fn default_max_ses() -> u32 {
+    10
+}
+
+/// Most SEs one group may have.
+pub const MAX_SES_PER_GROUP: u32 = 256;
 
 /// Heartbeat timing of a legacy active/standby pair.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -1429,6 +1444,18 @@ impl Config {
                 err(
                     format!("se_groups[{i}].vs_memory_mb"),
                     format!("must be between 1 and se_memory_mb ({} MB)", g.se_memory_mb),
+                );
+            }
+            if g.max_ses == 0 || g.max_ses > MAX_SES_PER_GROUP {
+                err(
+                    format!("se_groups[{i}].max_ses"),
+                    format!("must be between 1 and {MAX_SES_PER_GROUP}"),
+                );
+            }
+            if g.auto_heal && g.ha_mode == HaMode::LegacyActiveStandby {
+                err(
+                    format!("se_groups[{i}].auto_heal"),
+                    "a legacy active/standby pair is two SEs an operator sets up".into(),
                 );
             }
             if g.max_cpu_percent == 0 || g.max_cpu_percent > 100 {

@@ -239,6 +239,12 @@ impl WorldBuilder {
                 (id, addr)
             })
             .collect();
+        let cloud = SimCloud::new(segment.clone());
+        // What the SEs dial, ours and the ones auto-healing creates.
+        let se_controllers: Vec<SocketAddr> = members
+            .keys()
+            .map(|&id| SocketAddr::new(controller_ip(id), se_port))
+            .collect();
         let mut controllers = Vec::new();
         let bootstrap_members = if self.grow {
             members
@@ -260,6 +266,7 @@ impl WorldBuilder {
                 self.timings,
             );
             let (init_slot, init_disk) = (slot.clone(), disk.clone());
+            let (init_cloud, init_dials) = (cloud.clone(), se_controllers.clone());
             let node = handle
                 .create_node()
                 .name(format!("controller-{id}"))
@@ -267,6 +274,7 @@ impl WorldBuilder {
                 .init(move || {
                     let (config, members, addr) = (config.clone(), members.clone(), addr.clone());
                     let (slot, disk) = (init_slot.clone(), init_disk.clone());
+                    let (cloud, dials) = (init_cloud.clone(), init_dials.clone());
                     async move {
                         let any = |port| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port);
                         let raft = rt::TcpListener::bind(any(se_port + 1))
@@ -279,6 +287,7 @@ impl WorldBuilder {
                         };
                         let node = ClusterNode::start(opts, raft).await.expect("node starts");
                         let controller = Controller::new(node.clone());
+                        controller.set_cloud(Arc::new(cloud), dials);
                         *lock(&slot) = Some(controller.clone());
                         let listener = rt::TcpListener::bind(any(se_port))
                             .await
@@ -333,7 +342,6 @@ impl WorldBuilder {
                 .build();
         }
 
-        let cloud = SimCloud::new(segment.clone());
         let group = config
             .se_groups
             .first()
@@ -361,10 +369,7 @@ impl WorldBuilder {
                 join: Some(join),
                 name,
                 group: group.clone(),
-                controllers: members
-                    .keys()
-                    .map(|&id| SocketAddr::new(controller_ip(id), se_port))
-                    .collect(),
+                controllers: se_controllers.clone(),
                 ha: pair.then(|| fabric::ha::PairPeer {
                     peer: SocketAddr::new(
                         IpAddr::from([10, 0, 1, (2 - i) as u8]),

@@ -156,11 +156,18 @@ impl CloudConnector for LocalProcesses {
     }
 }
 
-impl Drop for LocalProcesses {
-    fn drop(&mut self) {
+impl LocalProcesses {
+    /// Kill and reap every SE this connector started.
+    pub fn stop_all(&self) {
         for (_, mut child) in std::mem::take(&mut *self.lock()) {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+impl Drop for LocalProcesses {
+    fn drop(&mut self) {
+        self.stop_all();
     }
 }
