@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Legacy active/standby failover in the simulation, over many seeds.
+# Failover in the simulation, over many seeds: legacy active/standby pairs
+# (chaos/tests/ha.rs) and the elastic modes (chaos/tests/elastic.rs).
 #   ./scripts/ha-sim.sh [SEEDS]      (default 200)
 #   SIM_PROFILE=debug ./scripts/ha-sim.sh 200   (reuse the debug sim build:
 #   simulated times are the same in both profiles, only the wall time differs)
@@ -33,3 +34,25 @@ for profile in fast default; do
 done
 echo "every seed: one hand-over seen by the client, never two SEs answering in turn;"
 echo "cuts between the pair or to the Controller moved nothing; an isolated active stopped before the standby started"
+echo
+
+# Elastic modes: kill (or cut) to the first answer from the new SE, and the
+# samples (every 50 ms) where two SEs held one VIP.
+out=$(MADSIM_TEST_SEED=${MADSIM_TEST_SEED:-1} MADSIM_TEST_NUM=$seeds RUSTFLAGS="--cfg madsim" \
+  cargo test -q -p chaos --locked $([ "${SIM_PROFILE:-release}" = release ] && echo --release) \
+    --target-dir target/sim --test elastic -- --nocapture --test-threads 1 2>&1) || {
+  echo "$out" | tail -40; exit 1; }
+for mode in n_plus_m_kill active_active_kill n_plus_m_cut n_plus_m_garp_loss auto_heal auto_heal_buffer; do
+  echo "$out" | grep -o "failover mode=$mode ms=[0-9]*" | sed 's/.*ms=//' | sort -n | awk -v m="$mode" '
+    { a[NR] = $1 }
+    END {
+      if (NR == 0) { printf "%-20s no seeds\n", m; exit }
+      p50 = a[int((NR - 1) * 0.50) + 1]; p99 = a[int((NR - 1) * 0.99) + 1]
+      printf "%-20s seeds %4d   p50 %5d ms   p99 %5d ms   max %5d ms\n", m, NR, p50, p99, a[NR]
+    }'
+done
+echo "$out" | grep -o "dual_samples=[0-9]*" | sed 's/.*=//' | sort -n | awk '
+  { n++; s += $1; if ($1 > m) m = $1 }
+  END { printf "two holders of one VIP (cut, flapping): %d runs, %d samples of 50 ms in all, at most %d in one run\n", n, s, m }'
+echo "(n_plus_m_kill/cut: the buffer SE serves; active_active_kill: the secondary; auto_heal: a new SE;"
+echo " auto_heal_buffer: until the buffer is free again; cut: the SE cut from the Controller yields)"

@@ -171,6 +171,11 @@ enum Command {
         /// This SE's priority in its pair: the higher one is preferred.
         #[arg(long, default_value_t = 100, requires = "ha_peer")]
         ha_priority: u8,
+        /// Where to take scale-out hand-offs from primary SEs (ip:port; port
+        /// 0: any free one). Without it this SE is never a working
+        /// secondary: connections a primary would hand it stay there.
+        #[arg(long)]
+        relay_listen: Option<SocketAddr>,
     },
     /// Run the authoritative DNS server of a config.
     Dns {
@@ -450,6 +455,7 @@ async fn run(command: Command) -> Result<()> {
             l2,
             ha_peer,
             ha_priority,
+            relay_listen,
         } => {
             if let Some(pid) = parent_pid {
                 rt::spawn(exit_with_parent(pid));
@@ -471,6 +477,7 @@ async fn run(command: Command) -> Result<()> {
                     peer,
                     priority: ha_priority,
                 }),
+                relay: relay_listen,
             };
             se::agent::run(opts, l2, None).await;
             Ok(())

@@ -7,8 +7,8 @@
 //!   the seed: the buffer SE serves it within the detection bound, the other
 //!   virtual service never moves, and no VIP ever has two holders;
 //! - active/active (3 SEs, 1 virtual service on 2): the primary is killed:
-//!   the secondary serves within the bound, and the third SE becomes the
-//!   new secondary;
+//!   the secondary holds the VIP and the virtual service answers within
+//!   the bound, and the third SE becomes the new secondary;
 //! - N+M, the SE of vs-1 cut from the Controller (not from the client or
 //!   the other SEs): the leader moves vs-1 to the buffer SE, whose GARPs
 //!   make the cut SE yield the VIP; once the new SE answered, the old one
@@ -28,6 +28,14 @@
 //!   it; the dead SE is deleted;
 //! - auto-healing with a buffer: the buffer SE takes over at once, and a
 //!   new SE restores the buffer;
+//! - scale-out (active/active, one virtual service on all 3 SEs): the
+//!   primary holds the VIP alone and hands new connections to the
+//!   secondaries, each SE serving about a third;
+//! - scale-out, a secondary killed under 30 open keep-alive connections:
+//!   exactly the connections it served break (its share, about a third),
+//!   every other one keeps its SE, and new connections never fail (the
+//!   primary serves what it cannot hand off until placement drops the
+//!   dead secondary);
 //! - limits: one SE that takes one virtual service, two virtual services:
 //!   the API says which one is short and why.
 //!
@@ -137,7 +145,7 @@ async fn n_plus_m_moves_only_the_failed_se_s_virtual_service() {
         rt::sleep(PACE).await;
     }
     let moved = moved.unwrap_or_else(|| panic!("vs-1 never served again after {victim} died"));
-    println!("n+m move: {} ms", moved.as_millis());
+    println!("failover mode=n_plus_m_kill ms={}", moved.as_millis());
     assert!(moved <= MOVE_BOUND, "vs-1 served again after {moved:?}");
     assert_eq!(placed(&world, "vs-1"), [buffer.to_string()]);
     let group = world.controller().unwrap().desired().placement.groups["elastic"].clone();
@@ -164,15 +172,18 @@ async fn n_plus_m_moves_only_the_failed_se_s_virtual_service() {
 async fn active_active_promotes_the_secondary() {
     let world = build("ha_mode = \"elastic_active_active\"", 3, 1).await;
     let vss = ["vs-1"];
-    let primary = serving(&world, &vss).await.remove(0);
+    serving(&world, &vss).await;
     let start = rt::now();
     while placed(&world, "vs-1").len() < 2 {
         assert!(rt::now() - start < Duration::from_secs(10), "no secondary");
         rt::sleep(PACE).await;
     }
     let list = placed(&world, "vs-1");
-    assert_eq!(list[0], primary, "the first SE holds the VIP");
-    let secondary = list[1].clone();
+    let vip = world.vip_of("vs-1").unwrap().ip();
+    // The first SE of the list holds the VIP; either may answer (the
+    // primary hands the secondary its share of connections).
+    assert_eq!(world.cloud.holders(vip), [list[0].clone()]);
+    let (primary, secondary) = (list[0].clone(), list[1].clone());
     rt::sleep(Duration::from_millis(rt::random_u64() % 2_000)).await;
     world.cloud.kill(&primary).unwrap();
     let killed = rt::now();
@@ -181,16 +192,17 @@ async fn active_active_promotes_the_secondary() {
         one_holder(&world, &vss);
         match ask(&world, "vs-1").await {
             Some(se) if se == primary => panic!("{primary} answered after it was killed"),
-            Some(se) => {
-                assert_eq!(se, secondary, "not the secondary");
+            Some(_) => {
+                // Served again: the old secondary holds the VIP now.
+                assert_eq!(world.cloud.holders(vip), std::slice::from_ref(&secondary));
                 moved.get_or_insert(rt::now() - killed);
             }
             None => {}
         }
         rt::sleep(PACE).await;
     }
-    let moved = moved.unwrap_or_else(|| panic!("the secondary never answered"));
-    println!("active/active promote: {} ms", moved.as_millis());
+    let moved = moved.unwrap_or_else(|| panic!("vs-1 never answered after {primary} died"));
+    println!("failover mode=active_active_kill ms={}", moved.as_millis());
     assert!(moved <= MOVE_BOUND, "served again after {moved:?}");
     let list = placed(&world, "vs-1");
     assert_eq!(list.len(), 2, "a new secondary: {list:?}");
@@ -272,7 +284,7 @@ async fn n_plus_m_se_cut_from_the_controller_yields_to_the_new_holder() {
     }
     let moved = moved.unwrap_or_else(|| panic!("vs-1 never moved off the cut {victim}"));
     println!(
-        "n+m cut from controller: moved in {} ms, {dual_samples} dual samples",
+        "failover mode=n_plus_m_cut ms={} dual_samples={dual_samples}",
         moved.as_millis()
     );
     assert!(moved <= MOVE_BOUND, "moved after {moved:?}");
@@ -311,7 +323,7 @@ async fn n_plus_m_survives_lost_garps() {
         }
     }
     let moved = moved.unwrap_or_else(|| panic!("vs-1 never served again without GARPs"));
-    println!("n+m move without GARPs: {} ms", moved.as_millis());
+    println!("failover mode=n_plus_m_garp_loss ms={}", moved.as_millis());
     // Without GARPs the client finds the new SE by asking (who-has) after a
     // failed request: detection + placement + one failed request.
     assert!(moved <= MOVE_BOUND + REQUEST_TIMEOUT * 2, "after {moved:?}");
@@ -353,7 +365,7 @@ async fn n_plus_m_under_a_flapping_controller_link_never_answers_twice() {
     }
     cut_from_controller(&world, &victim, false);
     rt::sleep(Duration::from_secs(5)).await;
-    println!("n+m flapping: answered by {order:?}, {dual_samples} dual samples");
+    println!("failover mode=n_plus_m_flapping dual_samples={dual_samples} answered_by={order:?}");
     for (k, vs) in vss.iter().enumerate() {
         let mut seen = order[k].clone();
         seen.sort();
@@ -419,7 +431,10 @@ async fn auto_healing_replaces_a_failed_se() {
         rt::sleep(PACE).await;
     };
     let took = rt::now() - killed;
-    println!("auto-heal: {healed} serves after {} ms", took.as_millis());
+    println!(
+        "failover mode=auto_heal ms={} by={healed}",
+        took.as_millis()
+    );
     assert!(healed.starts_with("elastic-auto-"), "{healed}");
     // Detection, the new node's registration and first session, the quiet
     // period, placement.
@@ -469,7 +484,7 @@ async fn auto_healing_restores_the_buffer() {
         rt::sleep(PACE).await;
     }
     println!(
-        "auto-heal buffer restored after {} ms",
+        "failover mode=auto_heal_buffer ms={}",
         (rt::now() - start).as_millis()
     );
     assert_eq!(
@@ -482,4 +497,173 @@ async fn auto_healing_restores_the_buffer() {
         .filter(|h| h.starts_with("elastic-auto-"))
         .collect();
     assert_eq!(created, ["elastic-auto-1"], "one SE created, no more");
+}
+
+const SCALE_OUT: &str = "ha_mode = \"elastic_active_active\"\nmin_scaleout_per_vs = 3";
+
+/// Wait until vs-1 is placed on 3 SEs and the primary knows all of them.
+async fn scaled_out(world: &World) -> Vec<String> {
+    serving(world, &["vs-1"]).await;
+    let start = rt::now();
+    loop {
+        let list = placed(world, "vs-1");
+        if list.len() == 3 {
+            // The primary's config follows the placement within a push.
+            rt::sleep(Duration::from_millis(500)).await;
+            return list;
+        }
+        assert!(
+            rt::now() - start < Duration::from_secs(10),
+            "not on 3 SEs: {list:?}"
+        );
+        rt::sleep(PACE).await;
+    }
+}
+
+#[madsim::test]
+async fn scale_out_spreads_new_connections_over_the_ses() {
+    let world = build(SCALE_OUT, 3, 1).await;
+    let list = scaled_out(&world).await;
+    let vip = world.vip_of("vs-1").unwrap();
+    // 90 connections held open, so each has a port of its own (the
+    // simulator reuses a closed connection's port, and flows hash on it).
+    let served = world
+        .on_client(move |port| async move {
+            let owner = port.resolve(vip.ip()).await.expect("the VIP resolves");
+            let mut conns = Vec::new();
+            let mut served = Vec::new();
+            for _ in 0..90 {
+                let mut s = rt::connect(std::net::SocketAddr::new(owner, vip.port())).await?;
+                served.push(keep_alive_get(&mut s).await);
+                conns.push(s);
+            }
+            Ok(served)
+        })
+        .await
+        .unwrap();
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for se in served {
+        *counts
+            .entry(se.expect("every request answered"))
+            .or_default() += 1;
+    }
+    println!("scale-out spread over {list:?}: {counts:?}");
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (se, n) in &counts {
+        assert!((12..=50).contains(n), "{se} served {n} of 90: {counts:?}");
+    }
+    assert_eq!(
+        world.cloud.holders(vip.ip()),
+        [list[0].clone()],
+        "only the primary holds the VIP"
+    );
+}
+
+/// One request on an open keep-alive connection: the SE that answered.
+async fn keep_alive_get(stream: &mut rt::TcpStream) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: vs-1\r\n\r\n")
+        .await
+        .ok()?;
+    stream.flush().await.ok()?;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = rt::timeout(REQUEST_TIMEOUT * 5, stream.read(&mut byte))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 || buf.len() > 16 * 1024 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 200") {
+        return None;
+    }
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            l.strip_prefix(&format!("{name}: "))
+                .map(|v| v.trim().to_string())
+        })
+    };
+    let len: usize = header("content-length")?.parse().ok()?;
+    let mut body = vec![0u8; len];
+    rt::timeout(REQUEST_TIMEOUT * 5, stream.read_exact(&mut body))
+        .await
+        .ok()?
+        .ok()?;
+    header(se::SE_HEADER)
+}
+
+#[madsim::test]
+async fn killing_a_secondary_breaks_only_its_share_of_connections() {
+    let world = build(SCALE_OUT, 3, 1).await;
+    let list = scaled_out(&world).await;
+    let victim = list[1 + (rt::random_u64() % 2) as usize].clone();
+    let vip = world.vip_of("vs-1").unwrap();
+    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+    let (killed_tx, killed_rx) = tokio::sync::oneshot::channel::<()>();
+    let client = world.on_client(move |port| async move {
+        let owner = port.resolve(vip.ip()).await.expect("the VIP resolves");
+        let mut conns = Vec::new();
+        for _ in 0..30 {
+            let mut s = rt::connect(std::net::SocketAddr::new(owner, vip.port())).await?;
+            let se = keep_alive_get(&mut s).await;
+            conns.push((s, se));
+        }
+        let _ = kill_tx.send(());
+        let _ = killed_rx.await;
+        let mut after = Vec::new();
+        for (s, _) in &mut conns {
+            after.push(keep_alive_get(s).await);
+        }
+        let before: Vec<Option<String>> = conns.into_iter().map(|(_, se)| se).collect();
+        // New connections while the primary still lists the dead one.
+        let mut fresh_failed = 0;
+        for _ in 0..20 {
+            let mut s = rt::connect(std::net::SocketAddr::new(owner, vip.port())).await?;
+            if keep_alive_get(&mut s).await.is_none() {
+                fresh_failed += 1;
+            }
+        }
+        Ok((before, after, fresh_failed))
+    });
+    let killer = async {
+        kill_rx.await.unwrap();
+        world.cloud.kill(&victim).unwrap();
+        rt::sleep(Duration::from_millis(100)).await;
+        let _ = killed_tx.send(());
+    };
+    let (result, ()) = tokio::join!(client, killer);
+    let (before, after, fresh_failed) = result.unwrap();
+    let on_victim = before
+        .iter()
+        .filter(|s| s.as_deref() == Some(victim.as_str()))
+        .count();
+    let mut broken = 0;
+    for (b, a) in before.iter().zip(&after) {
+        assert!(b.is_some(), "a first request failed: {before:?}");
+        if b.as_deref() == Some(victim.as_str()) {
+            assert!(
+                a.is_none(),
+                "a connection on the killed {victim} still answered"
+            );
+            broken += 1;
+        } else {
+            assert_eq!(a, b, "a connection moved or broke: {before:?} -> {after:?}");
+        }
+    }
+    println!("scale-out kill {victim}: {broken} of 30 connections broken (its share: {on_victim}), {fresh_failed} of 20 new ones failed");
+    assert_eq!(broken, on_victim);
+    assert!(
+        (3..=18).contains(&broken),
+        "its share should be about a third: {broken}"
+    );
+    assert_eq!(
+        fresh_failed, 0,
+        "a new connection failed while a secondary was down"
+    );
 }

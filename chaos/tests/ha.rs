@@ -72,7 +72,8 @@ async fn ask(world: &World) -> Option<String> {
 /// What the client saw over a stretch of requests.
 #[derive(Debug, Default)]
 struct Seen {
-    /// (ms since the start of the stretch, the SE that answered or None).
+    /// (ms since the start of the stretch when the answer came, the SE that
+    /// answered or None).
     answers: Vec<(u64, Option<String>)>,
 }
 
@@ -92,7 +93,11 @@ impl Seen {
                 world.cloud.kill(se).unwrap();
                 kill = None;
             }
-            seen.answers.push((at, ask(world).await));
+            // When the answer came, not when the request left: a request
+            // can wait in ARP resolution until the takeover's GARP arrives.
+            let reply = ask(world).await;
+            seen.answers
+                .push(((rt::now() - start).as_millis() as u64, reply));
             rt::sleep(PACE).await;
         }
         seen

@@ -73,6 +73,9 @@ pub struct SeStatus {
     pub stats: Option<crate::stats::SeStats>,
     /// When they came (ms since the Unix epoch; 0: never).
     pub stats_unix_ms: u64,
+    /// Where it takes scale-out hand-offs, if it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<SocketAddr>,
 }
 
 /// A state change worth telling an operator about.
@@ -498,6 +501,14 @@ impl Controller {
         format!("{prefix}{n}")
     }
 
+    /// The relay listeners of the SEs with a session, by name.
+    fn relays(&self) -> BTreeMap<String, SocketAddr> {
+        lock(&self.inner.ses)
+            .iter()
+            .filter_map(|(name, (_, s))| Some((name.clone(), s.relay?)))
+            .collect()
+    }
+
     /// Every SE the Controller has heard from, by name.
     pub fn ses(&self) -> Vec<SeStatus> {
         lock(&self.inner.ses)
@@ -682,19 +693,21 @@ impl Controller {
                 }
             };
         let refuse = |reason: String| ControllerMessage::Refused { reason };
-        let (proto_version, se_name, se_group, incarnation, applied_version) = match hello {
+        let (proto_version, se_name, se_group, incarnation, applied_version, relay) = match hello {
             SeMessage::Hello {
                 proto_version,
                 se_name,
                 se_group,
                 incarnation,
                 applied_version,
+                relay,
             } => (
                 proto_version,
                 se_name,
                 se_group,
                 incarnation,
                 applied_version,
+                relay,
             ),
             SeMessage::Register {
                 proto_version,
@@ -749,7 +762,23 @@ impl Controller {
             let _ = proto::write_frame(&mut wr, &refuse(NOT_LEADER.into())).await;
             return;
         }
-        let session = self.on_hello(&se_name, &se_group, incarnation, applied_version, peer);
+        // An unspecified relay IP: the SE listens on all its addresses, and
+        // the one its session comes from reaches it.
+        let relay = relay.map(|r| {
+            if r.ip().is_unspecified() {
+                SocketAddr::new(peer.ip(), r.port())
+            } else {
+                r
+            }
+        });
+        let session = self.on_hello(
+            &se_name,
+            &se_group,
+            incarnation,
+            applied_version,
+            peer,
+            relay,
+        );
         let result = self
             .run_session(session, &se_name, &se_group, rd, &mut wr)
             .await;
@@ -763,6 +792,7 @@ impl Controller {
         incarnation: u64,
         applied_version: u64,
         addr: SocketAddr,
+        relay: Option<SocketAddr>,
     ) -> u64 {
         let session = {
             let mut next = lock(&self.inner.next_session);
@@ -778,6 +808,7 @@ impl Controller {
             addr,
             stats: None,
             stats_unix_ms: 0,
+            relay,
         };
         lock(&self.inner.ses).insert(name.to_string(), (session, status));
         self.heard(name);
@@ -952,6 +983,7 @@ impl Controller {
                     group,
                     name,
                     &desired.placement,
+                    &self.relays(),
                     desired.se_version(),
                 );
                 if let Err(e) = proto::write_frame(wr, &ControllerMessage::Config(cfg)).await {

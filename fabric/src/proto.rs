@@ -15,6 +15,7 @@
 //! is only sent to a peer that said it understands it (see
 //! [`ControllerMessage::Welcome::health_events`]).
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use serde::de::DeserializeOwned;
@@ -52,6 +53,10 @@ pub enum SeMessage {
         incarnation: u64,
         /// Config version it serves now (0: none).
         applied_version: u64,
+        /// Where it takes scale-out hand-offs from primaries (an unspecified
+        /// IP: the address its session comes from). None: it takes none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay: Option<SocketAddr>,
     },
     /// First frame of an SE that has no certificate yet (over TLS that
     /// checks the Controller against the pinned CA fingerprint).
@@ -245,24 +250,41 @@ pub struct SeVirtualService {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
     /// Placed here as a secondary (elastic active/active, scale-out): the
-    /// primary SE holds the VIP, so this SE does not claim it.
+    /// primary SE holds the VIP, so this SE does not claim it, and serves
+    /// the connections the primary hands it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub secondary: bool,
+    /// On the primary: the secondaries it hands a share of new connections
+    /// to (docs/placement.md, "Scale-out").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scaleout: Vec<ScaleoutPeer>,
 }
 
 fn resumption_default() -> bool {
     true
 }
 
+/// A secondary SE of a virtual service, as its primary knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleoutPeer {
+    /// SE name (what flows hash on: stable across restarts of the SE).
+    pub se: String,
+    /// Its relay listener.
+    pub relay: SocketAddr,
+}
+
 impl SeConfig {
     /// The config for SE `se` of `group`: in an elastic group, the virtual
     /// services `placement` puts on it (marked secondary where it is not
     /// the first); in a legacy active/standby group, all of the group's.
+    /// On a primary, each secondary whose relay address is in `relays`
+    /// (by SE name) is listed in `scaleout`.
     pub fn for_se(
         config: &Config,
         group: &str,
         se: &str,
         placement: &crate::placement::Placement,
+        relays: &BTreeMap<String, SocketAddr>,
         version: u64,
     ) -> SeConfig {
         let mut cfg = SeConfig::for_group(config, group, version);
@@ -270,6 +292,18 @@ impl SeConfig {
             cfg.virtual_services.retain_mut(|vs| {
                 let ses = placement.of(&vs.name);
                 vs.secondary = ses.first().is_some_and(|p| p != se);
+                if !vs.secondary {
+                    vs.scaleout = ses
+                        .iter()
+                        .skip(1)
+                        .filter_map(|s| {
+                            relays.get(s).map(|&relay| ScaleoutPeer {
+                                se: s.clone(),
+                                relay,
+                            })
+                        })
+                        .collect();
+                }
                 ses.iter().any(|s| s == se)
             });
         }
@@ -313,6 +347,7 @@ impl SeConfig {
                     l4: vs.l4,
                     outlier_detection: pool.outlier_detection,
                     secondary: false,
+                    scaleout: Vec::new(),
                 })
             })
             .collect();
@@ -445,6 +480,7 @@ mod tests {
             se_group: "default".into(),
             incarnation: 7,
             applied_version: 0,
+            relay: None,
         };
         write_frame(&mut a, &hello).await.unwrap();
         let cfg = ControllerMessage::Config(SeConfig::for_group(&Config::example(), "default", 7));

@@ -52,6 +52,9 @@ pub struct SeOptions {
     /// messages to the Controller travel on the session, and the data
     /// plane's VIPs reach the L2 fabric only while this SE is active.
     pub ha: Option<fabric::ha::PairPeer>,
+    /// Where to take scale-out hand-offs from primaries (None: none; this
+    /// SE then never serves as a secondary). Port 0: any free port.
+    pub relay: Option<SocketAddr>,
 }
 
 /// What the session shares with a pair's driver.
@@ -186,6 +189,22 @@ pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::
         None => (l2, None),
     };
     let mut plane = DataPlane::new(&opts.name, l2);
+    let relay = match opts.relay {
+        Some(addr) => match rt::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let bound = listener.local_addr().ok();
+                rt::spawn(crate::scaleout::serve_relay(listener, plane.relays()));
+                tracing::info!(se = %opts.name, relay = ?bound, "taking scale-out hand-offs");
+                bound
+            }
+            Err(e) => {
+                tracing::error!(se = %opts.name, %addr, error = %e, "no relay listener: this SE takes no hand-offs");
+                None
+            }
+        },
+        None => None,
+    };
+    plane.set_relay_addr(relay);
     let incarnation = rt::random_u64();
     let mut credentials = load_credentials(&*opts.credentials);
     let mut backoff = INITIAL_BACKOFF;
@@ -261,6 +280,7 @@ async fn session(
         se_group: opts.group.clone(),
         incarnation,
         applied_version: plane.applied_version(),
+        relay: plane.relay_addr(),
     };
     if let Err(e) = proto::write_frame(&mut wr, &hello).await {
         return (false, Err(e.to_string()));

@@ -98,6 +98,9 @@ fn listen_key(vs: &SeVirtualService) -> ListenKey {
 enum Bound {
     Tcp(rt::TcpListener),
     Udp(rt::UdpSocket),
+    /// A secondary: no socket of its own, connections come through the
+    /// SE's relay listener.
+    Relay,
 }
 
 struct Listener {
@@ -189,6 +192,10 @@ pub struct DataPlane {
     pools: BTreeMap<String, PoolHealth>,
     events: Arc<HealthEvents>,
     applied: u64,
+    /// The virtual services served here as a secondary, by VIP and port.
+    relays: crate::scaleout::RelayTable,
+    /// Where the relay listener takes hand-offs, if one runs.
+    relay_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -211,7 +218,24 @@ impl DataPlane {
             pools: BTreeMap::new(),
             events: Arc::new(HealthEvents::new(MAX_PENDING_CHANGES)),
             applied: 0,
+            relays: Arc::default(),
+            relay_addr: None,
         }
+    }
+
+    /// Where this SE's relay listener takes hand-offs (told to the Controller).
+    pub fn relay_addr(&self) -> Option<SocketAddr> {
+        self.relay_addr
+    }
+
+    /// Record where the relay listener runs.
+    pub fn set_relay_addr(&mut self, addr: Option<SocketAddr>) {
+        self.relay_addr = addr;
+    }
+
+    /// What the SE's relay listener serves (`scaleout::serve_relay`).
+    pub fn relays(&self) -> crate::scaleout::RelayTable {
+        self.relays.clone()
     }
 
     /// Health changes of this SE's servers, for the agent to report.
@@ -284,9 +308,9 @@ impl DataPlane {
             });
         }
         let mut wanted: BTreeMap<ListenKey, &SeVirtualService> = BTreeMap::new();
-        // A secondary keeps its pools and their health checks warm, but the
-        // primary holds the VIP: no claim, no listener (docs/placement.md).
-        for vs in config.virtual_services.iter().filter(|v| !v.secondary) {
+        // A secondary does not claim the VIP or listen on it: the primary
+        // hands it connections through the relay listener (docs/placement.md).
+        for vs in &config.virtual_services {
             if wanted.insert(listen_key(vs), vs).is_some() {
                 return Err(ApplyError::Duplicate(vs.name.clone()));
             }
@@ -367,7 +391,8 @@ impl DataPlane {
         // was cut off and its virtual service placed elsewhere): a config
         // that still puts it here takes it back.
         for (key, vs) in &wanted {
-            if self.listeners.contains_key(key) && self.l2.lost(vs.vip) {
+            let kept = self.listeners.get(key).is_some_and(|l| !l.spec.secondary);
+            if kept && !vs.secondary && self.l2.lost(vs.vip) {
                 tracing::warn!(se = %self.se_name, vs = %vs.name, vip = %vs.vip,
                     "claiming again a VIP another host had taken");
                 self.l2
@@ -381,7 +406,13 @@ impl DataPlane {
         }
         let mut prepared = Vec::new();
         for (key, vs) in &wanted {
-            if self.listeners.contains_key(key) {
+            // A listener in the same role is kept; one changing role (a
+            // secondary made primary, or the reverse) is prepared anew.
+            if self
+                .listeners
+                .get(key)
+                .is_some_and(|l| l.spec.secondary == vs.secondary)
+            {
                 continue;
             }
             match self.prepare(vs).await {
@@ -405,8 +436,21 @@ impl DataPlane {
         for key in removed {
             if let Some(old) = self.listeners.remove(&key) {
                 old.task.abort();
+                self.unrelay(&key);
                 self.release_if_unused(old.vip).await;
                 tracing::info!(se = %self.se_name, vs = %old.vs.name, "virtual service stopped");
+            }
+        }
+        // Listeners changing role make way for their new selves.
+        let mut released = Vec::new();
+        for (key, vs, _) in &prepared {
+            if let Some(old) = self.listeners.remove(key) {
+                old.task.abort();
+                self.unrelay(key);
+                if !old.spec.secondary && vs.secondary {
+                    released.push(old.vip);
+                }
+                tracing::info!(se = %self.se_name, vs = %old.vs.name, secondary = vs.secondary, "virtual service changes role");
             }
         }
         self.sync_pools(config, checkers);
@@ -417,6 +461,9 @@ impl DataPlane {
             }
             if listener.spec.http != vs.http {
                 listener.vs.set_http(vs.http);
+            }
+            if listener.spec.scaleout != vs.scaleout {
+                listener.vs.set_scaleout(vs.scaleout.clone());
             }
             if (listener.spec.protocol, listener.spec.l4) != (vs.protocol, vs.l4) {
                 listener.vs.set_l4(vs.protocol, vs.l4);
@@ -443,21 +490,22 @@ impl DataPlane {
             service.set_l4(vs.protocol, vs.l4);
             service.set_upstream_tls(upstream_tls.remove(&key).flatten());
             service.set_upstream_h2(speaks_h2(vs));
+            service.set_scaleout(vs.scaleout.clone());
             let for_task = service.clone();
             let gate = service.gate().clone();
             let (l2, vip) = (self.l2.clone(), vs.vip);
+            let vip_port = SocketAddr::new(vs.vip, vs.port);
             let task = match listener {
                 Bound::Tcp(listener) => rt::spawn(async move {
                     let result = rt::accept_loop_gated(listener, gate, move |stream, peer| {
                         // A VIP this host does not hold now (an HA standby,
                         // a simulated node after a takeover): dropped, as a
                         // kernel without the address would.
-                        let serve = l2
-                            .serves(vip)
-                            .then(|| proxy::serve_connection(for_task.clone(), stream, peer));
+                        let serves = l2.serves(vip);
+                        let vs = for_task.clone();
                         async move {
-                            if let Some(serve) = serve {
-                                serve.await;
+                            if serves {
+                                serve_or_hand_off(vs, stream, peer, vip_port).await;
                             }
                         }
                     })
@@ -467,6 +515,10 @@ impl DataPlane {
                     }
                 }),
                 Bound::Udp(socket) => rt::spawn(crate::l4::serve_udp(for_task, socket)),
+                Bound::Relay => {
+                    lock(&self.relays).insert(vip_port, service.clone());
+                    rt::spawn(async {})
+                }
             };
             tracing::info!(se = %self.se_name, vs = %vs.name, vip = %vs.vip, port = vs.port, "virtual service serving");
             self.listeners.insert(
@@ -478,6 +530,9 @@ impl DataPlane {
                     spec: (*vs).clone(),
                 },
             );
+        }
+        for vip in released {
+            self.release_if_unused(vip).await;
         }
         self.applied = config.version;
         Ok(())
@@ -541,6 +596,9 @@ impl DataPlane {
     }
 
     async fn prepare(&self, vs: &SeVirtualService) -> Result<Bound, ApplyError> {
+        if vs.secondary {
+            return Ok(Bound::Relay);
+        }
         self.l2
             .claim_vip(vs.vip)
             .await
@@ -568,13 +626,49 @@ impl DataPlane {
     }
 
     /// Release `vip` unless a running listener still uses it.
+    /// Stop handing relayed connections for `key` to a secondary.
+    fn unrelay(&self, key: &ListenKey) {
+        lock(&self.relays).remove(&SocketAddr::new(key.0, key.1));
+    }
+
+    /// Release `vip` unless a primary listener still uses it (a secondary
+    /// never claimed it).
     async fn release_if_unused(&self, vip: IpAddr) {
-        if !self.listeners.values().any(|l| l.vip == vip) {
+        if !self
+            .listeners
+            .values()
+            .any(|l| l.vip == vip && !l.spec.secondary)
+        {
             if let Err(e) = self.l2.release_vip(vip).await {
                 tracing::warn!(%vip, error = %e, "releasing VIP failed");
             }
         }
     }
+}
+
+/// Serve a connection accepted on the VIP, or hand it to the secondary
+/// that ranks first for it (docs/placement.md, "Scale-out"); a secondary
+/// that cannot be reached in time leaves it to this SE.
+async fn serve_or_hand_off(
+    vs: Arc<VirtualService>,
+    stream: rt::TcpStream,
+    peer: SocketAddr,
+    vip: SocketAddr,
+) {
+    let peers = vs.scaleout();
+    if !peers.is_empty() {
+        let mut members: Vec<&str> = Vec::with_capacity(peers.len() + 1);
+        members.push(vs.se_name());
+        members.extend(peers.iter().map(|p| p.se.as_str()));
+        let i = crate::scaleout::owner(peer, &members);
+        if i > 0 {
+            match crate::scaleout::hand_off(stream, peer, vip, &peers[i - 1]).await {
+                Ok(()) => return,
+                Err(stream) => return proxy::serve_connection(vs, stream, peer).await,
+            }
+        }
+    }
+    proxy::serve_connection(vs, stream, peer).await
 }
 
 /// The server set of `vs` over its pool's shared server states.
@@ -596,6 +690,10 @@ impl Drop for DataPlane {
             l.task.abort();
         }
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
@@ -623,6 +721,7 @@ mod tests {
             l4: Default::default(),
             outlier_detection: None,
             secondary: false,
+            scaleout: Vec::new(),
         }
     }
 

@@ -30,6 +30,7 @@ pub mod origin;
 pub mod outlier;
 pub mod proxy;
 pub mod relay;
+pub mod scaleout;
 pub mod tls;
 pub mod upstream;
 

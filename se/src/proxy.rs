@@ -59,6 +59,7 @@ pub struct VirtualService {
     max_in_flight: AtomicUsize,
     upstream_h2: std::sync::atomic::AtomicBool,
     h2_conns: crate::h2up::H2Pool,
+    scaleout: RwLock<Arc<Vec<fabric::proto::ScaleoutPeer>>>,
 }
 
 /// A request counted in flight on its virtual service until dropped.
@@ -99,7 +100,22 @@ impl VirtualService {
             max_in_flight: AtomicUsize::new(VsHttp::default().max_requests_in_flight as usize),
             upstream_h2: Default::default(),
             h2_conns: Default::default(),
+            scaleout: RwLock::default(),
         }
+    }
+
+    /// The secondaries new connections are shared with (empty: none).
+    pub fn scaleout(&self) -> Arc<Vec<fabric::proto::ScaleoutPeer>> {
+        self.scaleout
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Share new connections with `peers` from now on; open ones stay
+    /// where they are (a removed secondary drains).
+    pub fn set_scaleout(&self, peers: Vec<fabric::proto::ScaleoutPeer>) {
+        *self.scaleout.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(peers);
     }
 
     /// Whether requests go to servers in HTTP/2 (`pools[].http2`).

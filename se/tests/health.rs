@@ -75,6 +75,7 @@ fn config(
             l4: Default::default(),
             outlier_detection: None,
             secondary: false,
+            scaleout: Vec::new(),
         }],
         ha: None,
     }

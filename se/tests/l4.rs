@@ -75,6 +75,7 @@ fn vs(
         l4,
         outlier_detection: None,
         secondary: false,
+        scaleout: Vec::new(),
     }
 }
 

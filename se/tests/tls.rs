@@ -113,6 +113,7 @@ fn config(version: u64, port: u16, origin: SocketAddr, certs: &[Certificate]) ->
             l4: Default::default(),
             outlier_detection: None,
             secondary: false,
+            scaleout: Vec::new(),
         }],
         ha: None,
     }

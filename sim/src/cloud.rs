@@ -1,7 +1,7 @@
 //! A cloud connector whose SE hosts are simulated nodes.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -135,6 +135,10 @@ impl CloudConnector for SimCloud {
             credentials,
             join: spec.join,
             ha: spec.ha,
+            relay: Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                se::scaleout::DEFAULT_RELAY_PORT,
+            )),
         };
         let node = Handle::current()
             .create_node()

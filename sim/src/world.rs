@@ -671,7 +671,9 @@ impl World {
         SocketAddr::new(vs.vip, vs.port)
     }
 
-    async fn on_client<F, T>(
+    /// Run `f` as a task on the client node, with its segment port (to
+    /// resolve VIPs); for clients the helpers here do not cover.
+    pub async fn on_client<F, T>(
         &self,
         f: impl FnOnce(Arc<HostPort>) -> F + Send + 'static,
     ) -> Result<T>

@@ -115,6 +115,13 @@ impl CloudConnector for LocalProcesses {
                     .join(","),
             )
             .args(["--parent-pid", &std::process::id().to_string()])
+            // Every SE on this host: a port of its own for hand-offs.
+            .args(spec.controllers.first().map_or_else(Vec::new, |c| {
+                vec![
+                    "--relay-listen".to_string(),
+                    std::net::SocketAddr::new(c.ip(), 0).to_string(),
+                ]
+            }))
             .arg("--data")
             .arg(self.data_dir.join(&spec.name))
             .args(
