@@ -478,6 +478,7 @@ async fn run(command: Command) -> Result<()> {
                     priority: ha_priority,
                 }),
                 relay: relay_listen,
+                cpu: se::cpu::CpuMeter::default(),
             };
             se::agent::run(opts, l2, None).await;
             Ok(())

@@ -36,6 +36,10 @@
 //!   every other one keeps its SE, and new connections never fail (the
 //!   primary serves what it cannot hand off until placement drops the
 //!   dead secondary);
+//! - autoscale (N+M, 3 SEs, one virtual service, 5 s cooldown): its SE
+//!   reports 95% CPU: the virtual service goes to 2 SEs, then 3 (the
+//!   most); every SE reports 10%: back to 2, then 1; every request answered
+//!   and one holder of the VIP throughout;
 //! - limits: one SE that takes one virtual service, two virtual services:
 //!   the API says which one is short and why.
 //!
@@ -666,4 +670,59 @@ async fn killing_a_secondary_breaks_only_its_share_of_connections() {
         fresh_failed, 0,
         "a new connection failed while a secondary was down"
     );
+}
+
+#[madsim::test]
+async fn autoscale_follows_cpu_out_and_back_in() {
+    let group =
+        "buffer_ses = 0\nautoscale = true\nautoscale_cooldown_ms = 5000\nmax_scaleout_per_vs = 3";
+    let world = build(group, 3, 1).await;
+    let first = serving(&world, &["vs-1"]).await.remove(0);
+    assert_eq!(placed(&world, "vs-1"), std::slice::from_ref(&first));
+    let start = rt::now();
+    // (when, SEs carrying vs-1) each time it changes.
+    let mut steps: Vec<(u64, usize)> = Vec::new();
+    let mut failed = 0;
+    let mut cooled = false;
+    world.cloud.set_cpu(&first, 95);
+    while rt::now() - start < Duration::from_secs(60) {
+        let n = placed(&world, "vs-1").len();
+        if steps.last().map(|s| s.1) != Some(n) {
+            steps.push(((rt::now() - start).as_millis() as u64, n));
+        }
+        if n == 3 && !cooled {
+            for se in ["se-1", "se-2", "se-3"] {
+                world.cloud.set_cpu(se, 10);
+            }
+            cooled = true;
+        }
+        if cooled && n == 1 {
+            break;
+        }
+        one_holder(&world, &["vs-1"]);
+        if ask(&world, "vs-1").await.is_none() {
+            failed += 1;
+        }
+        rt::sleep(Duration::from_millis(200)).await;
+    }
+    println!("autoscale steps (ms, SEs): {steps:?}, {failed} failed requests");
+    let counts: Vec<usize> = steps.iter().map(|s| s.1).collect();
+    assert_eq!(counts, [1, 2, 3, 2, 1], "{steps:?}");
+    // Out within a stats report and a tick of the CPU going up; each later
+    // step a cooldown apart.
+    assert!(steps[1].0 <= 3_000, "{steps:?}");
+    for w in steps.windows(2).skip(1) {
+        assert!(
+            w[1].0 - w[0].0 >= 5_000 - 300,
+            "steps closer than the cooldown: {steps:?}"
+        );
+    }
+    assert_eq!(failed, 0, "requests failed while scaling");
+    let events = world.controller().unwrap().events();
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind.starts_with("scale_"))
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, ["scale_out", "scale_out", "scale_in", "scale_in"]);
 }

@@ -121,6 +121,8 @@ struct Inner {
     cloud: Mutex<Option<Cloud>>,
     /// Per group: the SE auto-healing created and waits for, since when.
     healing: Mutex<BTreeMap<String, (String, Instant)>>,
+    /// Per group: when autoscale last acted.
+    scaled: Mutex<BTreeMap<String, Instant>>,
     /// Wakes the placement loop (an SE came or went).
     placement_kick: tokio::sync::Notify,
 }
@@ -143,6 +145,7 @@ impl Controller {
             last_hello: Mutex::new(None),
             cloud: Mutex::new(None),
             healing: Mutex::new(BTreeMap::new()),
+            scaled: Mutex::new(BTreeMap::new()),
             placement_kick: tokio::sync::Notify::new(),
         };
         let this = Controller {
@@ -271,12 +274,19 @@ impl Controller {
                 let recent = heard
                     .get(&s.name)
                     .is_some_and(|t| now.saturating_duration_since(*t) < detect);
+                // A CPU figure counts while it is fresh (3 reports).
+                let fresh = rt::unix_ms().saturating_sub(s.stats_unix_ms)
+                    < 3 * proto::STATS_INTERVAL.as_millis() as u64;
                 let view = crate::placement::SeView {
                     name: s.name.clone(),
                     group: s.group.clone(),
                     up: s.connected || recent,
                     draining: false,
-                    cpu_percent: None,
+                    cpu_percent: s
+                        .stats
+                        .as_ref()
+                        .and_then(|st| st.cpu_percent)
+                        .filter(|_| fresh && s.connected),
                 };
                 (s.name.clone(), view)
             })
@@ -316,7 +326,9 @@ impl Controller {
             return Ok(());
         };
         let views = self.se_views(config, &desired.placement, since);
-        let next = crate::placement::place(config, &views, &desired.placement);
+        let mut base = (*desired.placement).clone();
+        self.autoscale(config, &views, &mut base, now);
+        let next = crate::placement::place(config, &views, &base);
         if next == *desired.placement {
             return Ok(());
         }
@@ -348,6 +360,104 @@ impl Controller {
             }
         }
         Ok(())
+    }
+
+    /// One autoscale step per group whose cooldown has passed (seed 002):
+    /// a virtual service on an SE above `max_cpu_percent` wants one more SE;
+    /// when every SE carrying the group's virtual services is below
+    /// `min_cpu_percent`, the one on most SEs wants one fewer. Written into
+    /// `placement.scaleout`, which placement then follows.
+    fn autoscale(
+        &self,
+        config: &crate::model::Config,
+        views: &[crate::placement::SeView],
+        placement: &mut crate::placement::Placement,
+        now: Instant,
+    ) {
+        for g in config.se_groups.iter().filter(|g| g.autoscale) {
+            let cooldown = Duration::from_millis(g.autoscale_cooldown_ms);
+            if lock(&self.inner.scaled)
+                .get(&g.name)
+                .is_some_and(|t| now.saturating_duration_since(*t) < cooldown)
+            {
+                continue;
+            }
+            let cpu = |se: &str| {
+                views
+                    .iter()
+                    .find(|v| v.name == se && v.up)
+                    .and_then(|v| v.cpu_percent)
+            };
+            let vss: Vec<(&str, &[String])> = config
+                .virtual_services
+                .iter()
+                .filter(|v| v.se_group == g.name)
+                .map(|v| (v.name.as_str(), placement.of(&v.name)))
+                .filter(|(_, ses)| !ses.is_empty())
+                .collect();
+            let wants = |vs: &str, n: usize| {
+                placement
+                    .scaleout
+                    .get(vs)
+                    .copied()
+                    .unwrap_or(g.scaleout())
+                    .max(n as u32)
+            };
+            // Out: the hottest SE above the line; of its virtual services,
+            // the one on fewest SEs that may grow.
+            let hottest = vss
+                .iter()
+                .flat_map(|(_, ses)| ses.iter())
+                .filter_map(|se| Some((cpu(se)?, se.as_str())))
+                .filter(|(c, _)| *c > g.max_cpu_percent)
+                .max();
+            let step = if let Some((hot, se)) = hottest {
+                vss.iter()
+                    .filter(|(_, ses)| ses.iter().any(|s| s == se))
+                    .map(|(vs, ses)| (wants(vs, ses.len()), *vs))
+                    .filter(|(n, _)| *n < g.max_scaleout_per_vs)
+                    .min()
+                    .map(|(n, vs)| {
+                        (
+                            vs,
+                            n + 1,
+                            format!("{se} at {hot}% CPU, above {}%", g.max_cpu_percent),
+                        )
+                    })
+            } else {
+                let carrying: Vec<&str> = vss
+                    .iter()
+                    .flat_map(|(_, ses)| ses.iter().map(String::as_str))
+                    .collect();
+                let all_cold = !carrying.is_empty()
+                    && carrying
+                        .iter()
+                        .all(|se| cpu(se).is_some_and(|c| c < g.min_cpu_percent));
+                all_cold
+                    .then(|| {
+                        vss.iter()
+                            .map(|(vs, ses)| (wants(vs, ses.len()), *vs))
+                            .filter(|(n, _)| *n > g.scaleout())
+                            .max()
+                            .map(|(n, vs)| {
+                                (
+                                    vs,
+                                    n - 1,
+                                    format!("every SE below {}% CPU", g.min_cpu_percent),
+                                )
+                            })
+                    })
+                    .flatten()
+            };
+            let Some((vs, n, why)) = step else {
+                continue;
+            };
+            let was = wants(vs, placement.of(vs).len());
+            placement.scaleout.insert(vs.to_string(), n);
+            lock(&self.inner.scaled).insert(g.name.clone(), now);
+            let kind = if n > was { "scale_out" } else { "scale_in" };
+            self.event(kind, vs, format!("{was} -> {n} SEs: {why}"));
+        }
     }
 
     /// If this node leads and has a cloud connector: for each auto-healing
@@ -386,6 +496,35 @@ impl Controller {
             }
             // Enough up: delete what failed long ago (the cloud's, only).
             let hosts = cloud.connector.list_ses().await;
+            // Autoscale in: one empty SE beyond what the group wants.
+            if g.autoscale && up > wanted {
+                let empty = views.iter().find(|v| {
+                    v.group == g.name
+                        && v.up
+                        && hosts.iter().any(|h| h.name == v.name)
+                        && !desired
+                            .placement
+                            .virtual_services
+                            .values()
+                            .any(|l| l.contains(&v.name))
+                });
+                let cooled = lock(&self.inner.scaled).get(&g.name).is_none_or(|t| {
+                    now.saturating_duration_since(*t)
+                        >= Duration::from_millis(g.autoscale_cooldown_ms)
+                });
+                if let (Some(v), true) = (empty, cooled) {
+                    if cloud.connector.delete_se(&v.name).await.is_ok() {
+                        lock(&self.inner.ses).remove(&v.name);
+                        lock(&self.inner.heard).remove(&v.name);
+                        lock(&self.inner.scaled).insert(g.name.clone(), now);
+                        self.event(
+                            "se_scaled_in",
+                            &v.name,
+                            format!("empty, group {} has {up} up and wants {wanted}", g.name),
+                        );
+                    }
+                }
+            }
             for v in views.iter().filter(|v| v.group == g.name && !v.up) {
                 let quiet = lock(&self.inner.heard).get(&v.name).is_none_or(|t| {
                     now.saturating_duration_since(*t) >= detect * DELETE_AFTER_DETECTIONS

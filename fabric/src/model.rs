@@ -391,6 +391,23 @@ pub struct SeGroup {
     /// Most SEs auto-healing brings the group to.
     #[serde(default = "default_max_ses")]
     pub max_ses: u32,
+    /// Elastic modes: place a virtual service on one more SE when an SE
+    /// carrying it reports more CPU than `max_cpu_percent`, and on one fewer
+    /// when every SE carrying the group's reports less than
+    /// `min_cpu_percent` (seed 002: 80% and 30%), at most once per
+    /// `autoscale_cooldown_ms` per group; with `auto_heal`, SEs come and go
+    /// with it.
+    #[serde(default)]
+    pub autoscale: bool,
+    /// Autoscale in below this CPU percentage.
+    #[serde(default = "default_min_cpu_percent")]
+    pub min_cpu_percent: u32,
+    /// Most SEs autoscale puts one virtual service on.
+    #[serde(default = "default_max_scaleout_per_vs")]
+    pub max_scaleout_per_vs: u32,
+    /// Time between two autoscale steps of the group, ms.
+    #[serde(default = "default_autoscale_cooldown_ms")]
+    pub autoscale_cooldown_ms: u64,
 }
 
 impl SeGroup {
@@ -422,6 +439,18 @@ fn default_max_cpu_percent() -> u32 {
 
 fn default_max_ses() -> u32 {
     10
+}
+
+fn default_min_cpu_percent() -> u32 {
+    30
+}
+
+fn default_max_scaleout_per_vs() -> u32 {
+    4
+}
+
+fn default_autoscale_cooldown_ms() -> u64 {
+    60_000
 }
 
 /// Most SEs one group may have.
@@ -1450,6 +1479,27 @@ impl Config {
                 err(
                     format!("se_groups[{i}].max_ses"),
                     format!("must be between 1 and {MAX_SES_PER_GROUP}"),
+                );
+            }
+            if g.min_cpu_percent >= g.max_cpu_percent {
+                err(
+                    format!("se_groups[{i}].min_cpu_percent"),
+                    format!("must be below max_cpu_percent ({})", g.max_cpu_percent),
+                );
+            }
+            if g.max_scaleout_per_vs < g.scaleout() || g.max_scaleout_per_vs > MAX_SCALEOUT_PER_VS {
+                err(
+                    format!("se_groups[{i}].max_scaleout_per_vs"),
+                    format!(
+                        "must be between min_scaleout_per_vs ({}) and {MAX_SCALEOUT_PER_VS}",
+                        g.scaleout()
+                    ),
+                );
+            }
+            if g.autoscale && g.ha_mode == HaMode::LegacyActiveStandby {
+                err(
+                    format!("se_groups[{i}].autoscale"),
+                    "a legacy active/standby pair does not scale".into(),
                 );
             }
             if g.auto_heal && g.ha_mode == HaMode::LegacyActiveStandby {

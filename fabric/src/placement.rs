@@ -61,6 +61,10 @@ pub struct Placement {
     /// Per elastic group: how its SEs are used.
     #[serde(default)]
     pub groups: BTreeMap<String, GroupUse>,
+    /// Virtual services autoscale put on more (or fewer) SEs than their
+    /// group's `min_scaleout_per_vs`: how many SEs each wants.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scaleout: BTreeMap<String, u32>,
 }
 
 /// How one group's SEs are used.
@@ -158,7 +162,14 @@ fn place_group(
     previous: &Placement,
     out: &mut Placement,
 ) {
-    let want = g.scaleout() as usize;
+    let want_of = |vs: &str| {
+        previous
+            .scaleout
+            .get(vs)
+            .copied()
+            .unwrap_or(g.scaleout())
+            .clamp(g.scaleout(), g.max_scaleout_per_vs.max(g.scaleout())) as usize
+    };
     let buffer = match g.ha_mode {
         HaMode::ElasticNPlusM => g.buffer_ses,
         _ => 0,
@@ -170,6 +181,10 @@ fn place_group(
     let mut lists: Vec<Vec<usize>> = Vec::with_capacity(vss.len());
     let mut stranded: Vec<Vec<usize>> = Vec::with_capacity(vss.len());
     for vs in vss {
+        let want = want_of(vs);
+        if want != g.scaleout() as usize {
+            out.scaleout.insert(vs.to_string(), want as u32);
+        }
         let (mut keep, mut lost) = (Vec::new(), Vec::new());
         for name in previous.of(vs) {
             let Some(i) = index(&slots, name) else {
@@ -189,6 +204,7 @@ fn place_group(
     // 2. Fill up what is short.
     let mut buffer_used = false;
     for (k, vs) in vss.iter().enumerate() {
+        let want = want_of(vs);
         while lists[k].len() < want {
             let fits: Vec<usize> = (0..slots.len())
                 .filter(|&i| !lists[k].contains(&i) && slots[i].refusal(g, true).is_none())
@@ -246,6 +262,7 @@ fn place_group(
 
     // 3. What found no new home stays on its down SE.
     for (k, vs) in vss.iter().enumerate() {
+        let want = want_of(vs);
         let mut names: Vec<String> = lists[k].iter().map(|&i| slots[i].se.name.clone()).collect();
         if names.len() < want && !stranded[k].is_empty() {
             let left: Vec<String> = stranded[k]

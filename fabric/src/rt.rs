@@ -41,6 +41,29 @@ pub fn now() -> Instant {
     Instant::now()
 }
 
+/// CPU time this process has used (user and system), on a real host; None
+/// in the simulation, where the process's CPU time says nothing about the
+/// simulated hosts.
+pub fn process_cpu_time() -> Option<Duration> {
+    #[cfg(madsim)]
+    {
+        None
+    }
+    #[cfg(not(madsim))]
+    {
+        // SAFETY: getrusage(2) fills the struct we pass and touches nothing else.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+            return None;
+        }
+        let tv = |t: libc::timeval| {
+            Duration::from_secs(t.tv_sec.max(0) as u64)
+                + Duration::from_micros(t.tv_usec.max(0) as u64)
+        };
+        Some(tv(usage.ru_utime) + tv(usage.ru_stime))
+    }
+}
+
 /// Wall-clock milliseconds since the Unix epoch (virtual in the simulation).
 pub fn unix_ms() -> u64 {
     SystemTime::now()

@@ -212,6 +212,10 @@ pub const MAX_REPORTED: usize = 1024;
 /// What one SE reports: counters since it started.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeStats {
+    /// CPU use of the SE since its last report, percent of the cores it
+    /// may use (None: not measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<u32>,
     /// Per virtual service.
     pub virtual_services: Vec<VsStats>,
     /// Per pool, per server.
@@ -279,6 +283,7 @@ mod tests {
             latency: Histogram { counts: vec![0, 5] },
         };
         let mut a = SeStats {
+            cpu_percent: None,
             virtual_services: vec![VsStats {
                 name: "app".into(),
                 requests: 10,

@@ -55,6 +55,8 @@ pub struct SeOptions {
     /// Where to take scale-out hand-offs from primaries (None: none; this
     /// SE then never serves as a secondary). Port 0: any free port.
     pub relay: Option<SocketAddr>,
+    /// Where the CPU figure it reports comes from.
+    pub cpu: crate::cpu::CpuMeter,
 }
 
 /// What the session shares with a pair's driver.
@@ -369,7 +371,9 @@ async fn session(
                     if rt::now() >= next_stats {
                         next_stats += proto::STATS_INTERVAL;
                         if takes_stats {
-                            let report = SeMessage::Stats { stats: plane.stats() };
+                            let mut stats = plane.stats();
+                            stats.cpu_percent = opts.cpu.percent();
+                            let report = SeMessage::Stats { stats };
                             proto::write_frame(&mut wr, &report).await.map_err(|e| e.to_string())?;
                         }
                     }

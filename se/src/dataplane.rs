@@ -268,6 +268,7 @@ impl DataPlane {
     /// started serving them (at most [`stats::MAX_REPORTED`] of each kind).
     pub fn stats(&self) -> stats::SeStats {
         stats::SeStats {
+            cpu_percent: None,
             virtual_services: self
                 .listeners
                 .values()

@@ -18,6 +18,7 @@
 
 pub mod agent;
 pub mod counters;
+pub mod cpu;
 pub mod dataplane;
 pub mod h1;
 pub mod h2relay;

@@ -21,6 +21,8 @@ pub struct SimCloud {
     ports: Arc<Mutex<BTreeMap<String, Arc<HostPort>>>>,
     created: Arc<Mutex<u8>>,
     applied: Arc<Mutex<Applied>>,
+    /// The CPU figure each SE reports, by name.
+    cpus: Arc<Mutex<BTreeMap<String, Arc<std::sync::atomic::AtomicU32>>>>,
 }
 
 /// What the SEs' data planes started serving, per SE and boot.
@@ -41,6 +43,7 @@ impl SimCloud {
             ports: Arc::default(),
             created: Arc::default(),
             applied: Arc::default(),
+            cpus: Arc::default(),
         }
     }
 
@@ -53,6 +56,20 @@ impl SimCloud {
             .filter(|(name, port)| hosts.get(*name).is_some_and(|h| h.running) && port.holds(vip))
             .map(|(name, _)| name.clone())
             .collect()
+    }
+
+    /// Make SE `name` report `percent` CPU from now on (its next stats
+    /// report; every SE starts at 0).
+    pub fn set_cpu(&self, name: &str, percent: u32) {
+        self.cpu_of(name)
+            .store(percent, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn cpu_of(&self, name: &str) -> Arc<std::sync::atomic::AtomicU32> {
+        lock(&self.cpus)
+            .entry(name.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Lose (`true`) or deliver again every gratuitous ARP frame on the segment.
@@ -139,6 +156,7 @@ impl CloudConnector for SimCloud {
                 IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                 se::scaleout::DEFAULT_RELAY_PORT,
             )),
+            cpu: se::cpu::CpuMeter::Fixed(self.cpu_of(&spec.name)),
         };
         let node = Handle::current()
             .create_node()
