@@ -36,6 +36,10 @@
 //!   every other one keeps its SE, and new connections never fail (the
 //!   primary serves what it cannot hand off until placement drops the
 //!   dead secondary);
+//! - scale-in (the same, the config cut to 2 SEs per virtual service) under
+//!   30 open keep-alive connections: the dropped secondary's connections
+//!   keep working until they close (drained, not broken), and new ones
+//!   never go to it;
 //! - autoscale (N+M, 3 SEs, one virtual service, 5 s cooldown): its SE
 //!   reports 95% CPU: the virtual service goes to 2 SEs, then 3 (the
 //!   most); every SE reports 10%: back to 2, then 1; every request answered
@@ -725,4 +729,72 @@ async fn autoscale_follows_cpu_out_and_back_in() {
         .map(|e| e.kind)
         .collect();
     assert_eq!(kinds, ["scale_out", "scale_out", "scale_in", "scale_in"]);
+}
+
+#[madsim::test]
+async fn scale_in_drains_the_dropped_secondary_s_connections() {
+    let world = build(SCALE_OUT, 3, 1).await;
+    let list = scaled_out(&world).await;
+    let dropped = list[2].clone();
+    let vip = world.vip_of("vs-1").unwrap();
+    let (open_tx, open_rx) = tokio::sync::oneshot::channel::<()>();
+    let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<()>();
+    let client = world.on_client(move |port| async move {
+        let owner = port.resolve(vip.ip()).await.expect("the VIP resolves");
+        let mut conns = Vec::new();
+        for _ in 0..30 {
+            let mut s = rt::connect(std::net::SocketAddr::new(owner, vip.port())).await?;
+            let se = keep_alive_get(&mut s).await;
+            conns.push((s, se));
+        }
+        let _ = open_tx.send(());
+        let _ = cut_rx.await;
+        let mut after = Vec::new();
+        for (s, _) in &mut conns {
+            after.push(keep_alive_get(s).await);
+        }
+        let before: Vec<Option<String>> = conns.into_iter().map(|(_, se)| se).collect();
+        let mut fresh = Vec::new();
+        for _ in 0..30 {
+            let mut s = rt::connect(std::net::SocketAddr::new(owner, vip.port())).await?;
+            fresh.push(keep_alive_get(&mut s).await);
+        }
+        Ok((before, after, fresh))
+    });
+    let scale_in = async {
+        open_rx.await.unwrap();
+        let controller = world.controller().unwrap();
+        let mut config = world.config.clone();
+        config.se_groups[0].min_scaleout_per_vs = Some(2);
+        controller.apply(config).await.unwrap();
+        let start = rt::now();
+        while placed(&world, "vs-1").len() != 2 {
+            assert!(rt::now() - start < Duration::from_secs(5), "not scaled in");
+            rt::sleep(PACE).await;
+        }
+        // Every SE has applied the change.
+        rt::sleep(Duration::from_millis(500)).await;
+        let _ = cut_tx.send(());
+    };
+    let (result, ()) = tokio::join!(client, scale_in);
+    let (before, after, fresh) = result.unwrap();
+    assert_eq!(placed(&world, "vs-1"), list[..2]);
+    let on_dropped = before
+        .iter()
+        .filter(|s| s.as_deref() == Some(dropped.as_str()))
+        .count();
+    println!("scale-in drops {dropped}: {on_dropped} of 30 open connections were on it");
+    assert!(on_dropped > 0, "no connection on {dropped}: {before:?}");
+    assert_eq!(
+        after, before,
+        "an open connection broke or moved when {dropped} was dropped"
+    );
+    assert!(
+        fresh.iter().all(|s| s.is_some()),
+        "a new connection failed: {fresh:?}"
+    );
+    assert!(
+        !fresh.iter().any(|s| s.as_deref() == Some(dropped.as_str())),
+        "a new connection went to the dropped {dropped}: {fresh:?}"
+    );
 }
