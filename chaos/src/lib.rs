@@ -2,6 +2,7 @@
 //!
 //! - The scenarios the seed runner drives ([`scenario`], simulation builds
 //!   only), each returning what it observed so a report can be written.
+//! - The failover plot of a run ([`plot`], pure, both worlds).
 //! - The `#![cfg(madsim)]` integration tests under `chaos/tests/`.
 //!
 //! Run the seed runner with `./scripts/chaos.sh run --seeds 500`; every
@@ -9,5 +10,6 @@
 //! again with a full trace. Run the tests with `./scripts/test.sh`.
 #![deny(missing_docs)]
 
+pub mod plot;
 #[cfg(madsim)]
 pub mod scenario;

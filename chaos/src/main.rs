@@ -1,6 +1,7 @@
 //! `chaos`: the seed runner. It runs scenarios over many seeds on all cores,
 //! stops each seed at a simulated-time limit, prints every failure with the
-//! command that replays it, and writes a JSON report and a Markdown summary.
+//! command that replays it, and writes a JSON report, a Markdown summary and
+//! an SVG plot of the client-visible outages (`failover.svg`).
 //!
 //! It drives the simulation, so it exists only in simulation builds; use
 //! `./scripts/chaos.sh run --seeds 500` and `./scripts/chaos.sh replay SEED`.
@@ -257,9 +258,8 @@ mod runner {
         }
         println!("{}", markdown(&report));
         println!(
-            "report: {}/report.json, {}/summary.md",
-            dir.display(),
-            dir.display()
+            "report: {d}/report.json, {d}/summary.md, {d}/failover.svg",
+            d = dir.display()
         );
         if report.seeds_failed == 0 {
             ExitCode::SUCCESS
@@ -364,7 +364,21 @@ mod runner {
             dir.join("report.json"),
             serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?,
         )?;
-        std::fs::write(dir.join("summary.md"), markdown(report))
+        std::fs::write(dir.join("summary.md"), markdown(report))?;
+        let mut outages: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for r in &report.results {
+            if let Ok(o) = &r.result {
+                outages
+                    .entry(o.scenario.to_string())
+                    .or_default()
+                    .extend(&o.outages_ms);
+            }
+        }
+        let title = format!("{} seeds: client-visible outages", report.seeds_run);
+        std::fs::write(
+            dir.join("failover.svg"),
+            chaos::plot::failover_svg(&title, &outages),
+        )
     }
 
     fn replay(seed: u64) -> ExitCode {
