@@ -180,6 +180,7 @@ pub fn router(controller: Controller) -> Router {
         .route("/api/v1/ses", get(ses))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/placement", get(placement))
+        .route("/api/v1/ses/{name}/drain", axum::routing::post(drain))
         .route("/api/v1/events", get(events))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
@@ -672,6 +673,46 @@ async fn placement(State(c): State<Controller>, headers: HeaderMap) -> ApiResult
         "groups": placement.groups,
     }))
     .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    draining: bool,
+}
+
+/// Drain an SE (`{"draining": true}`) or stop draining it (`false`): its
+/// virtual services move to other SEs, each place kept until its
+/// connections end (docs/placement.md, "Draining"). Admin only.
+async fn drain(
+    State(c): State<Controller>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let p = authenticate(&c, &headers)?;
+    require_admin(&p)?;
+    let body: DrainBody =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("body: {e} (expected {{\"draining\": true|false}})"),
+                )
+            })?;
+    let known = c.ses().iter().any(|s| s.name == name)
+        || c.node().peek(|o| o.se_certs.values().any(|n| *n == name));
+    if !known {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no SE named `{name}`"),
+        ));
+    }
+    let version = c.set_draining(&name, body.draining).await?;
+    Ok(
+        axum::Json(json!({ "se": name, "draining": body.draining, "version": version }))
+            .into_response(),
+    )
 }
 
 /// p50, p90, p99 and p99.9 of a histogram in milliseconds (null when empty).

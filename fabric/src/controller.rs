@@ -262,6 +262,7 @@ impl Controller {
         &self,
         config: &crate::model::Config,
         previous: &crate::placement::Placement,
+        draining: &std::collections::BTreeSet<String>,
         leader_since: Instant,
     ) -> Vec<crate::placement::SeView> {
         let now = rt::now();
@@ -277,11 +278,29 @@ impl Controller {
                 // A CPU figure counts while it is fresh (3 reports).
                 let fresh = rt::unix_ms().saturating_sub(s.stats_unix_ms)
                     < 3 * proto::STATS_INTERVAL.as_millis() as u64;
+                // Connections open per virtual service, from the last report
+                // (an SE not reporting is taken as busy: nothing is cut
+                // short on a guess).
+                let busy = match s.stats.as_ref().filter(|_| fresh) {
+                    Some(st) => st
+                        .virtual_services
+                        .iter()
+                        .filter(|v| v.open_connections > 0)
+                        .map(|v| v.name.clone())
+                        .collect(),
+                    None if s.connected => config
+                        .virtual_services
+                        .iter()
+                        .map(|v| v.name.clone())
+                        .collect(),
+                    None => Default::default(),
+                };
                 let view = crate::placement::SeView {
                     name: s.name.clone(),
                     group: s.group.clone(),
                     up: s.connected || recent,
-                    draining: false,
+                    draining: draining.contains(&s.name),
+                    busy,
                     cpu_percent: s
                         .stats
                         .as_ref()
@@ -303,7 +322,8 @@ impl Controller {
                         name: name.clone(),
                         group: group.clone(),
                         up: settling,
-                        draining: false,
+                        draining: draining.contains(name),
+                        busy: Default::default(),
                         cpu_percent: None,
                     });
             }
@@ -325,7 +345,7 @@ impl Controller {
         let Some(config) = desired.config.as_ref() else {
             return Ok(());
         };
-        let views = self.se_views(config, &desired.placement, since);
+        let views = self.se_views(config, &desired.placement, &desired.draining, since);
         let mut base = (*desired.placement).clone();
         self.autoscale(config, &views, &mut base, now);
         let next = crate::placement::place(config, &views, &base);
@@ -477,7 +497,7 @@ impl Controller {
         };
         let now = rt::now();
         let detect = Duration::from_millis(config.controller.heartbeat_ms) * MISSED_HEARTBEATS;
-        let views = self.se_views(&config, &desired.placement, since);
+        let views = self.se_views(&config, &desired.placement, &desired.draining, since);
         for g in config.se_groups.iter().filter(|g| g.auto_heal) {
             let Some(usage) = desired.placement.groups.get(&g.name) else {
                 continue;
@@ -640,12 +660,31 @@ impl Controller {
         format!("{prefix}{n}")
     }
 
-    /// The relay listeners of the SEs with a session, by name.
-    fn relays(&self) -> BTreeMap<String, SocketAddr> {
+    /// The relay listeners of the SEs with a session, by name, but for
+    /// the draining ones: primaries hand them no new connections.
+    fn relays(
+        &self,
+        draining: &std::collections::BTreeSet<String>,
+    ) -> BTreeMap<String, SocketAddr> {
         lock(&self.inner.ses)
             .iter()
+            .filter(|(name, _)| !draining.contains(*name))
             .filter_map(|(name, (_, s))| Some((name.clone(), s.relay?)))
             .collect()
+    }
+
+    /// Drain SE `name` (or stop draining it), through the leader.
+    pub async fn set_draining(&self, name: &str, draining: bool) -> Result<u64, ClusterError> {
+        let v = self
+            .inner
+            .node
+            .write(Command::SetDraining {
+                se: name.to_string(),
+                draining,
+            })
+            .await?;
+        self.inner.placement_kick.notify_one();
+        Ok(v)
     }
 
     /// Every SE the Controller has heard from, by name.
@@ -1122,7 +1161,7 @@ impl Controller {
                     group,
                     name,
                     &desired.placement,
-                    &self.relays(),
+                    &self.relays(&desired.draining),
                     desired.se_version(),
                 );
                 if let Err(e) = proto::write_frame(wr, &ControllerMessage::Config(cfg)).await {

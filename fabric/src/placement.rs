@@ -42,8 +42,12 @@ pub struct SeView {
     /// Whether it is up (has a session with the leader, or lost it less
     /// than the failure-detection time ago).
     pub up: bool,
-    /// Being emptied (scale-in, migration): keeps what it has, takes nothing new.
+    /// Being emptied (an operator drains it): takes nothing new, and keeps
+    /// a place only while that virtual service has connections open on it
+    /// (`busy`), beside the replacement placement adds.
     pub draining: bool,
+    /// Virtual services with connections open on this SE (its last report).
+    pub busy: std::collections::BTreeSet<String>,
     /// CPU use it reported last, percent (None: not known).
     pub cpu_percent: Option<u32>,
 }
@@ -180,6 +184,7 @@ fn place_group(
     // 1. Keep what may stay, in config order (so shrunk limits cut the last ones).
     let mut lists: Vec<Vec<usize>> = Vec::with_capacity(vss.len());
     let mut stranded: Vec<Vec<usize>> = Vec::with_capacity(vss.len());
+    let mut draining_kept: Vec<Vec<usize>> = vec![Vec::new(); vss.len()];
     for vs in vss {
         let want = want_of(vs);
         if want != g.scaleout() as usize {
@@ -190,6 +195,15 @@ fn place_group(
             let Some(i) = index(&slots, name) else {
                 continue; // No longer known (removed from the group).
             };
+            if slots[i].se.draining {
+                // Not counted in `want`: a replacement is placed beside it,
+                // and it goes once its connections have ended.
+                if slots[i].se.up && slots[i].se.busy.contains(*vs) {
+                    slots[i].carries += 1;
+                    draining_kept[lists.len()].push(i);
+                }
+                continue;
+            }
             if keep.len() < want && slots[i].refusal(g, false).is_none() {
                 slots[i].carries += 1;
                 keep.push(i);
@@ -207,7 +221,11 @@ fn place_group(
         let want = want_of(vs);
         while lists[k].len() < want {
             let fits: Vec<usize> = (0..slots.len())
-                .filter(|&i| !lists[k].contains(&i) && slots[i].refusal(g, true).is_none())
+                .filter(|&i| {
+                    !lists[k].contains(&i)
+                        && !draining_kept[k].contains(&i)
+                        && slots[i].refusal(g, true).is_none()
+                })
                 .collect();
             let free = slots
                 .iter()
@@ -275,6 +293,8 @@ fn place_group(
             why.insert_str(0, &lead);
             names.extend(left);
         }
+        // Draining places last: the primary hands them no new connections.
+        names.extend(draining_kept[k].iter().map(|&i| slots[i].se.name.clone()));
         if !names.is_empty() {
             out.virtual_services.insert(vs.to_string(), names);
         }

@@ -109,6 +109,14 @@ pub enum Command {
     /// Change nothing, but go through the log like any write: proves the
     /// cluster commits (the leader-loss drill uses it). Replies the version.
     Probe,
+    /// Mark SE `se` draining (or not): placement moves what it carries
+    /// elsewhere, keeping each place while it still has connections open.
+    SetDraining {
+        /// The SE.
+        se: String,
+        /// Draining or back to normal.
+        draining: bool,
+    },
     /// Record where the virtual services of elastic groups run (the
     /// leader's placement, `crate::placement`). Replies the SE config
     /// version it makes.
@@ -204,6 +212,8 @@ pub struct Desired {
     pub placement: Arc<crate::placement::Placement>,
     /// Version of the latest placement change (0: none yet).
     pub placement_version: u64,
+    /// SEs an operator is draining.
+    pub draining: Arc<std::collections::BTreeSet<String>>,
 }
 
 impl Desired {
@@ -241,6 +251,9 @@ pub struct Objects {
     /// Version of the latest placement change.
     #[serde(default)]
     pub placement_version: u64,
+    /// SEs an operator is draining.
+    #[serde(default)]
+    pub draining: std::collections::BTreeSet<String>,
 }
 
 /// What an API token may do.
@@ -361,6 +374,18 @@ impl Objects {
             Command::Probe => Reply::Applied(self.version),
             // Not part of the config (no object version moves), but SEs
             // must be sent what changed: it gets a version of its own.
+            Command::SetDraining { se, draining } => {
+                let changed = if *draining {
+                    self.draining.insert(se.clone())
+                } else {
+                    self.draining.remove(se)
+                };
+                if changed {
+                    // Placement reads it: a version of its own, like placement.
+                    self.placement_version = version.max(self.version);
+                }
+                Reply::Applied(self.placement_version)
+            }
             Command::SetPlacement { placement } => {
                 self.placement = (**placement).clone();
                 self.placement_version = version.max(self.version);

@@ -457,6 +457,7 @@ fn desired_of(data: &Objects) -> Desired {
         },
         placement: Arc::new(data.placement.clone()),
         placement_version: data.placement_version,
+        draining: Arc::new(data.draining.clone()),
     }
 }
 

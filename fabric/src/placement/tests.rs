@@ -26,6 +26,7 @@ fn ses(up: &[bool]) -> Vec<SeView> {
             group: "g".into(),
             up,
             draining: false,
+            busy: Default::default(),
             cpu_percent: None,
         })
         .collect()
@@ -122,6 +123,7 @@ fn limits_explain_why_nothing_fits() {
         group: "g".into(),
         up: true,
         draining: false,
+        busy: Default::default(),
         cpu_percent: Some(95),
     });
     let p = place(&c, &view, &Placement::default());
@@ -172,16 +174,32 @@ fn a_stranded_virtual_service_waits_on_its_down_se() {
 }
 
 #[test]
-fn draining_keeps_what_it_has_and_takes_nothing_new() {
+fn draining_moves_what_it_carries_once_its_connections_end() {
     let c = config("buffer_ses = 0", 2);
     let before = place(&c, &ses(&[true]), &Placement::default());
     let mut view = ses(&[true, true]);
     view[0].draining = true;
+    view[0].busy.insert("vs-1".into());
     let after = place(&c, &view, &before);
-    assert_eq!(after.virtual_services, before.virtual_services);
+    // vs-1 has connections open on se-1: its replacement goes first (it
+    // holds the VIP), se-1 stays last until they end; vs-2 moves at once.
+    assert_eq!(after.of("vs-1"), ["se-2".to_string(), "se-1".to_string()]);
+    assert_eq!(after.of("vs-2"), ["se-2".to_string()]);
+    assert!(after.problems.is_empty(), "{:?}", after.problems);
+    // Its connections ended: gone from the list.
+    view[0].busy.clear();
+    let done = place(&c, &view, &after);
+    assert_eq!(done.of("vs-1"), ["se-2".to_string()]);
+    // A draining SE takes nothing new.
     let c = config("buffer_ses = 0", 3);
-    let more = place(&c, &view, &after);
+    let more = place(&c, &view, &done);
     assert_eq!(more.of("vs-3"), ["se-2".to_string()]);
+    // Drained and back: it takes new work again, nothing moves back.
+    view[0].draining = false;
+    let c = config("buffer_ses = 0", 4);
+    let back = place(&c, &view, &more);
+    assert_eq!(back.of("vs-1"), ["se-2".to_string()]);
+    assert_eq!(back.of("vs-4"), ["se-1".to_string()]);
 }
 
 #[test]
@@ -191,9 +209,11 @@ fn legacy_groups_are_not_placed() {
     assert!(p.virtual_services.is_empty() && p.groups.is_empty());
 }
 
-/// Random fleets, limits and failures: limits always hold for new places,
-/// the result is a function of its inputs, an up SE never loses a virtual
-/// service it could keep, and every unplaced virtual service says why.
+/// Random fleets, limits, failures and drains: limits always hold for new
+/// places, the result is a function of its inputs, an up SE that is not
+/// draining never loses a virtual service it could keep, a draining SE
+/// (never busy here) keeps nothing, and every unplaced virtual service
+/// says why.
 #[test]
 fn random_fleets_keep_the_rules() {
     let mut rng = SmallRng::seed_from_u64(0x91ace);
@@ -236,10 +256,15 @@ fn random_fleets_keep_the_rules() {
                 dedup.sort();
                 dedup.dedup();
                 assert_eq!(dedup.len(), list.len(), "round {round}: twice on one SE");
-                assert!(list.len() <= g.scaleout() as usize);
-                let up_places = list
+                // Draining places are extra (kept while busy; none here).
+                let counted: Vec<&String> = list
                     .iter()
-                    .filter(|n| view.iter().any(|s| &s.name == *n && s.up))
+                    .filter(|n| view.iter().any(|s| &s.name == *n && !s.draining))
+                    .collect();
+                assert!(counted.len() <= g.scaleout() as usize);
+                let up_places = counted
+                    .iter()
+                    .filter(|n| view.iter().any(|s| &s.name == **n && s.up))
                     .count();
                 if up_places < g.scaleout() as usize {
                     assert!(
@@ -251,10 +276,18 @@ fn random_fleets_keep_the_rules() {
                 // Stickiness: a place on an up SE that had room stays.
                 for se in placement.of(&vs.name) {
                     let s = view.iter().find(|s| &s.name == se).unwrap();
-                    if s.up && load(&placement, se) as u32 <= g.max_vs_per_se {
+                    if s.up && !s.draining && load(&placement, se) as u32 <= g.max_vs_per_se {
                         assert!(list.contains(se), "round {round}: {} left up {se}", vs.name);
                     }
                 }
+            }
+            for se in view.iter().filter(|s| s.draining) {
+                assert_eq!(
+                    load(&next, &se.name),
+                    0,
+                    "round {round}: draining {} kept work",
+                    se.name
+                );
             }
             placement = next;
         }
