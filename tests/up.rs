@@ -3,25 +3,16 @@
 //! HTTP and DNS against it, then a clean stop. Also `fabric check` on bad
 //! config. Ports are derived from the test's PID to avoid collisions.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 
-const FABRIC: &str = env!("CARGO_BIN_EXE_fabric");
-
-fn config(base: u16) -> String {
-    fabric::model::EXAMPLE_CONFIG
-        .replace("127.0.0.1:7470", &format!("127.0.0.1:{}", base + 5))
-        .replace("127.0.0.1:8481", &format!("127.0.0.1:{}", base + 1))
-        .replace("127.0.0.1:8482", &format!("127.0.0.1:{}", base + 2))
-        .replace("port = 8080", &format!("port = {}", base + 3))
-        .replace("127.0.0.1:8053", &format!("127.0.0.1:{}", base + 4))
-        .replace("127.0.0.1:8054", &format!("127.0.0.1:{}", base + 8))
-}
+use common::{start_up, FABRIC};
 
 fn dns_query(server: SocketAddr, name: &str) -> Message {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -39,43 +30,13 @@ fn dns_query(server: SocketAddr, name: &str) -> Message {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_http_and_dns_then_stops() {
-    // Below the ephemeral port range (32768-60999), where a connection's
-    // local port could take ours; tests/restore.rs uses 21000-31999.
-    // Each run takes base..=base+8: the Controller's SE, Raft and API ports
-    // are base+5..=base+7, the DNS API base+8.
-    let base = 10_000 + (std::process::id() % 1100) as u16 * 9;
+    let base = common::base_port();
     let dir = std::env::temp_dir().join(format!("fabric-up-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("fabric.toml");
-    std::fs::write(&path, config(base)).unwrap();
-
-    let mut child = Command::new(FABRIC)
-        .args(["up", "--config"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut printed = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !printed.iter().any(|l: &String| l.starts_with("Ctrl-C")) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => printed.push(line),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("fabric up did not report ready in 30 s; printed {printed:?}");
-            }
-        }
-    }
-    let vip = SocketAddr::new("127.0.0.10".parse().unwrap(), base + 3);
+    std::fs::write(&path, common::config(base, "")).unwrap();
+    let (child, printed) = start_up(&path);
+    let vip = common::vip(base);
     assert!(
         printed
             .iter()
@@ -203,13 +164,7 @@ async fn up_serves_http_and_dns_then_stops() {
     }
 
     // A clean stop takes the child SE down too: the VIP stops answering.
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    common::stop(child);
     let stopped = Instant::now() + Duration::from_secs(5);
     while std::net::TcpStream::connect_timeout(&vip, Duration::from_millis(200)).is_ok() {
         assert!(

@@ -125,6 +125,35 @@ fn placed(world: &World, vs: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Kill `victim` now and ask vs-1 every `PACE` for twice the move bound:
+/// one holder per VIP of `vss` at every sample, `victim` never answers, and
+/// `check` sees every other answer; the time to the first one.
+async fn kill_and_watch(
+    world: &World,
+    vss: &[&str],
+    victim: &str,
+    mut check: impl AsyncFnMut(&str),
+) -> Duration {
+    world.cloud.kill(victim).unwrap();
+    let killed = rt::now();
+    let mut moved = None;
+    while rt::now() - killed < MOVE_BOUND * 2 {
+        one_holder(world, vss);
+        match ask(world, "vs-1").await {
+            Some(se) if se == victim => panic!("{victim} answered after it was killed"),
+            Some(se) => {
+                check(&se).await;
+                moved.get_or_insert(rt::now() - killed);
+            }
+            None => {}
+        }
+        rt::sleep(PACE).await;
+    }
+    let moved = moved.unwrap_or_else(|| panic!("vs-1 never served again after {victim} died"));
+    assert!(moved <= MOVE_BOUND, "vs-1 served again after {moved:?}");
+    moved
+}
+
 #[madsim::test]
 async fn n_plus_m_moves_only_the_failed_se_s_virtual_service() {
     let world = build("", 3, 2).await;
@@ -137,29 +166,13 @@ async fn n_plus_m_moves_only_the_failed_se_s_virtual_service() {
         .find(|s| !before.contains(&s.to_string()))
         .unwrap();
     rt::sleep(Duration::from_millis(rt::random_u64() % 2_000)).await;
-    world.cloud.kill(&victim).unwrap();
-    let killed = rt::now();
-    let mut moved = None;
-    while rt::now() - killed < MOVE_BOUND * 2 {
-        one_holder(&world, &vss);
-        assert_eq!(
-            ask(&world, "vs-2").await.as_deref(),
-            Some(before[1].as_str()),
-            "vs-2 moved"
-        );
-        match ask(&world, "vs-1").await {
-            Some(se) if se == victim => panic!("{victim} answered after it was killed"),
-            Some(se) => {
-                assert_eq!(se, buffer, "vs-1 went to a busy SE, not the buffer");
-                moved.get_or_insert(rt::now() - killed);
-            }
-            None => {}
-        }
-        rt::sleep(PACE).await;
-    }
-    let moved = moved.unwrap_or_else(|| panic!("vs-1 never served again after {victim} died"));
+    let other = before[1].clone();
+    let moved = kill_and_watch(&world, &vss, &victim, async |se| {
+        assert_eq!(se, buffer, "vs-1 went to a busy SE, not the buffer");
+        assert_eq!(ask(&world, "vs-2").await, Some(other.clone()), "vs-2 moved");
+    })
+    .await;
     println!("failover mode=n_plus_m_kill ms={}", moved.as_millis());
-    assert!(moved <= MOVE_BOUND, "vs-1 served again after {moved:?}");
     assert_eq!(placed(&world, "vs-1"), [buffer.to_string()]);
     let group = world.controller().unwrap().desired().placement.groups["elastic"].clone();
     assert_eq!(group.ses_free, 0, "{group:?}");
@@ -198,25 +211,12 @@ async fn active_active_promotes_the_secondary() {
     assert_eq!(world.cloud.holders(vip), [list[0].clone()]);
     let (primary, secondary) = (list[0].clone(), list[1].clone());
     rt::sleep(Duration::from_millis(rt::random_u64() % 2_000)).await;
-    world.cloud.kill(&primary).unwrap();
-    let killed = rt::now();
-    let mut moved = None;
-    while rt::now() - killed < MOVE_BOUND * 2 {
-        one_holder(&world, &vss);
-        match ask(&world, "vs-1").await {
-            Some(se) if se == primary => panic!("{primary} answered after it was killed"),
-            Some(_) => {
-                // Served again: the old secondary holds the VIP now.
-                assert_eq!(world.cloud.holders(vip), std::slice::from_ref(&secondary));
-                moved.get_or_insert(rt::now() - killed);
-            }
-            None => {}
-        }
-        rt::sleep(PACE).await;
-    }
-    let moved = moved.unwrap_or_else(|| panic!("vs-1 never answered after {primary} died"));
+    // Served again: the old secondary holds the VIP now.
+    let moved = kill_and_watch(&world, &vss, &primary, async |_| {
+        assert_eq!(world.cloud.holders(vip), std::slice::from_ref(&secondary));
+    })
+    .await;
     println!("failover mode=active_active_kill ms={}", moved.as_millis());
-    assert!(moved <= MOVE_BOUND, "served again after {moved:?}");
     let list = placed(&world, "vs-1");
     assert_eq!(list.len(), 2, "a new secondary: {list:?}");
     assert_eq!(list[0], secondary);
@@ -621,47 +621,111 @@ async fn request_on(stream: &mut rt::TcpStream, last: bool) -> Option<String> {
     header(se::SE_HEADER)
 }
 
+/// What a client saw on vs-1 around an action (each entry: the SE that
+/// answered, or None).
+struct Rounds {
+    /// The first request on each of the open connections.
+    before: Vec<Option<String>>,
+    /// One more on each, after the action.
+    after: Vec<Option<String>>,
+    /// One on each of the new connections opened after that.
+    fresh: Vec<Option<String>>,
+}
+
+impl Rounds {
+    /// The open connections stayed where they were (none broke or moved),
+    /// every new one was answered and none by `left`, the SE that is
+    /// leaving; how many of the open ones `left` served.
+    fn kept_while_leaving(&self, left: &str) -> usize {
+        let on_it = self
+            .before
+            .iter()
+            .filter(|s| s.as_deref() == Some(left))
+            .count();
+        assert!(on_it > 0, "no connection on {left}: {:?}", self.before);
+        assert_eq!(
+            self.after, self.before,
+            "an open connection broke or moved while {left} left"
+        );
+        assert!(
+            self.fresh.iter().all(|s| s.is_some()),
+            "a new connection failed: {:?}",
+            self.fresh
+        );
+        assert!(
+            !self.fresh.iter().any(|s| s.as_deref() == Some(left)),
+            "a new connection went to {left}: {:?}",
+            self.fresh
+        );
+        on_it
+    }
+}
+
+/// Open `open` keep-alive connections to vs-1, one request on each; then
+/// run `action` (it starts only then); then one more request on each (the
+/// last on it when `last`); then `fresh` new connections, one request each.
+async fn around(
+    world: &World,
+    open: usize,
+    fresh: usize,
+    last: bool,
+    action: impl std::future::Future<Output = ()>,
+) -> Rounds {
+    let vip = world.vip_of("vs-1").unwrap();
+    let (open_tx, open_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let client = world.on_client(move |port| async move {
+        let owner = port.resolve(vip.ip()).await.expect("the VIP resolves");
+        let to = std::net::SocketAddr::new(owner, vip.port());
+        let mut conns = Vec::new();
+        for _ in 0..open {
+            let mut s = rt::connect(to).await?;
+            let se = keep_alive_get(&mut s).await;
+            conns.push((s, se));
+        }
+        let _ = open_tx.send(());
+        let _ = go_rx.await;
+        let mut after = Vec::new();
+        for (s, _) in &mut conns {
+            after.push(request_on(s, last).await);
+        }
+        let mut new = Vec::new();
+        for _ in 0..fresh {
+            let mut s = rt::connect(to).await?;
+            new.push(keep_alive_get(&mut s).await);
+        }
+        let before = conns.into_iter().map(|(_, se)| se).collect();
+        Ok(Rounds {
+            before,
+            after,
+            fresh: new,
+        })
+    });
+    let act = async {
+        open_rx.await.unwrap();
+        action.await;
+        let _ = go_tx.send(());
+    };
+    let (rounds, ()) = tokio::join!(client, act);
+    rounds.unwrap()
+}
+
 #[madsim::test]
 async fn killing_a_secondary_breaks_only_its_share_of_connections() {
     let world = build(SCALE_OUT, 3, 1).await;
     let list = scaled_out(&world).await;
     let victim = list[1 + (rt::random_u64() % 2) as usize].clone();
-    let vip = world.vip_of("vs-1").unwrap();
-    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
-    let (killed_tx, killed_rx) = tokio::sync::oneshot::channel::<()>();
-    let client = world.on_client(move |port| async move {
-        let owner = port.resolve(vip.ip()).await.expect("the VIP resolves");
-        let mut conns = Vec::new();
-        for _ in 0..30 {
-            let mut s = rt::connect(std::net::SocketAddr::new(owner, vip.port())).await?;
-            let se = keep_alive_get(&mut s).await;
-            conns.push((s, se));
-        }
-        let _ = kill_tx.send(());
-        let _ = killed_rx.await;
-        let mut after = Vec::new();
-        for (s, _) in &mut conns {
-            after.push(keep_alive_get(s).await);
-        }
-        let before: Vec<Option<String>> = conns.into_iter().map(|(_, se)| se).collect();
-        // New connections while the primary still lists the dead one.
-        let mut fresh_failed = 0;
-        for _ in 0..20 {
-            let mut s = rt::connect(std::net::SocketAddr::new(owner, vip.port())).await?;
-            if keep_alive_get(&mut s).await.is_none() {
-                fresh_failed += 1;
-            }
-        }
-        Ok((before, after, fresh_failed))
-    });
-    let killer = async {
-        kill_rx.await.unwrap();
+    let kill = async {
         world.cloud.kill(&victim).unwrap();
         rt::sleep(Duration::from_millis(100)).await;
-        let _ = killed_tx.send(());
     };
-    let (result, ()) = tokio::join!(client, killer);
-    let (before, after, fresh_failed) = result.unwrap();
+    // The new connections come while the primary still lists the dead one.
+    let Rounds {
+        before,
+        after,
+        fresh,
+    } = around(&world, 30, 20, false, kill).await;
+    let fresh_failed = fresh.iter().filter(|s| s.is_none()).count();
     let on_victim = before
         .iter()
         .filter(|s| s.as_deref() == Some(victim.as_str()))
@@ -751,33 +815,7 @@ async fn scale_in_drains_the_dropped_secondary_s_connections() {
     let world = build(SCALE_OUT, 3, 1).await;
     let list = scaled_out(&world).await;
     let dropped = list[2].clone();
-    let vip = world.vip_of("vs-1").unwrap();
-    let (open_tx, open_rx) = tokio::sync::oneshot::channel::<()>();
-    let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<()>();
-    let client = world.on_client(move |port| async move {
-        let owner = port.resolve(vip.ip()).await.expect("the VIP resolves");
-        let mut conns = Vec::new();
-        for _ in 0..30 {
-            let mut s = rt::connect(std::net::SocketAddr::new(owner, vip.port())).await?;
-            let se = keep_alive_get(&mut s).await;
-            conns.push((s, se));
-        }
-        let _ = open_tx.send(());
-        let _ = cut_rx.await;
-        let mut after = Vec::new();
-        for (s, _) in &mut conns {
-            after.push(keep_alive_get(s).await);
-        }
-        let before: Vec<Option<String>> = conns.into_iter().map(|(_, se)| se).collect();
-        let mut fresh = Vec::new();
-        for _ in 0..30 {
-            let mut s = rt::connect(std::net::SocketAddr::new(owner, vip.port())).await?;
-            fresh.push(keep_alive_get(&mut s).await);
-        }
-        Ok((before, after, fresh))
-    });
     let scale_in = async {
-        open_rx.await.unwrap();
         let controller = world.controller().unwrap();
         let mut config = world.config.clone();
         config.se_groups[0].min_scaleout_per_vs = Some(2);
@@ -789,29 +827,11 @@ async fn scale_in_drains_the_dropped_secondary_s_connections() {
         }
         // Every SE has applied the change.
         rt::sleep(Duration::from_millis(500)).await;
-        let _ = cut_tx.send(());
     };
-    let (result, ()) = tokio::join!(client, scale_in);
-    let (before, after, fresh) = result.unwrap();
+    let rounds = around(&world, 30, 30, false, scale_in).await;
     assert_eq!(placed(&world, "vs-1"), list[..2]);
-    let on_dropped = before
-        .iter()
-        .filter(|s| s.as_deref() == Some(dropped.as_str()))
-        .count();
+    let on_dropped = rounds.kept_while_leaving(&dropped);
     println!("scale-in drops {dropped}: {on_dropped} of 30 open connections were on it");
-    assert!(on_dropped > 0, "no connection on {dropped}: {before:?}");
-    assert_eq!(
-        after, before,
-        "an open connection broke or moved when {dropped} was dropped"
-    );
-    assert!(
-        fresh.iter().all(|s| s.is_some()),
-        "a new connection failed: {fresh:?}"
-    );
-    assert!(
-        !fresh.iter().any(|s| s.as_deref() == Some(dropped.as_str())),
-        "a new connection went to the dropped {dropped}: {fresh:?}"
-    );
 }
 
 #[madsim::test]
@@ -831,33 +851,7 @@ async fn draining_an_se_moves_its_work_once_its_connections_end() {
         .find(|s| !list.iter().any(|l| l == s))
         .unwrap()
         .to_string();
-    let vip = world.vip_of("vs-1").unwrap();
-    let (open_tx, open_rx) = tokio::sync::oneshot::channel::<()>();
-    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-    let client = world.on_client(move |port| async move {
-        let owner = port.resolve(vip.ip()).await.expect("the VIP resolves");
-        let mut conns = Vec::new();
-        for _ in 0..20 {
-            let mut s = rt::connect(std::net::SocketAddr::new(owner, vip.port())).await?;
-            let se = keep_alive_get(&mut s).await;
-            conns.push((s, se));
-        }
-        let _ = open_tx.send(());
-        let _ = go_rx.await;
-        let mut after = Vec::new();
-        for (s, _) in &mut conns {
-            after.push(request_on(s, true).await);
-        }
-        let mut fresh = Vec::new();
-        for _ in 0..20 {
-            let mut s = rt::connect(std::net::SocketAddr::new(owner, vip.port())).await?;
-            fresh.push(keep_alive_get(&mut s).await);
-        }
-        let before: Vec<Option<String>> = conns.into_iter().map(|(_, se)| se).collect();
-        Ok((before, after, fresh))
-    });
     let operator = async {
-        open_rx.await.unwrap();
         let token = world.admin_token(0).await.unwrap();
         let path = format!("/api/v1/ses/{drained}/drain");
         let body = serde_json::json!({ "draining": true });
@@ -887,25 +881,12 @@ async fn draining_an_se_moves_its_work_once_its_connections_end() {
             rt::sleep(PACE).await;
         }
         rt::sleep(Duration::from_millis(500)).await;
-        let _ = go_tx.send(());
     };
-    let (result, ()) = tokio::join!(client, operator);
-    let (before, after, fresh) = result.unwrap();
-    let on_drained = before
-        .iter()
-        .filter(|s| s.as_deref() == Some(drained.as_str()))
-        .count();
-    println!("drain {drained}: {on_drained} of 20 open connections on it kept answering; new ones: {fresh:?}");
-    assert!(on_drained > 0, "{before:?}");
-    assert_eq!(
-        after, before,
-        "an open connection broke or moved while draining"
-    );
-    assert!(fresh.iter().all(|s| s.is_some()), "{fresh:?}");
-    assert!(
-        !fresh.iter().any(|s| s.as_deref() == Some(drained.as_str())),
-        "{fresh:?}"
-    );
+    // The second request on each open connection is its last: the server
+    // closes it after answering.
+    let rounds = around(&world, 20, 20, true, operator).await;
+    let on_drained = rounds.kept_while_leaving(&drained);
+    println!("drain {drained}: {on_drained} of 20 open connections on it kept answering");
     // Connections closed: the drained SE leaves the list at its next report.
     // (The simulated TCP has no half-close: a connection its client closed
     // while the primary spliced it (an earlier request through `ask`) stays

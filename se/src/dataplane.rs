@@ -396,13 +396,7 @@ impl DataPlane {
             if kept && !vs.secondary && self.l2.lost(vs.vip) {
                 tracing::warn!(se = %self.se_name, vs = %vs.name, vip = %vs.vip,
                     "claiming again a VIP another host had taken");
-                self.l2
-                    .claim_vip(vs.vip)
-                    .await
-                    .map_err(|source| ApplyError::Vip {
-                        vs: vs.name.clone(),
-                        source,
-                    })?;
+                self.claim(vs).await?;
             }
         }
         let mut prepared = Vec::new();
@@ -596,17 +590,21 @@ impl DataPlane {
         }
     }
 
-    async fn prepare(&self, vs: &SeVirtualService) -> Result<Bound, ApplyError> {
-        if vs.secondary {
-            return Ok(Bound::Relay);
-        }
+    async fn claim(&self, vs: &SeVirtualService) -> Result<(), ApplyError> {
         self.l2
             .claim_vip(vs.vip)
             .await
             .map_err(|source| ApplyError::Vip {
                 vs: vs.name.clone(),
                 source,
-            })?;
+            })
+    }
+
+    async fn prepare(&self, vs: &SeVirtualService) -> Result<Bound, ApplyError> {
+        if vs.secondary {
+            return Ok(Bound::Relay);
+        }
+        self.claim(vs).await?;
         let addr = SocketAddr::new(self.l2.bind_addr(vs.vip), vs.port);
         let bound = if vs.protocol == VsProtocol::Udp {
             rt::UdpSocket::bind(addr).await.map(Bound::Udp)
