@@ -22,6 +22,12 @@
 //!   TCP backs off): vs-1 may move, but never back, no VIP has two
 //!   holders for more than a sample, vs-2 never moves, and once the link
 //!   heals each VIP is held by the SE the placement names;
+//! - active/active, the primary cut from the Controller (not from the
+//!   client or the other SEs): the secondary becomes primary and holds the
+//!   VIP, the cut one yields to its GARPs and never answers again; with
+//!   every GARP lost as well, the cut one keeps the VIP until the cut heals
+//!   (it cannot know: docs/placement.md, "Two holders"), then the secondary
+//!   is the only holder;
 //! - auto-healing, one virtual service per SE and no buffer: the killed SE's
 //!   virtual service waits on it until the Controller has created a new SE
 //!   through the cloud connector (a new simulated node), which then serves
@@ -915,4 +921,68 @@ async fn draining_an_se_moves_its_work_once_its_connections_end() {
         rt::sleep(PACE).await;
     }
     assert_eq!(placed(&world, "vs-1"), [primary, free]);
+}
+
+/// Active/active: cut the primary of vs-1 from the Controller, with GARPs
+/// delivered or lost; the secondary must end up the only holder.
+async fn active_active_primary_cut(garp_loss: bool) {
+    let world = build("ha_mode = \"elastic_active_active\"", 3, 1).await;
+    serving(&world, &["vs-1"]).await;
+    let start = rt::now();
+    while placed(&world, "vs-1").len() < 2 {
+        assert!(rt::now() - start < Duration::from_secs(10), "no secondary");
+        rt::sleep(PACE).await;
+    }
+    rt::sleep(Duration::from_millis(500)).await;
+    let list = placed(&world, "vs-1");
+    let (primary, secondary) = (list[0].clone(), list[1].clone());
+    let vip = world.vip_of("vs-1").unwrap().ip();
+    world.cloud.set_garp_loss(garp_loss);
+    cut_from_controller(&world, &primary, true);
+    let cut = rt::now();
+    let (mut dual_samples, mut moved) = (0, None);
+    while rt::now() - cut < MOVE_BOUND * 2 {
+        if world.cloud.holders(vip).len() > 1 {
+            dual_samples += 1;
+        }
+        if placed(&world, "vs-1").first() == Some(&secondary) {
+            moved.get_or_insert(rt::now() - cut);
+        }
+        let answer = ask(&world, "vs-1").await;
+        if !garp_loss && moved.is_some_and(|m| rt::now() - cut > m + MOVE_BOUND) {
+            // Well after the move the cut primary never answers: it
+            // yielded (GARPs seen), or the client no longer reaches it.
+            assert_ne!(
+                answer.as_deref(),
+                Some(primary.as_str()),
+                "the cut {primary} still answers"
+            );
+        }
+        rt::sleep(PACE).await;
+    }
+    let moved = moved.unwrap_or_else(|| panic!("{secondary} never became primary"));
+    println!(
+        "failover mode=active_active_cut garp_loss={garp_loss} ms={} dual_samples={dual_samples}",
+        moved.as_millis()
+    );
+    assert!(moved <= MOVE_BOUND, "moved after {moved:?}");
+    world.cloud.set_garp_loss(false);
+    cut_from_controller(&world, &primary, false);
+    rt::sleep(Duration::from_secs(5)).await;
+    // Healed: the old primary reconnects and is told it is not one.
+    assert_eq!(world.cloud.holders(vip), std::slice::from_ref(&secondary));
+    assert!(ask(&world, "vs-1").await.is_some());
+    if !garp_loss {
+        assert!(dual_samples <= 1, "two holders for {dual_samples} samples");
+    }
+}
+
+#[madsim::test]
+async fn active_active_primary_cut_from_the_controller() {
+    active_active_primary_cut(false).await;
+}
+
+#[madsim::test]
+async fn active_active_primary_cut_while_garps_are_lost() {
+    active_active_primary_cut(true).await;
 }
