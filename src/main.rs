@@ -259,6 +259,16 @@ enum CtlCommand {
         /// A file `fabric ctl backup` wrote.
         file: PathBuf,
     },
+    /// Drain SE NAME: its virtual services move to other SEs, each place
+    /// kept while its connections are open (REST API, admin token;
+    /// docs/placement.md).
+    Drain {
+        /// The SE.
+        name: String,
+        /// Stop draining it instead.
+        #[arg(long)]
+        stop: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -802,6 +812,15 @@ async fn ctl(
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let body = api_call(api, "POST", "/api/v1/restore", &token, Some(text)).await?;
             println!("restored: {}", String::from_utf8_lossy(&body));
+        }
+        CtlCommand::Drain { name, stop } => {
+            let token = token.context("drain needs an admin token: --token or FABRIC_TOKEN")?;
+            let body = serde_json::json!({ "draining": !stop })
+                .to_string()
+                .into_bytes();
+            let path = format!("/api/v1/ses/{name}/drain");
+            let reply = api_call(api, "POST", &path, &token, Some(body)).await?;
+            println!("{}", String::from_utf8_lossy(&reply));
         }
         CtlCommand::Dns { .. } => unreachable!("answered above"),
         CtlCommand::Probe => {

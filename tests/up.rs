@@ -139,6 +139,31 @@ async fn up_serves_http_and_dns_then_stops() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 
+    // `fabric ctl drain`: an unknown SE is refused; se-1 drains and comes back.
+    let ctl = |args: &[&str]| {
+        Command::new(FABRIC)
+            .args(["ctl", "--api", &api.to_string()])
+            .args(args)
+            .env("FABRIC_TOKEN", &token)
+            .output()
+            .unwrap()
+    };
+    let out = ctl(&["drain", "nope"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404"),
+        "{out:?}"
+    );
+    for args in [&["drain", "se-1"][..], &["drain", "se-1", "--stop"][..]] {
+        let out = ctl(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("\"se\":\"se-1\""),
+            "{out:?}"
+        );
+    }
+    assert_eq!(se::proxy::get(vip, "app", "/").await.unwrap().status(), 200);
+
     // Malformed HTTP gets a 400 and the connection closes; the SE keeps serving.
     {
         use std::io::{Read, Write};

@@ -185,6 +185,7 @@ fn place_group(
     let mut lists: Vec<Vec<usize>> = Vec::with_capacity(vss.len());
     let mut stranded: Vec<Vec<usize>> = Vec::with_capacity(vss.len());
     let mut draining_kept: Vec<Vec<usize>> = vec![Vec::new(); vss.len()];
+    let mut drain_fallback: Vec<Vec<usize>> = vec![Vec::new(); vss.len()];
     for vs in vss {
         let want = want_of(vs);
         if want != g.scaleout() as usize {
@@ -197,10 +198,13 @@ fn place_group(
             };
             if slots[i].se.draining {
                 // Not counted in `want`: a replacement is placed beside it,
-                // and it goes once its connections have ended.
+                // and it goes once its connections have ended (or, idle,
+                // once a replacement exists: see step 3).
                 if slots[i].se.up && slots[i].se.busy.contains(*vs) {
                     slots[i].carries += 1;
                     draining_kept[lists.len()].push(i);
+                } else if slots[i].se.up {
+                    drain_fallback[lists.len()].push(i);
                 }
                 continue;
             }
@@ -292,6 +296,18 @@ fn place_group(
             let lead = format!("stays on {} (down) until it returns; ", left.join(", "));
             why.insert_str(0, &lead);
             names.extend(left);
+        }
+        // A draining SE that no other SE can relieve keeps serving: better
+        // a drain that waits than a virtual service that stops.
+        if names.is_empty() && draining_kept[k].is_empty() && !drain_fallback[k].is_empty() {
+            let left = drain_fallback[k][0];
+            draining_kept[k].push(left);
+            let why = out.problems.entry(vs.to_string()).or_default();
+            let lead = format!(
+                "stays on {} (draining) until another SE can take it; ",
+                slots[left].se.name
+            );
+            why.insert_str(0, &lead);
         }
         // Draining places last: the primary hands them no new connections.
         names.extend(draining_kept[k].iter().map(|&i| slots[i].se.name.clone()));

@@ -190,6 +190,14 @@ fn draining_moves_what_it_carries_once_its_connections_end() {
     view[0].busy.clear();
     let done = place(&c, &view, &after);
     assert_eq!(done.of("vs-1"), ["se-2".to_string()]);
+    // The only SE, draining, idle: it keeps serving, and says why.
+    let alone = place(&c, &view[..1], &before);
+    assert_eq!(alone.of("vs-2"), ["se-1".to_string()]);
+    assert!(
+        alone.problems["vs-2"].starts_with("stays on se-1 (draining)"),
+        "{:?}",
+        alone.problems
+    );
     // A draining SE takes nothing new.
     let c = config("buffer_ses = 0", 3);
     let more = place(&c, &view, &done);
@@ -281,13 +289,24 @@ fn random_fleets_keep_the_rules() {
                     }
                 }
             }
-            for se in view.iter().filter(|s| s.draining) {
-                assert_eq!(
-                    load(&next, &se.name),
-                    0,
-                    "round {round}: draining {} kept work",
-                    se.name
-                );
+            // A draining SE keeps only what has nowhere else to go (and says so).
+            for vs in &c.virtual_services {
+                let list = next.of(&vs.name);
+                let drained = list
+                    .iter()
+                    .any(|n| view.iter().any(|s| &s.name == n && s.draining));
+                if drained {
+                    assert_eq!(
+                        list.len(),
+                        1,
+                        "round {round}: {} on a draining SE beside others",
+                        vs.name
+                    );
+                    assert!(
+                        next.problems[&vs.name].contains("(draining)"),
+                        "round {round}"
+                    );
+                }
             }
             placement = next;
         }
