@@ -64,6 +64,18 @@ pub fn process_cpu_time() -> Option<Duration> {
     }
 }
 
+/// Cores this process may run on (1 in the simulation).
+pub fn cpu_cores() -> usize {
+    #[cfg(madsim)]
+    {
+        1
+    }
+    #[cfg(not(madsim))]
+    {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
 /// Wall-clock milliseconds since the Unix epoch (virtual in the simulation).
 pub fn unix_ms() -> u64 {
     SystemTime::now()
