@@ -29,7 +29,7 @@ mod runner {
     use std::thread;
     use std::time::Duration;
 
-    use chaos::scenario::{self, Outcome};
+    use chaos::scenario::{self, Outcome, Params, Scenario};
     use clap::{Parser, Subcommand};
     use serde::Serialize;
 
@@ -62,25 +62,96 @@ mod runner {
             /// Run every seed twice; a seed whose two runs differ fails.
             #[arg(long)]
             check_determinism: bool,
+            #[command(flatten)]
+            pick: Pick,
         },
         /// Run one seed again with a full trace on stderr.
         Replay {
             /// The seed.
             seed: u64,
+            #[command(flatten)]
+            pick: Pick,
         },
+    }
+
+    /// Which scenario a seed runs, and for how long.
+    #[derive(clap::Args, Debug, Clone)]
+    struct Pick {
+        /// `mixed` (seeds take turns: seed % 3 = 0 slice, 1 pair, 2
+        /// fabric), or one of `slice`, `pair`, `fabric`.
+        #[arg(long, default_value = "mixed", value_parser = parse_scenario)]
+        scenario: String,
+        /// Length of each seed's safety phase, simulated seconds (a fault
+        /// round per 30 s of it): 600 for ten-minute seeds.
+        #[arg(long, default_value_t = 30)]
+        phase_secs: u64,
+    }
+
+    fn parse_scenario(name: &str) -> Result<String, String> {
+        if name == "mixed" || Scenario::parse(name).is_some() {
+            return Ok(name.to_string());
+        }
+        Err(format!(
+            "unknown scenario {name:?}: mixed, slice, pair or fabric"
+        ))
+    }
+
+    impl Pick {
+        /// The one scenario asked for, `None` for mixed.
+        fn only(&self) -> Option<Scenario> {
+            Scenario::parse(&self.scenario)
+        }
+
+        fn scenario_of(&self, seed: u64) -> Scenario {
+            self.only().unwrap_or_else(|| Scenario::for_seed(seed))
+        }
+
+        fn params(&self) -> Params {
+            Params {
+                phase: Duration::from_secs(self.phase_secs.max(1)),
+            }
+        }
+
+        /// The replay flags that reproduce this pick for one seed.
+        fn flags(&self, seed: u64) -> String {
+            let mut flags = String::new();
+            if self.only().is_some() {
+                let name = self.scenario_of(seed).name();
+                flags += &format!(" --scenario {}", name.split('_').next().unwrap_or(name));
+            }
+            if self.phase_secs != 30 {
+                flags += &format!(" --phase-secs {}", self.phase_secs);
+            }
+            flags
+        }
     }
 
     #[derive(Debug, Clone, Serialize)]
     struct SeedResult {
         seed: u64,
+        scenario: Scenario,
         wall_secs: f64,
         #[serde(flatten)]
         result: Result<Outcome, String>,
     }
 
+    /// Speed and failures of one scenario in a run.
+    #[derive(Debug, Default, Serialize)]
+    struct ScenarioStats {
+        seeds: usize,
+        failed: usize,
+        sim_secs: f64,
+        worker_wall_secs: f64,
+        sim_per_wall: f64,
+        /// Seeds of this scenario's length one core runs per hour.
+        seeds_per_core_hour: f64,
+    }
+
     #[derive(Debug, Serialize)]
     struct Report {
-        scenario: &'static str,
+        scenario: String,
+        phase_secs: u64,
+        by_scenario: BTreeMap<&'static str, ScenarioStats>,
         seeds_run: usize,
         seeds_failed: usize,
         failures: Vec<Failure>,
@@ -113,6 +184,7 @@ mod runner {
                 time_limit_secs,
                 report,
                 check_determinism,
+                pick,
             } => {
                 let jobs = jobs
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -120,17 +192,19 @@ mod runner {
                     first,
                     seeds,
                     jobs.max(1),
-                    Duration::from_secs(time_limit_secs),
+                    // A longer safety phase gets its length on top.
+                    Duration::from_secs(time_limit_secs.max(pick.phase_secs + 120)),
                     &report,
                     check_determinism,
+                    &pick,
                 )
             }
-            Command::Replay { seed } => replay(seed),
+            Command::Replay { seed, pick } => replay(seed, &pick),
         }
     }
 
-    fn replay_command(seed: u64) -> String {
-        format!("./scripts/chaos.sh replay {seed}")
+    fn replay_command(seed: u64, pick: &Pick) -> String {
+        format!("./scripts/chaos.sh replay {seed}{}", pick.flags(seed))
     }
 
     /// Run one seed on a thread of its own; a panic or a time-out is a failure.
@@ -144,28 +218,24 @@ mod runner {
     /// tokio's `FastRand`, which orders `watch` wake-ups, is seeded from them
     /// (vendor/README.md): the determinism check saw two runs of one seed wake
     /// the Controller's sessions in another order.
-    fn run_seed(seed: u64, limit: Duration) -> SeedResult {
-        thread::spawn(move || run_seed_here(seed, limit))
+    fn run_seed(seed: u64, limit: Duration, scenario: Scenario, params: Params) -> SeedResult {
+        thread::spawn(move || run_seed_here(seed, limit, scenario, params))
             .join()
             .unwrap_or_else(|_| SeedResult {
                 seed,
+                scenario,
                 wall_secs: 0.0,
                 result: Err("the seed's thread died".into()),
             })
     }
 
-    fn run_seed_here(seed: u64, limit: Duration) -> SeedResult {
+    fn run_seed_here(seed: u64, limit: Duration, scenario: Scenario, params: Params) -> SeedResult {
         let wall = fabric::rt::now();
         let result = std::panic::catch_unwind(|| {
             let mut rt =
                 madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
             rt.set_time_limit(limit);
-            // Odd seeds run the legacy active/standby pair, even ones the slice.
-            if seed % 2 == 1 {
-                rt.block_on(scenario::pair_under_faults())
-            } else {
-                rt.block_on(scenario::slice_under_crashes())
-            }
+            rt.block_on(scenario.run(params))
         });
         let result = match result {
             Ok(Ok(outcome)) => Ok(outcome),
@@ -178,19 +248,29 @@ mod runner {
         };
         SeedResult {
             seed,
+            scenario,
             wall_secs: wall.elapsed().as_secs_f64(),
             result,
         }
     }
 
     /// Run one seed, twice when `twice`: two runs whose outcomes differ are a failure.
-    fn run_checked(seed: u64, limit: Duration, twice: bool) -> SeedResult {
-        let first = run_seed(seed, limit);
+    fn run_checked(seed: u64, limit: Duration, twice: bool, pick: &Pick) -> SeedResult {
+        let (scenario, params) = (pick.scenario_of(seed), pick.params());
+        let first = run_seed(seed, limit, scenario, params);
         if !twice {
             return first;
         }
-        let second = run_seed(seed, limit);
-        let as_json = |r: &SeedResult| serde_json::to_string(&r.result).unwrap_or_default();
+        let second = run_seed(seed, limit, scenario, params);
+        // The outcome and the whole trace must be the same.
+        let as_json = |r: &SeedResult| {
+            let trace = r
+                .result
+                .as_ref()
+                .map(|o| o.trace.lines())
+                .unwrap_or_default();
+            serde_json::to_string(&(&r.result, trace)).unwrap_or_default()
+        };
         if as_json(&first) == as_json(&second) {
             return first;
         }
@@ -211,6 +291,7 @@ mod runner {
         limit: Duration,
         dir: &PathBuf,
         twice: bool,
+        pick: &Pick,
     ) -> ExitCode {
         // Panics are reported per seed; the default hook would print each one.
         std::panic::set_hook(Box::new(|_| {}));
@@ -220,12 +301,12 @@ mod runner {
         let (tx, rx) = mpsc::channel();
         let workers: Vec<_> = (0..jobs)
             .map(|_| {
-                let (next, tx) = (next.clone(), tx.clone());
+                let (next, tx, pick) = (next.clone(), tx.clone(), pick.clone());
                 // Each worker thread runs its own simulation runtime, one seed at a
                 // time: threads sit outside every simulation, so this is deterministic.
                 thread::spawn(move || loop {
                     let seed = next.fetch_add(1, Ordering::Relaxed);
-                    if seed >= end || tx.send(run_checked(seed, limit, twice)).is_err() {
+                    if seed >= end || tx.send(run_checked(seed, limit, twice, &pick)).is_err() {
                         return;
                     }
                 })
@@ -237,9 +318,10 @@ mod runner {
         for r in rx {
             if let Err(reason) = &r.result {
                 eprintln!(
-                    "\nFAILED seed {}: {reason}\n  replay: {}",
+                    "\nFAILED seed {} ({}): {reason}\n  replay: {}",
                     r.seed,
-                    replay_command(r.seed)
+                    r.scenario.name(),
+                    replay_command(r.seed, pick)
                 );
             }
             results.push(r);
@@ -251,7 +333,7 @@ mod runner {
             let _ = w.join();
         }
         results.sort_by_key(|r| r.seed);
-        let report = summarize(results, started.elapsed().as_secs_f64());
+        let report = summarize(results, started.elapsed().as_secs_f64(), pick);
         if let Err(e) = write_report(&report, dir) {
             eprintln!("chaos: cannot write the report to {}: {e}", dir.display());
             return ExitCode::FAILURE;
@@ -276,7 +358,7 @@ mod runner {
         Some(sorted[i])
     }
 
-    fn summarize(results: Vec<SeedResult>, wall_secs: f64) -> Report {
+    fn summarize(results: Vec<SeedResult>, wall_secs: f64, pick: &Pick) -> Report {
         let mut faults_by_type = BTreeMap::new();
         let mut outages = Vec::new();
         let mut sim_secs = 0.0;
@@ -292,15 +374,36 @@ mod runner {
                 }
                 Err(reason) => failures.push(Failure {
                     seed: r.seed,
-                    reason: reason.clone(),
-                    replay: replay_command(r.seed),
+                    reason: format!("{}: {reason}", r.scenario.name()),
+                    replay: replay_command(r.seed, pick),
                 }),
+            }
+        }
+        let mut by_scenario: BTreeMap<&'static str, ScenarioStats> = BTreeMap::new();
+        for r in &results {
+            let stats = by_scenario.entry(r.scenario.name()).or_default();
+            stats.seeds += 1;
+            stats.worker_wall_secs += r.wall_secs;
+            match &r.result {
+                Ok(o) => stats.sim_secs += o.sim_secs,
+                Err(_) => stats.failed += 1,
+            }
+        }
+        for stats in by_scenario.values_mut() {
+            if stats.worker_wall_secs > 0.0 {
+                stats.sim_per_wall = stats.sim_secs / stats.worker_wall_secs;
+                stats.seeds_per_core_hour = 3600.0 * stats.seeds as f64 / stats.worker_wall_secs;
             }
         }
         outages.sort_unstable();
         let worker_wall_secs: f64 = results.iter().map(|r| r.wall_secs).sum();
         Report {
-            scenario: "slice_under_crashes (even seeds), pair_under_faults (odd seeds)",
+            scenario: match pick.only() {
+                Some(s) => s.name().to_string(),
+                None => "mixed: seed % 3 = 0 slice_under_crashes, 1 pair_under_faults, 2 fabric_under_faults".into(),
+            },
+            phase_secs: pick.phase_secs,
+            by_scenario,
             dual_hold_ms_max: results
                 .iter()
                 .filter_map(|r| r.result.as_ref().ok())
@@ -328,9 +431,15 @@ mod runner {
 
     fn markdown(r: &Report) -> String {
         let mut s = format!(
-            "# Chaos run: {}\n\n| | |\n|---|---|\n| seeds run | {} |\n| seeds failed | {} |\n| simulated time | {:.0} s |\n| wall time | {:.1} s ({:.1} s of worker time) |\n| sim / wall (per worker) | {:.0}x |\n",
-            r.scenario, r.seeds_run, r.seeds_failed, r.sim_secs, r.wall_secs, r.worker_wall_secs, r.sim_per_wall
+            "# Chaos run: {}\n\n| | |\n|---|---|\n| safety phase per seed | {} s |\n| seeds run | {} |\n| seeds failed | {} |\n| simulated time | {:.0} s |\n| wall time | {:.1} s ({:.1} s of worker time) |\n| sim / wall (per worker) | {:.0}x |\n",
+            r.scenario, r.phase_secs, r.seeds_run, r.seeds_failed, r.sim_secs, r.wall_secs, r.worker_wall_secs, r.sim_per_wall
         );
+        for (name, st) in &r.by_scenario {
+            s += &format!(
+                "| {name}: seeds / failed / sim s / sim per wall / seeds per core-hour | {} / {} / {:.0} / {:.0}x / {:.0} |\n",
+                st.seeds, st.failed, st.sim_secs, st.sim_per_wall, st.seeds_per_core_hour
+            );
+        }
         for (fault, n) in &r.faults_by_type {
             s += &format!("| faults: {fault} | {n} |\n");
         }
@@ -342,7 +451,7 @@ mod runner {
             ms(r.outage_ms_max)
         );
         s += &format!(
-            "| pair: longest time two SEs held the VIP | {} ms (at most {} ms allowed) |\n",
+            "| longest time two SEs held one VIP | {} ms (at most {} ms allowed) |\n",
             r.dual_hold_ms_max,
             scenario::DUAL_HOLD_GRACE.as_millis()
         );
@@ -381,7 +490,7 @@ mod runner {
         )
     }
 
-    fn replay(seed: u64) -> ExitCode {
+    fn replay(seed: u64, pick: &Pick) -> ExitCode {
         tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -389,9 +498,19 @@ mod runner {
             )
             .with_writer(std::io::stderr)
             .init();
-        let r = run_seed(seed, Duration::from_secs(300));
+        let scenario = pick.scenario_of(seed);
+        println!("seed {seed}: {}", scenario.name());
+        let r = run_seed(
+            seed,
+            Duration::from_secs(300 + pick.phase_secs),
+            scenario,
+            pick.params(),
+        );
         match &r.result {
             Ok(o) => {
+                for line in o.trace.lines() {
+                    println!("{line}");
+                }
                 println!("seed {seed} passed: {o:?}");
                 ExitCode::SUCCESS
             }

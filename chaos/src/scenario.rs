@@ -14,8 +14,102 @@ use sim::world::World;
 
 /// How long the fabric may take to serve after boot or after a fault heals.
 pub const CONVERGE_DEADLINE: Duration = Duration::from_secs(10);
-/// Length of the safety phase.
+/// Length of the safety phase by default (`Params::phase`).
 pub const FAULT_PHASE: Duration = Duration::from_secs(30);
+/// Each fault type enabled for a seed strikes once per this much of the
+/// safety phase.
+pub const FAULT_ROUND: Duration = Duration::from_secs(30);
+/// Most lines a seed's trace keeps (the rest are counted, not kept).
+pub const TRACE_LINES_MAX: usize = 4096;
+
+/// Settings of one run, the same for every seed of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Params {
+    /// Length of the safety phase (faults on); a fault round per
+    /// [`FAULT_ROUND`] of it.
+    pub phase: Duration,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self { phase: FAULT_PHASE }
+    }
+}
+
+/// The scenarios of the seed runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// [`slice_under_crashes`].
+    Slice,
+    /// [`pair_under_faults`].
+    Pair,
+    /// [`fabric_under_faults`].
+    Fabric,
+}
+
+impl Scenario {
+    /// Every scenario, in the order seeds rotate through them.
+    pub const ALL: [Scenario; 3] = [Scenario::Slice, Scenario::Pair, Scenario::Fabric];
+
+    /// The scenario a mixed run gives `seed`: they take turns.
+    pub fn for_seed(seed: u64) -> Scenario {
+        Self::ALL[(seed % Self::ALL.len() as u64) as usize]
+    }
+
+    /// Its name in reports and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Slice => "slice_under_crashes",
+            Scenario::Pair => "pair_under_faults",
+            Scenario::Fabric => "fabric_under_faults",
+        }
+    }
+
+    /// The scenario called `name` (its full name or `slice`, `pair`, `fabric`).
+    pub fn parse(name: &str) -> Option<Scenario> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.name() == name || s.name().split('_').next() == Some(name))
+    }
+
+    /// Run it (inside a madsim runtime).
+    pub async fn run(self, params: Params) -> Result<Outcome> {
+        match self {
+            Scenario::Slice => slice_under_crashes(params).await,
+            Scenario::Pair => pair_under_faults(params).await,
+            Scenario::Fabric => fabric_under_faults(params).await,
+        }
+    }
+}
+
+/// What a seed did and saw, a line each, stamped with simulated time since
+/// its start: the golden traces under `snapshots/` are these.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trace {
+    lines: Vec<String>,
+    dropped: usize,
+}
+
+impl Trace {
+    /// Add a line at `t`.
+    pub fn note(&mut self, t: Duration, what: impl std::fmt::Display) {
+        if self.lines.len() < TRACE_LINES_MAX {
+            self.lines.push(format!("{:>9.3}s {what}", t.as_secs_f64()));
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// The lines, and a last one counting those past the bound.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines = self.lines.clone();
+        if self.dropped > 0 {
+            lines.push(format!("... {} more lines", self.dropped));
+        }
+        lines
+    }
+}
 /// Gap between client requests during the safety phase.
 pub const REQUEST_GAP: Duration = Duration::from_millis(100);
 /// Requests in the liveness phase; at least 99.9% must succeed.
@@ -59,6 +153,15 @@ impl Fault {
         Fault::ControllerIsolated,
         Fault::OriginCrash,
     ];
+    /// The fault types of the full fabric scenario (`SeCrash`: the SE
+    /// holding a VIP; the Controller faults: the leader of the time).
+    pub const FABRIC: [Fault; 5] = [
+        Fault::SeCrash,
+        Fault::ControllerCrash,
+        Fault::ControllerIsolated,
+        Fault::OriginCrash,
+        Fault::GarpLoss,
+    ];
 
     /// Its name in reports.
     pub fn name(self) -> &'static str {
@@ -89,8 +192,12 @@ pub struct Outcome {
     pub requests_failed: u32,
     /// Client-visible outage of each SE crash, first failure to first success (ms).
     pub outages_ms: Vec<u64>,
-    /// Longest stretch two SEs both held the VIP (pair scenario), ms.
+    /// Longest stretch two SEs both held a VIP, ms.
     pub dual_hold_ms: u64,
+    /// What the seed did and saw (compared by the determinism check, not
+    /// written to reports).
+    #[serde(skip)]
+    pub trace: Trace,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +249,10 @@ fn heal(world: &World, fault: Fault) -> Result<()> {
 /// least one) at its own intensity (how long a fault may last), so that
 /// some seeds meet rare combinations at full strength instead of every
 /// seed meeting every fault mildly.
-fn plan(types: &[Fault]) -> Vec<Window> {
+///
+/// A phase longer than one [`FAULT_ROUND`] has a round per round's length:
+/// each enabled type strikes once in each, starting 1-20 s into it.
+fn plan(types: &[Fault], phase: Duration) -> Vec<Window> {
     let mut windows = Vec::new();
     let pick = |lo: u64, hi: u64| Duration::from_millis(lo + rt::random_u64() % (hi - lo));
     let mut enabled: Vec<Fault> = types
@@ -154,13 +264,21 @@ fn plan(types: &[Fault]) -> Vec<Window> {
         enabled.push(types[(rt::random_u64() % types.len() as u64) as usize]);
     }
     let longest = [2_000, 8_000, 15_000][(rt::random_u64() % 3) as usize];
+    let rounds = (phase.as_millis() / FAULT_ROUND.as_millis()).max(1) as u32;
     for fault in enabled {
-        windows.push(Window {
-            fault,
-            start: pick(1_000, 20_000),
-            down_for: pick(100, longest),
-            phase: Phase::Planned,
-        });
+        for round in 0..rounds {
+            let (start, mut down_for) = (pick(1_000, 20_000), pick(100, longest));
+            if round + 1 < rounds {
+                // Healed before the next round's window of the same type.
+                down_for = down_for.min(FAULT_ROUND - start - Duration::from_millis(500));
+            }
+            windows.push(Window {
+                fault,
+                start: FAULT_ROUND * round + start,
+                down_for,
+                phase: Phase::Planned,
+            });
+        }
     }
     windows.sort_by_key(|w| w.start);
     windows
@@ -174,7 +292,7 @@ fn plan(types: &[Fault]) -> Vec<Window> {
 /// the other); each SE's applied version never goes backwards. Liveness:
 /// once faults heal the SE is on the newest config and 99.9% of requests
 /// succeed.
-pub async fn slice_under_crashes() -> Result<Outcome> {
+pub async fn slice_under_crashes(params: Params) -> Result<Outcome> {
     let started = rt::now();
     let world = World::builder().build().await?;
     world
@@ -183,7 +301,7 @@ pub async fn slice_under_crashes() -> Result<Outcome> {
         })
         .await?;
 
-    let mut windows = plan(&Fault::SLICE);
+    let mut windows = plan(&Fault::SLICE, params.phase);
     let mut outcome = Outcome {
         scenario: "slice_under_crashes",
         faults: windows.iter().map(|w| w.fault).collect(),
@@ -200,11 +318,14 @@ pub async fn slice_under_crashes() -> Result<Outcome> {
     // Applied version per SE incarnation: it never goes backwards.
     let mut last_applied: std::collections::BTreeMap<u64, u64> = Default::default();
 
-    while rt::now() - phase_start < FAULT_PHASE {
+    while rt::now() - phase_start < params.phase {
         let t = rt::now() - phase_start;
         for w in windows.iter_mut() {
             if w.phase == Phase::Planned && t >= w.start {
                 w.phase = Phase::Down;
+                outcome
+                    .trace
+                    .note(t, format_args!("inject {}", w.fault.name()));
                 inject(&world, w.fault)?;
                 match w.fault {
                     Fault::SeCrash => se_down = true,
@@ -214,6 +335,9 @@ pub async fn slice_under_crashes() -> Result<Outcome> {
                 }
             } else if w.phase == Phase::Down && t >= w.start + w.down_for {
                 w.phase = Phase::Healed;
+                outcome
+                    .trace
+                    .note(t, format_args!("heal {}", w.fault.name()));
                 heal(&world, w.fault)?;
                 match w.fault {
                     Fault::SeCrash => {
@@ -248,7 +372,11 @@ pub async fn slice_under_crashes() -> Result<Outcome> {
                 }
                 outcome.requests_ok += 1;
                 if let Some(from) = outage_started.take() {
-                    outcome.outages_ms.push((t - from).as_millis() as u64);
+                    let ms = (t - from).as_millis() as u64;
+                    outcome.outages_ms.push(ms);
+                    outcome
+                        .trace
+                        .note(t, format_args!("served again after {ms} ms"));
                 }
             }
             other => {
@@ -256,6 +384,9 @@ pub async fn slice_under_crashes() -> Result<Outcome> {
                     bail!("safety: request failed at {t:?} while the SE was up and settled: {other:?}");
                 }
                 outcome.requests_failed += 1;
+                if outage_started.is_none() {
+                    outcome.trace.note(t, "a request failed");
+                }
                 outage_started.get_or_insert(t);
             }
         }
@@ -305,6 +436,10 @@ pub async fn slice_under_crashes() -> Result<Outcome> {
         bail!("liveness: only {ok} of {LIVENESS_REQUESTS} requests succeeded after faults healed");
     }
     outcome.sim_secs = (rt::now() - started).as_secs_f64();
+    outcome.trace.note(
+        rt::now() - phase_start,
+        format_args!("liveness: {ok} of {LIVENESS_REQUESTS} served"),
+    );
     Ok(outcome)
 }
 
@@ -375,7 +510,7 @@ fn pair_fault(world: &World, fault: Fault, on: bool, victim: &mut Option<String>
 /// two SEs never hold the VIP for longer than [`DUAL_HOLD_GRACE`] in a row.
 /// Liveness: once faults heal, exactly one SE holds the VIP within
 /// [`CONVERGE_DEADLINE`] and 99.9% of requests succeed.
-pub async fn pair_under_faults() -> Result<Outcome> {
+pub async fn pair_under_faults(params: Params) -> Result<Outcome> {
     let started = rt::now();
     let world = World::builder()
         .config(&sim::world::pair_config("fast"))
@@ -391,7 +526,7 @@ pub async fn pair_under_faults() -> Result<Outcome> {
             },
         )
         .await?;
-    let mut windows = plan(&Fault::PAIR);
+    let mut windows = plan(&Fault::PAIR, params.phase);
     let mut outcome = Outcome {
         scenario: "pair_under_faults",
         faults: windows.iter().map(|w| w.fault).collect(),
@@ -401,18 +536,32 @@ pub async fn pair_under_faults() -> Result<Outcome> {
     let phase_start = rt::now();
     let mut dual_since: Option<Duration> = None;
     let mut outage_started: Option<Duration> = None;
-    while rt::now() - phase_start < FAULT_PHASE {
+    let mut last_holders = Vec::new();
+    while rt::now() - phase_start < params.phase {
         let t = rt::now() - phase_start;
         for (i, w) in windows.iter_mut().enumerate() {
             if w.phase == Phase::Planned && t >= w.start {
                 w.phase = Phase::Down;
                 pair_fault(&world, w.fault, true, &mut victims[i])?;
+                let on = victims[i].as_deref().unwrap_or("");
+                outcome
+                    .trace
+                    .note(t, format_args!("inject {} {on}", w.fault.name()));
             } else if w.phase == Phase::Down && t >= w.start + w.down_for {
                 w.phase = Phase::Healed;
+                outcome
+                    .trace
+                    .note(t, format_args!("heal {}", w.fault.name()));
                 pair_fault(&world, w.fault, false, &mut victims[i])?;
             }
         }
         let held_by = holders(&world);
+        if held_by != last_holders {
+            outcome
+                .trace
+                .note(t, format_args!("VIP held by {held_by:?}"));
+            last_holders = held_by.clone();
+        }
         if held_by.len() > 1 {
             let since = *dual_since.get_or_insert(t);
             let dual = t - since;
@@ -427,11 +576,19 @@ pub async fn pair_under_faults() -> Result<Outcome> {
             Ok(r) if r.status == 200 => {
                 outcome.requests_ok += 1;
                 if let Some(from) = outage_started.take() {
-                    outcome.outages_ms.push((t - from).as_millis() as u64);
+                    let ms = (t - from).as_millis() as u64;
+                    outcome.outages_ms.push(ms);
+                    let by = r.se.as_deref().unwrap_or("?");
+                    outcome
+                        .trace
+                        .note(t, format_args!("served again by {by} after {ms} ms"));
                 }
             }
             _ => {
                 outcome.requests_failed += 1;
+                if outage_started.is_none() {
+                    outcome.trace.note(t, "a request failed");
+                }
                 outage_started.get_or_insert(t);
             }
         }
@@ -460,5 +617,444 @@ pub async fn pair_under_faults() -> Result<Outcome> {
         bail!("liveness: only {ok} of {LIVENESS_REQUESTS} requests succeeded after faults healed");
     }
     outcome.sim_secs = (rt::now() - started).as_secs_f64();
+    outcome.trace.note(
+        rt::now() - phase_start,
+        format_args!("liveness: {ok} of {LIVENESS_REQUESTS} served"),
+    );
+    Ok(outcome)
+}
+
+/// The full shape (BENCHMARKS.md): three Controllers, an elastic N+M group
+/// of four SEs (one buffer) serving two virtual services over two origins,
+/// and the GSLB DNS answering a weighted name over those origins as the
+/// members of two sites, probing them itself.
+pub const FABRIC_CONFIG: &str = r#"
+[controller]
+listen = "10.0.0.1:7470"
+heartbeat_ms = 500
+
+[[se_groups]]
+name = "elastic"
+
+[[health_monitors]]
+name = "http"
+type = "http"
+interval_ms = 1000
+timeout_ms = 500
+rise = 2
+fall = 2
+http = { path = "/", expected_status = [200] }
+
+[[pools]]
+name = "web"
+servers = ["10.0.2.1:80", "10.0.2.2:80"]
+
+[[virtual_services]]
+name = "vs-1"
+vip = "10.0.100.1"
+port = 80
+pool = "web"
+se_group = "elastic"
+
+[[virtual_services]]
+name = "vs-2"
+vip = "10.0.100.2"
+port = 81
+pool = "web"
+se_group = "elastic"
+
+[dns]
+listen = "10.0.0.53:53"
+
+[[dns.zones]]
+name = "gslb.test"
+
+[[gslb_sites]]
+name = "east"
+
+[[gslb_sites]]
+name = "west"
+
+[[gslb_services]]
+fqdn = "www.gslb.test"
+policy = "weighted"
+members = [
+  { address = "10.0.2.1", port = 80, weight = 3, site = "east" },
+  { address = "10.0.2.2", port = 80, weight = 1, site = "west" },
+]
+health = { monitor = "http" }
+
+[[demo_origins]]
+name = "origin-1"
+listen = "10.0.2.1:80"
+
+[[demo_origins]]
+name = "origin-2"
+listen = "10.0.2.2:80"
+"#;
+
+/// The virtual services of [`FABRIC_CONFIG`].
+const FABRIC_VSS: [&str; 2] = ["vs-1", "vs-2"];
+/// Controllers and SEs of the full shape.
+const FABRIC_CONTROLLERS: usize = 3;
+const FABRIC_SES: usize = 4;
+/// The GSLB name, and the address of the origin the scenario crashes.
+const FABRIC_NAME: &str = "www.gslb.test";
+const CRASHED_ORIGIN_IP: [u8; 4] = [10, 0, 2, 2];
+/// How long after an origin fails the DNS may still hand it out: probe
+/// interval x fall + timeout + the DNS node's tick + the query in flight.
+const DNS_DETECTION: Duration = Duration::from_millis(1000 * 2 + 500 + 1000 + 100);
+/// The DNS is asked once per this many client requests.
+const DNS_EVERY: u32 = 5;
+
+/// Who a fault of the full scenario hit, for healing the same one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Victim {
+    None,
+    Se(String),
+    Controller(usize),
+}
+
+/// The full fabric under a swarm of faults: the SE holding a VIP killed,
+/// the Controller leader crashed (losing a random part of its unsynced
+/// log) or cut off, an origin crashed, GARPs lost. Safety, on every step:
+/// - every request to each virtual service succeeds, except within
+///   [`CONVERGE_DEADLINE`] of an SE crash (extended while no Controller
+///   that can reach the SEs leads: the move needs a leader);
+/// - no two SEs hold one VIP for longer than [`DUAL_HOLD_GRACE`] in a row;
+/// - no SE's served config version goes backwards within one boot;
+/// - the DNS always answers the GSLB name with an address (one origin
+///   never fails), and never with the crashed origin once it has been down
+///   for [`DNS_DETECTION`].
+///
+/// Liveness: once faults heal, a leader is elected, every SE serves the
+/// newest config, each VIP has one holder, 99.9% of requests succeed and
+/// the DNS hands out both sites again.
+pub async fn fabric_under_faults(params: Params) -> Result<Outcome> {
+    let started = rt::now();
+    let world = World::builder()
+        .config(FABRIC_CONFIG)
+        .controllers(FABRIC_CONTROLLERS)
+        .ses(FABRIC_SES)
+        .build()
+        .await?;
+    for vs in FABRIC_VSS {
+        world
+            .wait_until(
+                "every virtual service serves after boot",
+                CONVERGE_DEADLINE * 3,
+                || async {
+                    matches!(world.http_get_vs_within(vs, "/", PAIR_TIMEOUT).await,
+                        Ok(r) if r.status == 200)
+                },
+            )
+            .await?;
+    }
+    let vips: Vec<std::net::IpAddr> = FABRIC_VSS
+        .iter()
+        .map(|vs| world.vip_of(vs).map(|v| v.ip()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| anyhow!("a virtual service has no VIP"))?;
+    let crashed_origin = std::net::IpAddr::from(CRASHED_ORIGIN_IP);
+
+    let mut windows = plan(&Fault::FABRIC, params.phase);
+    let mut outcome = Outcome {
+        scenario: Scenario::Fabric.name(),
+        faults: windows.iter().map(|w| w.fault).collect(),
+        ..Outcome::default()
+    };
+    let mut victims = vec![Victim::None; windows.len()];
+    let phase_start = rt::now();
+    // Controllers cut off now (a leader among them cannot move anything).
+    let mut isolated = std::collections::BTreeSet::new();
+    let mut crashed = std::collections::BTreeSet::new();
+    let mut excused_until = Duration::ZERO;
+    let mut se_crashes_down = 0usize;
+    let mut origin_down_since: Option<Duration> = None;
+    let mut dual_since: Vec<Option<Duration>> = vec![None; vips.len()];
+    let mut last_holders: Vec<Vec<String>> = vec![Vec::new(); vips.len()];
+    let mut outage_started: Vec<Option<Duration>> = vec![None; vips.len()];
+    let mut last_leader = None;
+    let mut last_dns: Option<Duration> = None;
+    let mut step = 0u32;
+    while rt::now() - phase_start < params.phase {
+        let t = rt::now() - phase_start;
+        for (i, w) in windows.iter_mut().enumerate() {
+            let on = if w.phase == Phase::Planned && t >= w.start {
+                w.phase = Phase::Down;
+                true
+            } else if w.phase == Phase::Down && t >= w.start + w.down_for {
+                w.phase = Phase::Healed;
+                false
+            } else {
+                continue;
+            };
+            let leader = world.leader_index().unwrap_or(0);
+            match (w.fault, on) {
+                (Fault::SeCrash, true) => {
+                    let vip = vips[(rt::random_u64() % vips.len() as u64) as usize];
+                    let name = world
+                        .cloud
+                        .holders(vip)
+                        .into_iter()
+                        .next()
+                        .unwrap_or_else(|| "se-1".into());
+                    world.cloud.kill(&name)?;
+                    victims[i] = Victim::Se(name);
+                    se_crashes_down += 1;
+                    excused_until = excused_until.max(t + CONVERGE_DEADLINE);
+                }
+                (Fault::SeCrash, false) => {
+                    if let Victim::Se(name) = &victims[i] {
+                        world.cloud.restart(name)?;
+                    }
+                    se_crashes_down -= 1;
+                }
+                (Fault::ControllerCrash, true) => {
+                    // A random part of what it had not synced survives.
+                    world.kill_controller_at(leader, |_, unsynced| {
+                        (rt::random_u64() % (unsynced as u64 + 1)) as usize
+                    });
+                    crashed.insert(leader);
+                    victims[i] = Victim::Controller(leader);
+                }
+                (Fault::ControllerIsolated, true) => {
+                    world.isolate_controller_at(leader, true);
+                    isolated.insert(leader);
+                    victims[i] = Victim::Controller(leader);
+                }
+                (Fault::ControllerCrash, false) => {
+                    if let Victim::Controller(n) = victims[i] {
+                        world.restart_controller_at(n);
+                        crashed.remove(&n);
+                    }
+                }
+                (Fault::ControllerIsolated, false) => {
+                    if let Victim::Controller(n) = victims[i] {
+                        world.isolate_controller_at(n, false);
+                        isolated.remove(&n);
+                    }
+                }
+                (Fault::OriginCrash, true) => {
+                    madsim::runtime::Handle::current().kill("origin-2");
+                    origin_down_since = Some(t);
+                }
+                (Fault::OriginCrash, false) => {
+                    madsim::runtime::Handle::current().restart("origin-2");
+                    origin_down_since = None;
+                }
+                (Fault::GarpLoss, on) => world.cloud.set_garp_loss(on),
+                (Fault::PairLinkCut | Fault::ActiveControllerCut, _) => {
+                    bail!("{} is a pair fault", w.fault.name())
+                }
+            }
+            let whom = match &victims[i] {
+                Victim::Se(name) => name.clone(),
+                Victim::Controller(n) => format!("controller-{}", n + 1),
+                Victim::None => String::new(),
+            };
+            let verb = if on { "inject" } else { "heal" };
+            outcome
+                .trace
+                .note(t, format_args!("{verb} {} {whom}", w.fault.name()));
+        }
+
+        // A leader that can reach the SEs: the one able to move a VS.
+        let leader = (0..world.controller_count()).find(|i| {
+            !isolated.contains(i)
+                && !crashed.contains(i)
+                && world
+                    .controller_at(*i)
+                    .is_some_and(|c| c.node().is_leader())
+        });
+        if leader != last_leader {
+            let name = leader.map_or("none".to_string(), |i| format!("controller-{}", i + 1));
+            outcome.trace.note(t, format_args!("leader {name}"));
+            last_leader = leader;
+        }
+        if leader.is_none() && (se_crashes_down > 0 || t < excused_until) {
+            excused_until = t + CONVERGE_DEADLINE;
+        }
+
+        for (v, vip) in vips.iter().enumerate() {
+            let held_by = world.cloud.holders(*vip);
+            if held_by != last_holders[v] {
+                outcome
+                    .trace
+                    .note(t, format_args!("{} held by {held_by:?}", FABRIC_VSS[v]));
+                last_holders[v] = held_by.clone();
+            }
+            if held_by.len() > 1 {
+                let since = *dual_since[v].get_or_insert(t);
+                let dual = t - since;
+                outcome.dual_hold_ms = outcome.dual_hold_ms.max(dual.as_millis() as u64);
+                if dual > DUAL_HOLD_GRACE {
+                    bail!(
+                        "safety: {held_by:?} all held the VIP of {} for {dual:?} (since {since:?})",
+                        FABRIC_VSS[v]
+                    );
+                }
+            } else {
+                dual_since[v] = None;
+            }
+        }
+
+        let v = (step as usize) % FABRIC_VSS.len();
+        match world
+            .http_get_vs_within(FABRIC_VSS[v], "/", PAIR_TIMEOUT)
+            .await
+        {
+            Ok(r) if r.status == 200 => {
+                outcome.requests_ok += 1;
+                if let Some(from) = outage_started[v].take() {
+                    let ms = (t - from).as_millis() as u64;
+                    outcome.outages_ms.push(ms);
+                    let by = r.se.as_deref().unwrap_or("?");
+                    outcome.trace.note(
+                        t,
+                        format_args!("{} served again by {by} after {ms} ms", FABRIC_VSS[v]),
+                    );
+                }
+            }
+            other => {
+                if t >= excused_until {
+                    let why = match other {
+                        Ok(r) => format!("status {}", r.status),
+                        Err(e) => format!("{e:#}"),
+                    };
+                    bail!(
+                        "safety: a request to {} failed at {t:?}, no SE crash in the last {CONVERGE_DEADLINE:?}: {why}",
+                        FABRIC_VSS[v]
+                    );
+                }
+                outcome.requests_failed += 1;
+                if outage_started[v].is_none() {
+                    outcome
+                        .trace
+                        .note(t, format_args!("a request to {} failed", FABRIC_VSS[v]));
+                }
+                outage_started[v].get_or_insert(t);
+            }
+        }
+
+        if step.is_multiple_of(DNS_EVERY) {
+            let reply = world
+                .dns(FABRIC_NAME, hickory_proto::rr::RecordType::A)
+                .await;
+            let addrs = match reply {
+                Ok(r)
+                    if r.rcode == hickory_proto::op::ResponseCode::NoError
+                        && !r.addrs.is_empty() =>
+                {
+                    r.addrs
+                }
+                Ok(r) => bail!("safety: the DNS gave no address for {FABRIC_NAME} at {t:?}: {r:?}"),
+                Err(e) => bail!("safety: no DNS answer for {FABRIC_NAME} at {t:?}: {e:#}"),
+            };
+            if let Some(since) = origin_down_since {
+                if addrs.contains(&crashed_origin) && t - since > DNS_DETECTION {
+                    bail!(
+                        "safety: the DNS handed out {crashed_origin} at {t:?}, down since {since:?}"
+                    );
+                }
+            }
+            // Traced: the last time the crashed origin was handed out while
+            // down (the weighted choice itself changes on every answer).
+            if let Some(since) = origin_down_since {
+                if addrs.contains(&crashed_origin) {
+                    last_dns = Some(t - since);
+                }
+            } else if let Some(after) = last_dns.take() {
+                outcome.trace.note(
+                    t,
+                    format_args!(
+                        "DNS last handed out {crashed_origin} {} ms into its outage",
+                        after.as_millis()
+                    ),
+                );
+            }
+        }
+
+        let regressions = world.cloud.applied_regressions();
+        if !regressions.is_empty() {
+            bail!("safety: a served config version went backwards: {regressions:?}");
+        }
+        step += 1;
+        rt::sleep(REQUEST_GAP).await;
+    }
+
+    // Liveness: heal everything, then converge.
+    for (i, w) in windows.iter().enumerate() {
+        if w.phase != Phase::Down {
+            continue;
+        }
+        match (w.fault, &victims[i]) {
+            (Fault::SeCrash, Victim::Se(name)) => world.cloud.restart(name)?,
+            (Fault::ControllerCrash, Victim::Controller(n)) => world.restart_controller_at(*n),
+            (Fault::ControllerIsolated, Victim::Controller(n)) => {
+                world.isolate_controller_at(*n, false)
+            }
+            (Fault::OriginCrash, _) => madsim::runtime::Handle::current().restart("origin-2"),
+            (Fault::GarpLoss, _) => world.cloud.set_garp_loss(false),
+            _ => {}
+        }
+    }
+    world
+        .wait_until(
+            "liveness: every SE connected to a leader on the newest config",
+            CONVERGE_DEADLINE * 2,
+            || async {
+                world.leader_index().is_some()
+                    && world.controller().is_some_and(|c| {
+                        let newest = c.desired().se_version();
+                        let ses = c.ses();
+                        ses.iter()
+                            .filter(|s| s.connected && s.applied_version == newest)
+                            .count()
+                            >= FABRIC_SES
+                    })
+            },
+        )
+        .await?;
+    world
+        .wait_until(
+            "liveness: one SE holds each VIP",
+            CONVERGE_DEADLINE,
+            || async { vips.iter().all(|vip| world.cloud.holders(*vip).len() == 1) },
+        )
+        .await?;
+    let mut ok = 0;
+    for i in 0..LIVENESS_REQUESTS {
+        let vs = FABRIC_VSS[i as usize % FABRIC_VSS.len()];
+        if matches!(world.http_get_vs_within(vs, "/", Duration::from_secs(2)).await,
+            Ok(r) if r.status == 200)
+        {
+            ok += 1;
+        }
+    }
+    if ok * 1000 < LIVENESS_REQUESTS * 999 {
+        bail!("liveness: only {ok} of {LIVENESS_REQUESTS} requests succeeded after faults healed");
+    }
+    let seen = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    world
+        .wait_until(
+            "liveness: the DNS hands out both sites",
+            CONVERGE_DEADLINE,
+            || async {
+                if let Ok(r) = world
+                    .dns(FABRIC_NAME, hickory_proto::rr::RecordType::A)
+                    .await
+                {
+                    seen.borrow_mut().extend(r.addrs);
+                }
+                seen.borrow().len() == 2
+            },
+        )
+        .await?;
+    outcome.sim_secs = (rt::now() - started).as_secs_f64();
+    outcome.trace.note(
+        rt::now() - phase_start,
+        format_args!("liveness: {ok} of {LIVENESS_REQUESTS} served"),
+    );
     Ok(outcome)
 }
