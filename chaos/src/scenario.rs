@@ -715,6 +715,96 @@ enum Victim {
     Controller(usize),
 }
 
+/// What the full scenario's faults have done so far.
+#[derive(Debug, Default)]
+struct FabricFaults {
+    /// Controllers cut off now (a leader among them cannot move anything).
+    isolated: std::collections::BTreeSet<usize>,
+    /// Controllers crashed now.
+    crashed: std::collections::BTreeSet<usize>,
+    /// Requests may fail until then (an SE crash's move).
+    excused_until: Duration,
+    /// SE crashes not healed yet.
+    se_crashes_down: usize,
+    /// Since when the crashed origin is down.
+    origin_down_since: Option<Duration>,
+}
+
+impl FabricFaults {
+    /// Inject (`on`) or heal `fault` at `t`; `victim` is whom the injection
+    /// hit (the holder of one of `vips`, the leader of the time), healed alike.
+    fn toggle(
+        &mut self,
+        world: &World,
+        vips: &[std::net::IpAddr],
+        fault: Fault,
+        on: bool,
+        victim: &mut Victim,
+        t: Duration,
+    ) -> Result<()> {
+        let leader = world.leader_index().unwrap_or(0);
+        match (fault, on) {
+            (Fault::SeCrash, true) => {
+                let vip = vips[(rt::random_u64() % vips.len() as u64) as usize];
+                let name = world
+                    .cloud
+                    .holders(vip)
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| "se-1".into());
+                world.cloud.kill(&name)?;
+                *victim = Victim::Se(name);
+                self.se_crashes_down += 1;
+                self.excused_until = self.excused_until.max(t + CONVERGE_DEADLINE);
+            }
+            (Fault::SeCrash, false) => {
+                if let Victim::Se(name) = &*victim {
+                    world.cloud.restart(name)?;
+                }
+                self.se_crashes_down -= 1;
+            }
+            (Fault::ControllerCrash, true) => {
+                // A random part of what it had not synced survives.
+                world.kill_controller_at(leader, |_, unsynced| {
+                    (rt::random_u64() % (unsynced as u64 + 1)) as usize
+                });
+                self.crashed.insert(leader);
+                *victim = Victim::Controller(leader);
+            }
+            (Fault::ControllerIsolated, true) => {
+                world.isolate_controller_at(leader, true);
+                self.isolated.insert(leader);
+                *victim = Victim::Controller(leader);
+            }
+            (Fault::ControllerCrash, false) => {
+                if let Victim::Controller(n) = *victim {
+                    world.restart_controller_at(n);
+                    self.crashed.remove(&n);
+                }
+            }
+            (Fault::ControllerIsolated, false) => {
+                if let Victim::Controller(n) = *victim {
+                    world.isolate_controller_at(n, false);
+                    self.isolated.remove(&n);
+                }
+            }
+            (Fault::OriginCrash, true) => {
+                madsim::runtime::Handle::current().kill("origin-2");
+                self.origin_down_since = Some(t);
+            }
+            (Fault::OriginCrash, false) => {
+                madsim::runtime::Handle::current().restart("origin-2");
+                self.origin_down_since = None;
+            }
+            (Fault::GarpLoss, on) => world.cloud.set_garp_loss(on),
+            (Fault::PairLinkCut | Fault::ActiveControllerCut, _) => {
+                bail!("{} is a pair fault", fault.name())
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The full fabric under a swarm of faults: the SE holding a VIP killed,
 /// the Controller leader crashed (losing a random part of its unsynced
 /// log) or cut off, an origin crashed, GARPs lost. Safety, on every step:
@@ -765,17 +855,12 @@ pub async fn fabric_under_faults(params: Params) -> Result<Outcome> {
     };
     let mut victims = vec![Victim::None; windows.len()];
     let phase_start = rt::now();
-    // Controllers cut off now (a leader among them cannot move anything).
-    let mut isolated = std::collections::BTreeSet::new();
-    let mut crashed = std::collections::BTreeSet::new();
-    let mut excused_until = Duration::ZERO;
-    let mut se_crashes_down = 0usize;
-    let mut origin_down_since: Option<Duration> = None;
+    let mut faults = FabricFaults::default();
     let mut dual_since: Vec<Option<Duration>> = vec![None; vips.len()];
     let mut last_holders: Vec<Vec<String>> = vec![Vec::new(); vips.len()];
     let mut outage_started: Vec<Option<Duration>> = vec![None; vips.len()];
     let mut last_leader = None;
-    let mut last_dns: Option<Duration> = None;
+    let mut origin_last_given: Option<Duration> = None;
     let mut step = 0u32;
     while rt::now() - phase_start < params.phase {
         let t = rt::now() - phase_start;
@@ -789,65 +874,7 @@ pub async fn fabric_under_faults(params: Params) -> Result<Outcome> {
             } else {
                 continue;
             };
-            let leader = world.leader_index().unwrap_or(0);
-            match (w.fault, on) {
-                (Fault::SeCrash, true) => {
-                    let vip = vips[(rt::random_u64() % vips.len() as u64) as usize];
-                    let name = world
-                        .cloud
-                        .holders(vip)
-                        .into_iter()
-                        .next()
-                        .unwrap_or_else(|| "se-1".into());
-                    world.cloud.kill(&name)?;
-                    victims[i] = Victim::Se(name);
-                    se_crashes_down += 1;
-                    excused_until = excused_until.max(t + CONVERGE_DEADLINE);
-                }
-                (Fault::SeCrash, false) => {
-                    if let Victim::Se(name) = &victims[i] {
-                        world.cloud.restart(name)?;
-                    }
-                    se_crashes_down -= 1;
-                }
-                (Fault::ControllerCrash, true) => {
-                    // A random part of what it had not synced survives.
-                    world.kill_controller_at(leader, |_, unsynced| {
-                        (rt::random_u64() % (unsynced as u64 + 1)) as usize
-                    });
-                    crashed.insert(leader);
-                    victims[i] = Victim::Controller(leader);
-                }
-                (Fault::ControllerIsolated, true) => {
-                    world.isolate_controller_at(leader, true);
-                    isolated.insert(leader);
-                    victims[i] = Victim::Controller(leader);
-                }
-                (Fault::ControllerCrash, false) => {
-                    if let Victim::Controller(n) = victims[i] {
-                        world.restart_controller_at(n);
-                        crashed.remove(&n);
-                    }
-                }
-                (Fault::ControllerIsolated, false) => {
-                    if let Victim::Controller(n) = victims[i] {
-                        world.isolate_controller_at(n, false);
-                        isolated.remove(&n);
-                    }
-                }
-                (Fault::OriginCrash, true) => {
-                    madsim::runtime::Handle::current().kill("origin-2");
-                    origin_down_since = Some(t);
-                }
-                (Fault::OriginCrash, false) => {
-                    madsim::runtime::Handle::current().restart("origin-2");
-                    origin_down_since = None;
-                }
-                (Fault::GarpLoss, on) => world.cloud.set_garp_loss(on),
-                (Fault::PairLinkCut | Fault::ActiveControllerCut, _) => {
-                    bail!("{} is a pair fault", w.fault.name())
-                }
-            }
+            faults.toggle(&world, &vips, w.fault, on, &mut victims[i], t)?;
             let whom = match &victims[i] {
                 Victim::Se(name) => name.clone(),
                 Victim::Controller(n) => format!("controller-{}", n + 1),
@@ -861,8 +888,8 @@ pub async fn fabric_under_faults(params: Params) -> Result<Outcome> {
 
         // A leader that can reach the SEs: the one able to move a VS.
         let leader = (0..world.controller_count()).find(|i| {
-            !isolated.contains(i)
-                && !crashed.contains(i)
+            !faults.isolated.contains(i)
+                && !faults.crashed.contains(i)
                 && world
                     .controller_at(*i)
                     .is_some_and(|c| c.node().is_leader())
@@ -872,8 +899,8 @@ pub async fn fabric_under_faults(params: Params) -> Result<Outcome> {
             outcome.trace.note(t, format_args!("leader {name}"));
             last_leader = leader;
         }
-        if leader.is_none() && (se_crashes_down > 0 || t < excused_until) {
-            excused_until = t + CONVERGE_DEADLINE;
+        if leader.is_none() && (faults.se_crashes_down > 0 || t < faults.excused_until) {
+            faults.excused_until = t + CONVERGE_DEADLINE;
         }
 
         for (v, vip) in vips.iter().enumerate() {
@@ -917,7 +944,7 @@ pub async fn fabric_under_faults(params: Params) -> Result<Outcome> {
                 }
             }
             other => {
-                if t >= excused_until {
+                if t >= faults.excused_until {
                     let why = match other {
                         Ok(r) => format!("status {}", r.status),
                         Err(e) => format!("{e:#}"),
@@ -951,7 +978,7 @@ pub async fn fabric_under_faults(params: Params) -> Result<Outcome> {
                 Ok(r) => bail!("safety: the DNS gave no address for {FABRIC_NAME} at {t:?}: {r:?}"),
                 Err(e) => bail!("safety: no DNS answer for {FABRIC_NAME} at {t:?}: {e:#}"),
             };
-            if let Some(since) = origin_down_since {
+            if let Some(since) = faults.origin_down_since {
                 if addrs.contains(&crashed_origin) && t - since > DNS_DETECTION {
                     bail!(
                         "safety: the DNS handed out {crashed_origin} at {t:?}, down since {since:?}"
@@ -960,11 +987,11 @@ pub async fn fabric_under_faults(params: Params) -> Result<Outcome> {
             }
             // Traced: the last time the crashed origin was handed out while
             // down (the weighted choice itself changes on every answer).
-            if let Some(since) = origin_down_since {
+            if let Some(since) = faults.origin_down_since {
                 if addrs.contains(&crashed_origin) {
-                    last_dns = Some(t - since);
+                    origin_last_given = Some(t - since);
                 }
-            } else if let Some(after) = last_dns.take() {
+            } else if let Some(after) = origin_last_given.take() {
                 outcome.trace.note(
                     t,
                     format_args!(
@@ -988,16 +1015,8 @@ pub async fn fabric_under_faults(params: Params) -> Result<Outcome> {
         if w.phase != Phase::Down {
             continue;
         }
-        match (w.fault, &victims[i]) {
-            (Fault::SeCrash, Victim::Se(name)) => world.cloud.restart(name)?,
-            (Fault::ControllerCrash, Victim::Controller(n)) => world.restart_controller_at(*n),
-            (Fault::ControllerIsolated, Victim::Controller(n)) => {
-                world.isolate_controller_at(*n, false)
-            }
-            (Fault::OriginCrash, _) => madsim::runtime::Handle::current().restart("origin-2"),
-            (Fault::GarpLoss, _) => world.cloud.set_garp_loss(false),
-            _ => {}
-        }
+        let t = rt::now() - phase_start;
+        faults.toggle(&world, &vips, w.fault, false, &mut victims[i], t)?;
     }
     world
         .wait_until(
