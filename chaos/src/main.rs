@@ -133,6 +133,9 @@ mod runner {
         wall_secs: f64,
         #[serde(flatten)]
         result: Result<Outcome, String>,
+        /// The seed's trace, up to its failure if it failed.
+        #[serde(skip)]
+        trace: Vec<String>,
     }
 
     /// Speed and failures of one scenario in a run.
@@ -226,6 +229,7 @@ mod runner {
                 scenario,
                 wall_secs: 0.0,
                 result: Err("the seed's thread died".into()),
+                trace: Vec::new(),
             })
     }
 
@@ -237,20 +241,23 @@ mod runner {
             rt.set_time_limit(limit);
             rt.block_on(scenario.run(params))
         });
-        let result = match result {
-            Ok(Ok(outcome)) => Ok(outcome),
-            Ok(Err(e)) => Err(format!("{e:#}")),
-            Err(panic) => Err(panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .map_or_else(|| "panic".to_string(), |m| format!("panic: {m}"))),
+        let (result, trace) = match result {
+            Ok((r, trace)) => (r.map_err(|e| format!("{e:#}")), trace.lines()),
+            Err(panic) => (
+                Err(panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .map_or_else(|| "panic".to_string(), |m| format!("panic: {m}"))),
+                Vec::new(),
+            ),
         };
         SeedResult {
             seed,
             scenario,
             wall_secs: wall.elapsed().as_secs_f64(),
             result,
+            trace,
         }
     }
 
@@ -263,14 +270,8 @@ mod runner {
         }
         let second = run_seed(seed, limit, scenario, params);
         // The outcome and the whole trace must be the same.
-        let as_json = |r: &SeedResult| {
-            let trace = r
-                .result
-                .as_ref()
-                .map(|o| o.trace.lines())
-                .unwrap_or_default();
-            serde_json::to_string(&(&r.result, trace)).unwrap_or_default()
-        };
+        let as_json =
+            |r: &SeedResult| serde_json::to_string(&(&r.result, &r.trace)).unwrap_or_default();
         if as_json(&first) == as_json(&second) {
             return first;
         }
@@ -506,11 +507,11 @@ mod runner {
             scenario,
             pick.params(),
         );
+        for line in &r.trace {
+            println!("{line}");
+        }
         match &r.result {
             Ok(o) => {
-                for line in o.trace.lines() {
-                    println!("{line}");
-                }
                 println!("seed {seed} passed: {o:?}");
                 ExitCode::SUCCESS
             }

@@ -73,43 +73,68 @@ impl Scenario {
             .find(|s| s.name() == name || s.name().split('_').next() == Some(name))
     }
 
-    /// Run it (inside a madsim runtime).
-    pub async fn run(self, params: Params) -> Result<Outcome> {
-        match self {
-            Scenario::Slice => slice_under_crashes(params).await,
-            Scenario::Pair => pair_under_faults(params).await,
-            Scenario::Fabric => fabric_under_faults(params).await,
-        }
+    /// Run it (inside a madsim runtime): what it observed or the invariant
+    /// that failed, and its trace either way (up to the failure).
+    pub async fn run(self, params: Params) -> (Result<Outcome>, Trace) {
+        let trace = Trace::default();
+        let t = trace.clone();
+        let r = match self {
+            Scenario::Slice => slice_under_crashes(params, t).await,
+            Scenario::Pair => pair_under_faults(params, t).await,
+            Scenario::Fabric => fabric_under_faults(params, t).await,
+        };
+        (r, trace)
     }
 }
 
 /// What a seed did and saw, a line each, stamped with simulated time since
-/// its start: the golden traces under `snapshots/` are these.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Trace {
+/// its start: the golden traces under `snapshots/` are these. A handle:
+/// clones share the lines, so the runner still has them when the seed fails.
+#[derive(Clone, Default)]
+pub struct Trace(std::sync::Arc<std::sync::Mutex<TraceLines>>);
+
+impl std::fmt::Debug for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Trace({} lines)", self.lines().len())
+    }
+}
+
+#[derive(Debug, Default)]
+struct TraceLines {
     lines: Vec<String>,
     dropped: usize,
 }
 
 impl Trace {
     /// Add a line at `t`.
-    pub fn note(&mut self, t: Duration, what: impl std::fmt::Display) {
-        if self.lines.len() < TRACE_LINES_MAX {
-            self.lines.push(format!("{:>9.3}s {what}", t.as_secs_f64()));
+    pub fn note(&self, t: Duration, what: impl std::fmt::Display) {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if g.lines.len() < TRACE_LINES_MAX {
+            g.lines.push(format!("{:>9.3}s {what}", t.as_secs_f64()));
         } else {
-            self.dropped += 1;
+            g.dropped += 1;
         }
     }
 
     /// The lines, and a last one counting those past the bound.
     pub fn lines(&self) -> Vec<String> {
-        let mut lines = self.lines.clone();
-        if self.dropped > 0 {
-            lines.push(format!("... {} more lines", self.dropped));
+        let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lines = g.lines.clone();
+        if g.dropped > 0 {
+            lines.push(format!("... {} more lines", g.dropped));
         }
         lines
     }
 }
+
+impl PartialEq for Trace {
+    fn eq(&self, other: &Self) -> bool {
+        self.lines() == other.lines()
+    }
+}
+
+impl Eq for Trace {}
+
 /// Gap between client requests during the safety phase.
 pub const REQUEST_GAP: Duration = Duration::from_millis(100);
 /// Requests in the liveness phase; at least 99.9% must succeed.
@@ -292,7 +317,7 @@ fn plan(types: &[Fault], phase: Duration) -> Vec<Window> {
 /// the other); each SE's applied version never goes backwards. Liveness:
 /// once faults heal the SE is on the newest config and 99.9% of requests
 /// succeed.
-pub async fn slice_under_crashes(params: Params) -> Result<Outcome> {
+pub async fn slice_under_crashes(params: Params, trace: Trace) -> Result<Outcome> {
     let started = rt::now();
     let world = World::builder().build().await?;
     world
@@ -305,6 +330,7 @@ pub async fn slice_under_crashes(params: Params) -> Result<Outcome> {
     let mut outcome = Outcome {
         scenario: "slice_under_crashes",
         faults: windows.iter().map(|w| w.fault).collect(),
+        trace,
         ..Outcome::default()
     };
     let phase_start = rt::now();
@@ -510,7 +536,7 @@ fn pair_fault(world: &World, fault: Fault, on: bool, victim: &mut Option<String>
 /// two SEs never hold the VIP for longer than [`DUAL_HOLD_GRACE`] in a row.
 /// Liveness: once faults heal, exactly one SE holds the VIP within
 /// [`CONVERGE_DEADLINE`] and 99.9% of requests succeed.
-pub async fn pair_under_faults(params: Params) -> Result<Outcome> {
+pub async fn pair_under_faults(params: Params, trace: Trace) -> Result<Outcome> {
     let started = rt::now();
     let world = World::builder()
         .config(&sim::world::pair_config("fast"))
@@ -530,6 +556,7 @@ pub async fn pair_under_faults(params: Params) -> Result<Outcome> {
     let mut outcome = Outcome {
         scenario: "pair_under_faults",
         faults: windows.iter().map(|w| w.fault).collect(),
+        trace,
         ..Outcome::default()
     };
     let mut victims: Vec<Option<String>> = vec![None; windows.len()];
@@ -820,7 +847,7 @@ impl FabricFaults {
 /// Liveness: once faults heal, a leader is elected, every SE serves the
 /// newest config, each VIP has one holder, 99.9% of requests succeed and
 /// the DNS hands out both sites again.
-pub async fn fabric_under_faults(params: Params) -> Result<Outcome> {
+pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome> {
     let started = rt::now();
     let world = World::builder()
         .config(FABRIC_CONFIG)
@@ -851,6 +878,7 @@ pub async fn fabric_under_faults(params: Params) -> Result<Outcome> {
     let mut outcome = Outcome {
         scenario: Scenario::Fabric.name(),
         faults: windows.iter().map(|w| w.fault).collect(),
+        trace,
         ..Outcome::default()
     };
     let mut victims = vec![Victim::None; windows.len()];

@@ -153,6 +153,10 @@ fn refusal(r: &Refusal, conditional: bool) -> ApiError {
             e
         }
         Refusal::NotFound => ApiError::new(StatusCode::NOT_FOUND, "no such object"),
+        Refusal::StaleTerm { .. } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{r}: the leader changed; nothing was written"),
+        ),
         Refusal::OtherTenant => ApiError::new(
             StatusCode::CONFLICT,
             "the name is taken by an object of another tenant; nothing was written",

@@ -117,6 +117,9 @@ struct Inner {
     heard: Mutex<BTreeMap<String, Instant>>,
     /// When an SE last said hello.
     last_hello: Mutex<Option<Instant>>,
+    /// When placement last found this leader without a quorum heard lately
+    /// (SEs' silence before then may be this node's own isolation).
+    out_of_touch: Mutex<Option<Instant>>,
     /// Where auto-healing gets SEs from, and what they dial.
     cloud: Mutex<Option<Cloud>>,
     /// Per group: the SE auto-healing created and waits for, since when.
@@ -143,6 +146,7 @@ impl Controller {
             leader: watch::channel(None).0,
             heard: Mutex::new(BTreeMap::new()),
             last_hello: Mutex::new(None),
+            out_of_touch: Mutex::new(None),
             cloud: Mutex::new(None),
             healing: Mutex::new(BTreeMap::new()),
             scaled: Mutex::new(BTreeMap::new()),
@@ -256,14 +260,17 @@ impl Controller {
     /// What this node knows of the SEs, for placement: an SE is up while it
     /// has a session, and for `controller.heartbeat_ms` x
     /// [`MISSED_HEARTBEATS`] after it was last heard; an SE the previous
-    /// placement names that this node has not heard from is up for twice
-    /// that after it became leader (time for SEs to find a new leader).
+    /// placement names is up for twice that after `in_touch_since` (when
+    /// this node became leader, or last regained its quorum after being
+    /// cut off): time for SEs to find a new leader, or to reconnect after
+    /// their sessions died of this node's isolation rather than theirs
+    /// (chaos seed 60 of `fabric_under_faults`).
     fn se_views(
         &self,
         config: &crate::model::Config,
         previous: &crate::placement::Placement,
         draining: &std::collections::BTreeSet<String>,
-        leader_since: Instant,
+        in_touch_since: Instant,
     ) -> Vec<crate::placement::SeView> {
         let now = rt::now();
         let detect = Duration::from_millis(config.controller.heartbeat_ms) * MISSED_HEARTBEATS;
@@ -310,7 +317,7 @@ impl Controller {
                 (s.name.clone(), view)
             })
             .collect();
-        let settling = now.saturating_duration_since(leader_since) < detect * 2;
+        let settling = now.saturating_duration_since(in_touch_since) < detect * 2;
         for (vs, names) in &previous.virtual_services {
             let Some(group) = config.virtual_service(vs).map(|v| v.se_group.clone()) else {
                 continue;
@@ -318,6 +325,7 @@ impl Controller {
             for name in names {
                 views
                     .entry(name.clone())
+                    .and_modify(|v| v.up |= settling)
                     .or_insert_with(|| crate::placement::SeView {
                         name: name.clone(),
                         group: group.clone(),
@@ -331,12 +339,39 @@ impl Controller {
         views.into_values().collect()
     }
 
+    /// Whether this leader heard a quorum within an election timeout. One
+    /// that did not may have been replaced without knowing it: cut off, or
+    /// restarted into its old term with a stale log (chaos seed 18 of
+    /// `fabric_under_faults` at ten minutes: such a node welcomed a restarted
+    /// SE and handed it an old placement).
+    fn quorum_fresh(&self) -> bool {
+        let ms = self
+            .inner
+            .node
+            .raft()
+            .metrics()
+            .borrow()
+            .millis_since_quorum_ack;
+        ms.is_some_and(|ms| ms <= self.inner.node.timings().election_min_ms)
+    }
+
     /// If this node leads: place, and write the placement if it changed.
     async fn place_once(&self) -> Result<(), ClusterError> {
         let Some(since) = *self.inner.leader.borrow() else {
             return Ok(());
         };
+        // The term this placement is computed in fences its write; and a
+        // leader that has not heard a quorum lately may be the one cut off
+        // (every SE looks down from there): it moves nothing.
+        let term = self.inner.node.raft().metrics().borrow().current_term;
         let now = rt::now();
+        if !self.quorum_fresh() {
+            tracing::debug!("no quorum heard lately: placement waits");
+            *lock(&self.inner.out_of_touch) = Some(now);
+            return Ok(());
+        }
+        // SEs' silence is judged from when this node last had its quorum.
+        let in_touch_since = lock(&self.inner.out_of_touch).map_or(since, |t| t.max(since));
         let hello = lock(&self.inner.last_hello).unwrap_or(since).max(since);
         if now.saturating_duration_since(hello) < PLACEMENT_QUIET {
             return Ok(());
@@ -345,7 +380,12 @@ impl Controller {
         let Some(config) = desired.config.as_ref() else {
             return Ok(());
         };
-        let views = self.se_views(config, &desired.placement, &desired.draining, since);
+        let views = self.se_views(
+            config,
+            &desired.placement,
+            &desired.draining,
+            in_touch_since,
+        );
         let mut base = (*desired.placement).clone();
         self.autoscale(config, &views, &mut base, now);
         let next = crate::placement::place(config, &views, &base);
@@ -354,6 +394,7 @@ impl Controller {
         }
         let write = self.inner.node.write(Command::SetPlacement {
             placement: Box::new(next.clone()),
+            term: Some(term),
         });
         let version = match rt::timeout(Duration::from_secs(5), write).await {
             Ok(r) => r?,
@@ -935,8 +976,9 @@ impl Controller {
             return;
         }
         // SE sessions are the leader's: it alone places virtual services,
-        // so it must know every SE that is up (docs/placement.md).
-        if self.inner.leader.borrow().is_none() {
+        // so it must know every SE that is up (docs/placement.md); and a
+        // leader that may have been replaced hands out nothing.
+        if self.inner.leader.borrow().is_none() || !self.quorum_fresh() {
             let _ = proto::write_frame(&mut wr, &refuse(NOT_LEADER.into())).await;
             return;
         }

@@ -123,6 +123,14 @@ pub enum Command {
     SetPlacement {
         /// The whole placement.
         placement: Box<crate::placement::Placement>,
+        /// The Raft term of the leader that computed it: the entry applies
+        /// only if committed in that term. A deposed leader's placement,
+        /// computed from what it saw while cut off and forwarded to the new
+        /// leader, is refused rather than moving services off healthy SEs
+        /// (a fencing token; chaos seed 30 of `fabric_under_faults`).
+        /// `None` (entries written before the field existed) always applies.
+        #[serde(default)]
+        term: Option<u64>,
     },
     /// Replace everything (bootstrap from a file, restore from a backup).
     Replace {
@@ -170,6 +178,15 @@ impl Command {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(rename_all = "snake_case", tag = "error")]
 pub enum Refusal {
+    /// A leader-only write computed in an earlier term than the one that
+    /// committed it (its writer was deposed meanwhile).
+    #[error("computed by the leader of term {computed_in}, committed in term {committed_in}")]
+    StaleTerm {
+        /// The term the write was computed in.
+        computed_in: u64,
+        /// The term of the entry.
+        committed_in: u64,
+    },
     /// If-Match failed.
     #[error("version conflict: the object is at version {current:?}")]
     Conflict {
@@ -367,6 +384,24 @@ impl Objects {
         config_of(&self.objects)
     }
 
+    /// Apply the command of the log entry at `index`, committed by the
+    /// leader of `term`: a write fenced to another term is refused.
+    pub fn apply_in_term(&mut self, term: u64, index: u64, cmd: &Command) -> Reply {
+        if let Command::SetPlacement {
+            term: Some(computed_in),
+            ..
+        } = cmd
+        {
+            if *computed_in != term {
+                return Reply::Refused(Refusal::StaleTerm {
+                    computed_in: *computed_in,
+                    committed_in: term,
+                });
+            }
+        }
+        self.apply(index, cmd)
+    }
+
     /// Apply the command of the log entry at `index`.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Reply {
         let version = self.version_floor + index;
@@ -386,7 +421,7 @@ impl Objects {
                 }
                 Reply::Applied(self.placement_version)
             }
-            Command::SetPlacement { placement } => {
+            Command::SetPlacement { placement, .. } => {
                 self.placement = (**placement).clone();
                 self.placement_version = version.max(self.version);
                 Reply::Applied(self.placement_version)
@@ -740,6 +775,40 @@ pub fn config_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_placement_applies_only_in_the_term_that_computed_it() {
+        let mut o = boot();
+        let mut placement = crate::placement::Placement::default();
+        placement
+            .virtual_services
+            .insert("vs-1".into(), vec!["se-1".into()]);
+        let set = |placement: &crate::placement::Placement, term| Command::SetPlacement {
+            placement: Box::new(placement.clone()),
+            term,
+        };
+        // Computed by the leader of term 1, committed by the leader of term 2.
+        assert_eq!(
+            o.apply_in_term(2, 3, &set(&placement, Some(1))),
+            Reply::Refused(Refusal::StaleTerm {
+                computed_in: 1,
+                committed_in: 2
+            })
+        );
+        assert!(o.placement.virtual_services.is_empty());
+        assert!(matches!(
+            o.apply_in_term(2, 4, &set(&placement, Some(2))),
+            Reply::Applied(_)
+        ));
+        assert_eq!(o.placement.of("vs-1"), ["se-1".to_string()]);
+        // An entry from before the field existed always applies.
+        placement.virtual_services.clear();
+        assert!(matches!(
+            o.apply_in_term(3, 5, &set(&placement, None)),
+            Reply::Applied(_)
+        ));
+        assert!(o.placement.virtual_services.is_empty());
+    }
 
     fn boot() -> Objects {
         let mut o = Objects::default();
