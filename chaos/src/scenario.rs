@@ -479,6 +479,107 @@ const PAIR_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Which SE holds the VIP now by the client's ARP view is not the
 /// question; which hosts hold it on the segment is.
+/// How often [`HolderWatch`] looks at who holds each VIP (simulated time).
+pub const HOLDER_SAMPLE: Duration = Duration::from_millis(5);
+
+/// Who holds each VIP, looked at every [`HOLDER_SAMPLE`] by a task of its
+/// own: the client loop looks only between requests, and would miss (or
+/// shorten) a dual hold briefer than its gap. Holder changes go to the
+/// trace; a dual hold past [`DUAL_HOLD_GRACE`] is a violation the scenario
+/// fails on at its next step.
+#[derive(Debug, Clone)]
+struct HolderWatch {
+    state: std::sync::Arc<std::sync::Mutex<WatchState>>,
+}
+
+#[derive(Debug)]
+struct WatchState {
+    last: Vec<Vec<String>>,
+    dual_since: Vec<Option<Duration>>,
+    max_dual: Duration,
+    violation: Option<String>,
+    stopped: bool,
+}
+
+impl HolderWatch {
+    /// Watch `vips` (a label for the trace and the address each) from now
+    /// until [`stop`](Self::stop), times relative to `start`.
+    fn start(
+        cloud: sim::cloud::SimCloud,
+        vips: Vec<(&'static str, std::net::IpAddr)>,
+        trace: Trace,
+        start: std::time::Instant,
+    ) -> Self {
+        let state = std::sync::Arc::new(std::sync::Mutex::new(WatchState {
+            last: vec![Vec::new(); vips.len()],
+            dual_since: vec![None; vips.len()],
+            max_dual: Duration::ZERO,
+            violation: None,
+            stopped: false,
+        }));
+        let watch = HolderWatch {
+            state: state.clone(),
+        };
+        rt::spawn(async move {
+            loop {
+                {
+                    let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                    if s.stopped {
+                        return;
+                    }
+                    let t = rt::now() - start;
+                    for (v, (label, vip)) in vips.iter().enumerate() {
+                        let held_by = cloud.holders(*vip);
+                        if held_by != s.last[v] {
+                            let who = if label.is_empty() {
+                                "VIP".to_string()
+                            } else {
+                                label.to_string()
+                            };
+                            trace.note(t, format_args!("{who} held by {held_by:?}"));
+                            s.last[v] = held_by.clone();
+                        }
+                        if held_by.len() > 1 {
+                            let since = *s.dual_since[v].get_or_insert(t);
+                            let dual = t - since;
+                            s.max_dual = s.max_dual.max(dual);
+                            if dual > DUAL_HOLD_GRACE && s.violation.is_none() {
+                                let of = if label.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(" of {label}")
+                                };
+                                s.violation = Some(format!(
+                                    "safety: {held_by:?} all held the VIP{of} for {dual:?} (since {since:?})"
+                                ));
+                            }
+                        } else {
+                            s.dual_since[v] = None;
+                        }
+                    }
+                }
+                rt::sleep(HOLDER_SAMPLE).await;
+            }
+        });
+        watch
+    }
+
+    /// The longest dual hold so far, and fail if one went past the grace.
+    fn check(&self, outcome: &mut Outcome) -> Result<()> {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        outcome.dual_hold_ms = outcome.dual_hold_ms.max(s.max_dual.as_millis() as u64);
+        match &s.violation {
+            Some(v) => bail!("{v}"),
+            None => Ok(()),
+        }
+    }
+
+    /// Stop watching (the liveness phase checks holders its own way).
+    fn stop(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).stopped = true;
+    }
+}
+
 fn holders(world: &World) -> Vec<String> {
     world.cloud.holders(world.vip().ip())
 }
@@ -561,9 +662,13 @@ pub async fn pair_under_faults(params: Params, trace: Trace) -> Result<Outcome> 
     };
     let mut victims: Vec<Option<String>> = vec![None; windows.len()];
     let phase_start = rt::now();
-    let mut dual_since: Option<Duration> = None;
+    let watch = HolderWatch::start(
+        world.cloud.clone(),
+        vec![("", world.vip().ip())],
+        outcome.trace.clone(),
+        phase_start,
+    );
     let mut outage_started: Option<Duration> = None;
-    let mut last_holders = Vec::new();
     while rt::now() - phase_start < params.phase {
         let t = rt::now() - phase_start;
         for (i, w) in windows.iter_mut().enumerate() {
@@ -582,23 +687,7 @@ pub async fn pair_under_faults(params: Params, trace: Trace) -> Result<Outcome> 
                 pair_fault(&world, w.fault, false, &mut victims[i])?;
             }
         }
-        let held_by = holders(&world);
-        if held_by != last_holders {
-            outcome
-                .trace
-                .note(t, format_args!("VIP held by {held_by:?}"));
-            last_holders = held_by.clone();
-        }
-        if held_by.len() > 1 {
-            let since = *dual_since.get_or_insert(t);
-            let dual = t - since;
-            outcome.dual_hold_ms = outcome.dual_hold_ms.max(dual.as_millis() as u64);
-            if dual > DUAL_HOLD_GRACE {
-                bail!("safety: {held_by:?} all held the VIP for {dual:?} (since {since:?})");
-            }
-        } else {
-            dual_since = None;
-        }
+        watch.check(&mut outcome)?;
         match world.http_get_within("/", PAIR_TIMEOUT).await {
             Ok(r) if r.status == 200 => {
                 outcome.requests_ok += 1;
@@ -621,6 +710,8 @@ pub async fn pair_under_faults(params: Params, trace: Trace) -> Result<Outcome> 
         }
         rt::sleep(PAIR_PACE).await;
     }
+    watch.check(&mut outcome)?;
+    watch.stop();
     for (i, w) in windows.iter().enumerate() {
         if w.phase == Phase::Down {
             pair_fault(&world, w.fault, false, &mut victims[i])?;
@@ -884,8 +975,16 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
     let mut victims = vec![Victim::None; windows.len()];
     let phase_start = rt::now();
     let mut faults = FabricFaults::default();
-    let mut dual_since: Vec<Option<Duration>> = vec![None; vips.len()];
-    let mut last_holders: Vec<Vec<String>> = vec![Vec::new(); vips.len()];
+    let watch = HolderWatch::start(
+        world.cloud.clone(),
+        FABRIC_VSS
+            .iter()
+            .copied()
+            .zip(vips.iter().copied())
+            .collect(),
+        outcome.trace.clone(),
+        phase_start,
+    );
     let mut outage_started: Vec<Option<Duration>> = vec![None; vips.len()];
     let mut last_leader = None;
     let mut origin_last_given: Option<Duration> = None;
@@ -931,28 +1030,7 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
             faults.excused_until = t + CONVERGE_DEADLINE;
         }
 
-        for (v, vip) in vips.iter().enumerate() {
-            let held_by = world.cloud.holders(*vip);
-            if held_by != last_holders[v] {
-                outcome
-                    .trace
-                    .note(t, format_args!("{} held by {held_by:?}", FABRIC_VSS[v]));
-                last_holders[v] = held_by.clone();
-            }
-            if held_by.len() > 1 {
-                let since = *dual_since[v].get_or_insert(t);
-                let dual = t - since;
-                outcome.dual_hold_ms = outcome.dual_hold_ms.max(dual.as_millis() as u64);
-                if dual > DUAL_HOLD_GRACE {
-                    bail!(
-                        "safety: {held_by:?} all held the VIP of {} for {dual:?} (since {since:?})",
-                        FABRIC_VSS[v]
-                    );
-                }
-            } else {
-                dual_since[v] = None;
-            }
-        }
+        watch.check(&mut outcome)?;
 
         let v = (step as usize) % FABRIC_VSS.len();
         match world
@@ -1038,6 +1116,8 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
         rt::sleep(REQUEST_GAP).await;
     }
 
+    watch.check(&mut outcome)?;
+    watch.stop();
     // Liveness: heal everything, then converge.
     for (i, w) in windows.iter().enumerate() {
         if w.phase != Phase::Down {

@@ -88,9 +88,13 @@ impl SimCloud {
         lock(&self.applied).regressions.clone()
     }
 
-    /// Crash an SE host (its memory is lost; its node can restart).
+    /// Crash an SE host (its memory is lost; its node can restart). Its
+    /// port goes with it: a restarted host holds no VIP until its SE claims
+    /// one (before, the old port's VIPs counted again from the restart until
+    /// the new boot attached: a dual hold that was not there).
     pub fn kill(&self, name: &str) -> Result<(), CloudError> {
         let id = self.mark(name, false)?;
+        lock(&self.ports).remove(name);
         Handle::current().kill(id);
         Ok(())
     }
