@@ -296,6 +296,15 @@ mod runner {
     ) -> ExitCode {
         // Panics are reported per seed; the default hook would print each one.
         std::panic::set_hook(Box::new(|_| {}));
+        // No log subscriber unless RUST_LOG asks for one: madsim opens a span
+        // for every task, and any subscriber, even one printing errors only,
+        // pays for each (about a tenth of the runner's time). A failure's
+        // replay command gives its full log.
+        if std::env::var_os("RUST_LOG").is_none() {
+            let _ = tracing::subscriber::set_global_default(
+                tracing::subscriber::NoSubscriber::default(),
+            );
+        }
         let started = fabric::rt::now();
         let next = Arc::new(AtomicU64::new(first));
         let end = first + seeds;

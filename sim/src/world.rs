@@ -690,7 +690,9 @@ impl World {
                     }
                     rt::sleep(Duration::from_millis(10)).await;
                 };
-                f(port).await
+                // Boxed: a client's request future is large, and is polled
+                // in place rather than moved inside this one's state.
+                Box::pin(f(port)).await
             })
             .await
             .map_err(|e| anyhow!("client task failed: {e}"))?
