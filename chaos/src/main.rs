@@ -136,6 +136,22 @@ mod runner {
         /// The seed's trace, up to its failure if it failed.
         #[serde(skip)]
         trace: Vec<String>,
+        /// FNV-1a of the trace (its lines joined by newlines), in hex: two
+        /// runs, builds or machines that agree on it saw the same seed.
+        trace_hash: String,
+    }
+
+    /// [`SeedResult::trace_hash`] of `lines`.
+    fn trace_hash(lines: &[String]) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (i, line) in lines.iter().enumerate() {
+            let sep: &[u8] = if i == 0 { b"" } else { b"\n" };
+            for b in sep.iter().chain(line.as_bytes()) {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!("{h:016x}")
     }
 
     /// Speed and failures of one scenario in a run.
@@ -166,6 +182,12 @@ mod runner {
         outage_ms_p50: Option<u64>,
         outage_ms_p99: Option<u64>,
         outage_ms_max: Option<u64>,
+        /// Stretches without a leader able to reach the SEs (full shape).
+        election_ms_p50: Option<u64>,
+        election_ms_p99: Option<u64>,
+        election_ms_max: Option<u64>,
+        /// How far into an origin's outage the DNS last handed it out, longest.
+        stale_dns_ms_max: Option<u64>,
         /// Longest time two SEs of a pair both held the VIP, over the seeds.
         dual_hold_ms_max: u64,
         results: Vec<SeedResult>,
@@ -230,6 +252,7 @@ mod runner {
                 wall_secs: 0.0,
                 result: Err("the seed's thread died".into()),
                 trace: Vec::new(),
+                trace_hash: trace_hash(&[]),
             })
     }
 
@@ -257,6 +280,7 @@ mod runner {
             scenario,
             wall_secs: wall.elapsed().as_secs_f64(),
             result,
+            trace_hash: trace_hash(&trace),
             trace,
         }
     }
@@ -371,6 +395,8 @@ mod runner {
     fn summarize(results: Vec<SeedResult>, wall_secs: f64, pick: &Pick) -> Report {
         let mut faults_by_type = BTreeMap::new();
         let mut outages = Vec::new();
+        let mut elections = Vec::new();
+        let mut stale_dns = Vec::new();
         let mut sim_secs = 0.0;
         let mut failures = Vec::new();
         for r in &results {
@@ -378,6 +404,8 @@ mod runner {
                 Ok(o) => {
                     sim_secs += o.sim_secs;
                     outages.extend(&o.outages_ms);
+                    elections.extend(&o.elections_ms);
+                    stale_dns.extend(&o.stale_dns_ms);
                     for f in &o.faults {
                         *faults_by_type.entry(f.name().to_string()).or_insert(0) += 1;
                     }
@@ -406,6 +434,8 @@ mod runner {
             }
         }
         outages.sort_unstable();
+        elections.sort_unstable();
+        stale_dns.sort_unstable();
         let worker_wall_secs: f64 = results.iter().map(|r| r.wall_secs).sum();
         Report {
             scenario: match pick.only() {
@@ -435,6 +465,10 @@ mod runner {
             outage_ms_p50: percentile(&outages, 0.5),
             outage_ms_p99: percentile(&outages, 0.99),
             outage_ms_max: outages.last().copied(),
+            election_ms_p50: percentile(&elections, 0.5),
+            election_ms_p99: percentile(&elections, 0.99),
+            election_ms_max: elections.last().copied(),
+            stale_dns_ms_max: stale_dns.last().copied(),
             results,
         }
     }
@@ -459,6 +493,17 @@ mod runner {
             ms(r.outage_ms_p50),
             ms(r.outage_ms_p99),
             ms(r.outage_ms_max)
+        );
+        s += &format!(
+            "| no reachable leader (full shape) p50 / p99 / max | {} / {} / {} |\n",
+            ms(r.election_ms_p50),
+            ms(r.election_ms_p99),
+            ms(r.election_ms_max)
+        );
+        s += &format!(
+            "| DNS handed out a crashed origin, latest into its outage | {} (detection window {} ms) |\n",
+            ms(r.stale_dns_ms_max),
+            scenario::DNS_DETECTION.as_millis()
         );
         s += &format!(
             "| longest time two SEs held one VIP | {} ms (at most {} ms allowed) |\n",
@@ -519,6 +564,7 @@ mod runner {
         for line in &r.trace {
             println!("{line}");
         }
+        println!("trace hash {}", r.trace_hash);
         match &r.result {
             Ok(o) => {
                 println!("seed {seed} passed: {o:?}");

@@ -219,6 +219,13 @@ pub struct Outcome {
     pub outages_ms: Vec<u64>,
     /// Longest stretch two SEs both held a VIP, ms.
     pub dual_hold_ms: u64,
+    /// Each stretch without a leader able to reach the SEs (a crashed or
+    /// cut-off leader until the next one), ms; the full shape only.
+    pub elections_ms: Vec<u64>,
+    /// For each origin outage during which the DNS still handed the origin
+    /// out: how far into the outage it last did, ms (the full shape only;
+    /// at most its detection window, or the seed fails).
+    pub stale_dns_ms: Vec<u64>,
     /// What the seed did and saw (compared by the determinism check, not
     /// written to reports).
     #[serde(skip)]
@@ -821,7 +828,7 @@ const FABRIC_NAME: &str = "www.gslb.test";
 const CRASHED_ORIGIN_IP: [u8; 4] = [10, 0, 2, 2];
 /// How long after an origin fails the DNS may still hand it out: probe
 /// interval x fall + timeout + the DNS node's tick + the query in flight.
-const DNS_DETECTION: Duration = Duration::from_millis(1000 * 2 + 500 + 1000 + 100);
+pub const DNS_DETECTION: Duration = Duration::from_millis(1000 * 2 + 500 + 1000 + 100);
 /// The DNS is asked once per this many client requests.
 const DNS_EVERY: u32 = 5;
 
@@ -988,6 +995,7 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
     let mut outage_started: Vec<Option<Duration>> = vec![None; vips.len()];
     let mut last_leader = None;
     let mut origin_last_given: Option<Duration> = None;
+    let mut leaderless_since: Option<Duration> = None;
     let mut step = 0u32;
     while rt::now() - phase_start < params.phase {
         let t = rt::now() - phase_start;
@@ -1024,6 +1032,14 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
         if leader != last_leader {
             let name = leader.map_or("none".to_string(), |i| format!("controller-{}", i + 1));
             outcome.trace.note(t, format_args!("leader {name}"));
+            match (leader, leaderless_since) {
+                (None, None) => leaderless_since = Some(t),
+                (Some(_), Some(since)) => {
+                    outcome.elections_ms.push((t - since).as_millis() as u64);
+                    leaderless_since = None;
+                }
+                _ => {}
+            }
             last_leader = leader;
         }
         if leader.is_none() && (faults.se_crashes_down > 0 || t < faults.excused_until) {
@@ -1098,6 +1114,7 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
                     origin_last_given = Some(t - since);
                 }
             } else if let Some(after) = origin_last_given.take() {
+                outcome.stale_dns_ms.push(after.as_millis() as u64);
                 outcome.trace.note(
                     t,
                     format_args!(
