@@ -158,6 +158,9 @@ pub enum Fault {
     ActiveControllerCut,
     /// Every gratuitous ARP frame on the segment was lost for a while.
     GarpLoss,
+    /// The Controller's process stopped being scheduled (a long GC pause, a
+    /// stopped VM), then went on where it was, its timers all due at once.
+    ControllerPaused,
 }
 
 impl Fault {
@@ -180,12 +183,13 @@ impl Fault {
     ];
     /// The fault types of the full fabric scenario (`SeCrash`: the SE
     /// holding a VIP; the Controller faults: the leader of the time).
-    pub const FABRIC: [Fault; 5] = [
+    pub const FABRIC: [Fault; 6] = [
         Fault::SeCrash,
         Fault::ControllerCrash,
         Fault::ControllerIsolated,
         Fault::OriginCrash,
         Fault::GarpLoss,
+        Fault::ControllerPaused,
     ];
 
     /// Its name in reports.
@@ -198,6 +202,7 @@ impl Fault {
             Fault::PairLinkCut => "pair_link_cut",
             Fault::ActiveControllerCut => "active_controller_cut",
             Fault::GarpLoss => "garp_loss",
+            Fault::ControllerPaused => "controller_paused",
         }
     }
 }
@@ -256,7 +261,10 @@ fn inject(world: &World, fault: Fault) -> Result<()> {
         Fault::ControllerCrash => world.kill_controller(),
         Fault::ControllerIsolated => world.isolate_controller_at(0, true),
         Fault::OriginCrash => madsim::runtime::Handle::current().kill(CRASHED_ORIGIN),
-        Fault::PairLinkCut | Fault::ActiveControllerCut | Fault::GarpLoss => {
+        Fault::PairLinkCut
+        | Fault::ActiveControllerCut
+        | Fault::GarpLoss
+        | Fault::ControllerPaused => {
             bail!("{} is a pair fault", fault.name())
         }
     }
@@ -269,7 +277,10 @@ fn heal(world: &World, fault: Fault) -> Result<()> {
         Fault::ControllerCrash => world.restart_controller(),
         Fault::ControllerIsolated => world.isolate_controller_at(0, false),
         Fault::OriginCrash => madsim::runtime::Handle::current().restart(CRASHED_ORIGIN),
-        Fault::PairLinkCut | Fault::ActiveControllerCut | Fault::GarpLoss => {
+        Fault::PairLinkCut
+        | Fault::ActiveControllerCut
+        | Fault::GarpLoss
+        | Fault::ControllerPaused => {
             bail!("{} is a pair fault", fault.name())
         }
     }
@@ -633,6 +644,7 @@ fn pair_fault(world: &World, fault: Fault, on: bool, victim: &mut Option<String>
         Fault::ControllerIsolated => world.isolate_controller_at(0, on),
         Fault::OriginCrash if on => madsim::runtime::Handle::current().kill("origin-1"),
         Fault::OriginCrash => madsim::runtime::Handle::current().restart("origin-1"),
+        Fault::ControllerPaused => bail!("{} is a full-shape fault", fault.name()),
     }
     Ok(())
 }
@@ -847,6 +859,8 @@ struct FabricFaults {
     isolated: std::collections::BTreeSet<usize>,
     /// Controllers crashed now.
     crashed: std::collections::BTreeSet<usize>,
+    /// Controllers paused now.
+    paused: std::collections::BTreeSet<usize>,
     /// Requests may fail until then (an SE crash's move).
     excused_until: Duration,
     /// SE crashes not healed yet.
@@ -911,6 +925,17 @@ impl FabricFaults {
                 if let Victim::Controller(n) = *victim {
                     world.isolate_controller_at(n, false);
                     self.isolated.remove(&n);
+                }
+            }
+            (Fault::ControllerPaused, true) => {
+                madsim::runtime::Handle::current().pause(world.controller_node(leader));
+                self.paused.insert(leader);
+                *victim = Victim::Controller(leader);
+            }
+            (Fault::ControllerPaused, false) => {
+                if let Victim::Controller(n) = *victim {
+                    madsim::runtime::Handle::current().resume(world.controller_node(n));
+                    self.paused.remove(&n);
                 }
             }
             (Fault::OriginCrash, true) => {
@@ -1025,6 +1050,7 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
         let leader = (0..world.controller_count()).find(|i| {
             !faults.isolated.contains(i)
                 && !faults.crashed.contains(i)
+                && !faults.paused.contains(i)
                 && world
                     .controller_at(*i)
                     .is_some_and(|c| c.node().is_leader())

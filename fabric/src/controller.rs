@@ -117,6 +117,9 @@ struct Inner {
     heard: Mutex<BTreeMap<String, Instant>>,
     /// When an SE last said hello.
     last_hello: Mutex<Option<Instant>>,
+    /// The Raft metrics as placement last read them, and when they last
+    /// changed (`quorum_fresh`).
+    metrics_seen: Mutex<(watch::Receiver<crate::cluster::RaftMetrics>, Instant)>,
     /// When placement last found this leader without a quorum heard lately
     /// (SEs' silence before then may be this node's own isolation).
     out_of_touch: Mutex<Option<Instant>>,
@@ -136,6 +139,7 @@ impl Controller {
     pub fn new(node: ClusterNode) -> Controller {
         let inner = Inner {
             desired: node.desired(),
+            metrics_seen: Mutex::new((node.raft().metrics(), rt::now())),
             node,
             tls: Mutex::new(None),
             listen_ips: Mutex::new(Vec::new()),
@@ -345,14 +349,26 @@ impl Controller {
     /// `fabric_under_faults` at ten minutes: such a node welcomed a restarted
     /// SE and handed it an old placement).
     fn quorum_fresh(&self) -> bool {
-        let ms = self
-            .inner
-            .node
-            .raft()
-            .metrics()
-            .borrow()
-            .millis_since_quorum_ack;
-        ms.is_some_and(|ms| ms <= self.inner.node.timings().election_min_ms)
+        let now = rt::now();
+        let mut seen = lock(&self.inner.metrics_seen);
+        let (rx, at) = &mut *seen;
+        // The figure is as old as the report it came in: when this node
+        // was paused (its Raft task too), the last report is from before the
+        // pause and says nothing of now (found by pausing the leader: on
+        // resume it placed from a snapshot that still said "quorum 20 ms ago").
+        if rx.has_changed().unwrap_or(false) {
+            rx.borrow_and_update();
+            *at = now;
+        }
+        let m = rx.borrow();
+        // A single voter cannot be deposed, and reports only when it acts.
+        if m.membership_config.membership().voter_ids().count() <= 1 {
+            return m.current_leader == Some(m.id);
+        }
+        let lease = Duration::from_millis(self.inner.node.timings().election_min_ms);
+        m.millis_since_quorum_ack.is_some_and(|ms| {
+            now.saturating_duration_since(*at) + Duration::from_millis(ms) <= lease
+        })
     }
 
     /// If this node leads: place, and write the placement if it changed.

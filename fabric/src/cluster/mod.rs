@@ -56,3 +56,5 @@ openraft::declare_raft_types!(
 
 /// The Raft handle.
 pub type Raft = openraft::Raft<TypeConfig>;
+/// What the Raft handle reports of itself.
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, NodeAddr>;
