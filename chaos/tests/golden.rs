@@ -16,23 +16,20 @@ use chaos::scenario::{Params, Scenario};
 /// The trace of `scenario` on `seed`, as `chaos replay` prints it, with the
 /// seed's verdict and what it measured last.
 fn golden(scenario: Scenario, seed: u64) -> String {
-    std::thread::spawn(move || {
-        let mut rt =
-            madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
-        rt.set_time_limit(Duration::from_secs(600));
-        let (result, trace) = rt.block_on(scenario.run(Params::default()));
-        let mut lines = trace.lines();
-        match result {
-            Ok(o) => lines.push(format!(
-                "passed: faults {:?}, requests {} ok / {} failed, outages {:?} ms, longest dual hold {} ms",
-                o.faults, o.requests_ok, o.requests_failed, o.outages_ms, o.dual_hold_ms
-            )),
-            Err(e) => lines.push(format!("FAILED: {e:#}")),
-        }
-        lines.join("\n")
-    })
-    .join()
-    .expect("the seed's thread")
+    // Each test runs on its own thread, outside any simulation: the runtime
+    // below is the seed's whole world (as `chaos run` gives each seed).
+    let mut rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+    rt.set_time_limit(Duration::from_secs(600));
+    let (result, trace) = rt.block_on(scenario.run(Params::default()));
+    let mut lines = trace.lines();
+    match result {
+        Ok(o) => lines.push(format!(
+            "passed: faults {:?}, requests {} ok / {} failed, outages {:?} ms, longest dual hold {} ms",
+            o.faults, o.requests_ok, o.requests_failed, o.outages_ms, o.dual_hold_ms
+        )),
+        Err(e) => lines.push(format!("FAILED: {e:#}")),
+    }
+    lines.join("\n")
 }
 
 fn check(scenario: Scenario, seed: u64) {
