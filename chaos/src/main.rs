@@ -188,6 +188,10 @@ mod runner {
         election_ms_max: Option<u64>,
         /// How far into an origin's outage the DNS last handed it out, longest.
         stale_dns_ms_max: Option<u64>,
+        /// From a config version's commit to every live SE applying it (full shape).
+        config_lag_ms_p50: Option<u64>,
+        config_lag_ms_p99: Option<u64>,
+        config_lag_ms_max: Option<u64>,
         /// Longest time two SEs of a pair both held the VIP, over the seeds.
         dual_hold_ms_max: u64,
         results: Vec<SeedResult>,
@@ -397,6 +401,7 @@ mod runner {
         let mut outages = Vec::new();
         let mut elections = Vec::new();
         let mut stale_dns = Vec::new();
+        let mut config_lags = Vec::new();
         let mut sim_secs = 0.0;
         let mut failures = Vec::new();
         for r in &results {
@@ -406,6 +411,7 @@ mod runner {
                     outages.extend(&o.outages_ms);
                     elections.extend(&o.elections_ms);
                     stale_dns.extend(&o.stale_dns_ms);
+                    config_lags.extend(&o.config_lag_ms);
                     for f in &o.faults {
                         *faults_by_type.entry(f.name().to_string()).or_insert(0) += 1;
                     }
@@ -436,6 +442,7 @@ mod runner {
         outages.sort_unstable();
         elections.sort_unstable();
         stale_dns.sort_unstable();
+        config_lags.sort_unstable();
         let worker_wall_secs: f64 = results.iter().map(|r| r.wall_secs).sum();
         Report {
             scenario: match pick.only() {
@@ -469,6 +476,9 @@ mod runner {
             election_ms_p99: percentile(&elections, 0.99),
             election_ms_max: elections.last().copied(),
             stale_dns_ms_max: stale_dns.last().copied(),
+            config_lag_ms_p50: percentile(&config_lags, 0.5),
+            config_lag_ms_p99: percentile(&config_lags, 0.99),
+            config_lag_ms_max: config_lags.last().copied(),
             results,
         }
     }
@@ -504,6 +514,12 @@ mod runner {
             "| DNS handed out a crashed origin, latest into its outage | {} (detection window {} ms) |\n",
             ms(r.stale_dns_ms_max),
             scenario::DNS_DETECTION.as_millis()
+        );
+        s += &format!(
+            "| config version committed to applied by every SE up (full shape) p50 / p99 / max | {} / {} / {} |\n",
+            ms(r.config_lag_ms_p50),
+            ms(r.config_lag_ms_p99),
+            ms(r.config_lag_ms_max)
         );
         s += &format!(
             "| longest time two SEs held one VIP | {} ms (at most {} ms allowed) |\n",

@@ -161,6 +161,22 @@ pub enum Fault {
     /// The Controller's process stopped being scheduled (a long GC pause, a
     /// stopped VM), then went on where it was, its timers all due at once.
     ControllerPaused,
+    /// The Controller leader lost one direction of its network: what it
+    /// sends, or what it receives (asymmetric routing, a one-sided
+    /// firewall rule), then healed.
+    ControllerOneWay,
+    /// Every UDP datagram in the world (DNS, ARP, GARP) was lost with a
+    /// probability (1%, 5% or 20%) for a while.
+    PacketLoss,
+    /// Every message on the network took up to 20, 50 or 100 ms for a while
+    /// (a congested or rerouted network; TCP's retransmits under loss).
+    Latency,
+    /// The Controller leader's clock ran fast or slow (x0.5 to x2) as its
+    /// Raft timers see it, then true again.
+    ClockSkew,
+    /// The Controller leader's disk took 5, 50 or 200 ms for each sync of
+    /// a Raft write, then was fast again.
+    SlowDisk,
 }
 
 impl Fault {
@@ -183,13 +199,18 @@ impl Fault {
     ];
     /// The fault types of the full fabric scenario (`SeCrash`: the SE
     /// holding a VIP; the Controller faults: the leader of the time).
-    pub const FABRIC: [Fault; 6] = [
+    pub const FABRIC: [Fault; 11] = [
         Fault::SeCrash,
         Fault::ControllerCrash,
         Fault::ControllerIsolated,
         Fault::OriginCrash,
         Fault::GarpLoss,
         Fault::ControllerPaused,
+        Fault::ControllerOneWay,
+        Fault::PacketLoss,
+        Fault::Latency,
+        Fault::ClockSkew,
+        Fault::SlowDisk,
     ];
 
     /// Its name in reports.
@@ -203,6 +224,11 @@ impl Fault {
             Fault::ActiveControllerCut => "active_controller_cut",
             Fault::GarpLoss => "garp_loss",
             Fault::ControllerPaused => "controller_paused",
+            Fault::ControllerOneWay => "controller_one_way",
+            Fault::PacketLoss => "packet_loss",
+            Fault::Latency => "latency",
+            Fault::ClockSkew => "clock_skew",
+            Fault::SlowDisk => "slow_disk",
         }
     }
 }
@@ -231,6 +257,14 @@ pub struct Outcome {
     /// out: how far into the outage it last did, ms (the full shape only;
     /// at most its detection window, or the seed fails).
     pub stale_dns_ms: Vec<u64>,
+    /// For each config version the leader committed during the safety
+    /// phase: how long until every SE that was up had applied it, ms (the
+    /// full shape only; both ends seen once per client request, about
+    /// every 100 ms).
+    pub config_lag_ms: Vec<u64>,
+    /// DNS queries and ARP resolves that went unanswered while datagrams
+    /// were being lost (the full shape only; excused, not failures).
+    pub lost_to_packet_loss: u32,
     /// What the seed did and saw (compared by the determinism check, not
     /// written to reports).
     #[serde(skip)]
@@ -261,12 +295,7 @@ fn inject(world: &World, fault: Fault) -> Result<()> {
         Fault::ControllerCrash => world.kill_controller(),
         Fault::ControllerIsolated => world.isolate_controller_at(0, true),
         Fault::OriginCrash => madsim::runtime::Handle::current().kill(CRASHED_ORIGIN),
-        Fault::PairLinkCut
-        | Fault::ActiveControllerCut
-        | Fault::GarpLoss
-        | Fault::ControllerPaused => {
-            bail!("{} is a pair fault", fault.name())
-        }
+        _ => bail!("{} is not a slice fault", fault.name()),
     }
     Ok(())
 }
@@ -277,12 +306,7 @@ fn heal(world: &World, fault: Fault) -> Result<()> {
         Fault::ControllerCrash => world.restart_controller(),
         Fault::ControllerIsolated => world.isolate_controller_at(0, false),
         Fault::OriginCrash => madsim::runtime::Handle::current().restart(CRASHED_ORIGIN),
-        Fault::PairLinkCut
-        | Fault::ActiveControllerCut
-        | Fault::GarpLoss
-        | Fault::ControllerPaused => {
-            bail!("{} is a pair fault", fault.name())
-        }
+        _ => bail!("{} is not a slice fault", fault.name()),
     }
     Ok(())
 }
@@ -644,7 +668,7 @@ fn pair_fault(world: &World, fault: Fault, on: bool, victim: &mut Option<String>
         Fault::ControllerIsolated => world.isolate_controller_at(0, on),
         Fault::OriginCrash if on => madsim::runtime::Handle::current().kill("origin-1"),
         Fault::OriginCrash => madsim::runtime::Handle::current().restart("origin-1"),
-        Fault::ControllerPaused => bail!("{} is a full-shape fault", fault.name()),
+        _ => bail!("{} is a full-shape fault", fault.name()),
     }
     Ok(())
 }
@@ -844,6 +868,65 @@ pub const DNS_DETECTION: Duration = Duration::from_millis(1000 * 2 + 500 + 1000 
 /// The DNS is asked once per this many client requests.
 const DNS_EVERY: u32 = 5;
 
+/// Config versions the leader committed and not every SE has applied yet.
+#[derive(Debug, Default)]
+struct ConfigLag {
+    newest: u64,
+    /// (version, when the leader was first seen with it); bounded.
+    pending: std::collections::VecDeque<(u64, Duration)>,
+}
+
+impl ConfigLag {
+    /// Most versions waiting at once; older ones are given up on.
+    const PENDING_MAX: usize = 64;
+
+    /// Look at leader `i`'s newest version and at what the SEs that are up
+    /// (not in `down`) have applied, at `t`.
+    fn observe(
+        &mut self,
+        world: &World,
+        i: usize,
+        down: &std::collections::BTreeSet<String>,
+        t: Duration,
+        outcome: &mut Outcome,
+    ) {
+        let Some(c) = world.controller_at(i) else {
+            return;
+        };
+        let newest = c.desired().se_version();
+        if newest > self.newest {
+            if self.newest > 0 {
+                if self.pending.len() == Self::PENDING_MAX {
+                    self.pending.pop_front();
+                }
+                self.pending.push_back((newest, t));
+            }
+            self.newest = newest;
+        }
+        let applied = (1..=FABRIC_SES)
+            .map(|n| format!("se-{n}"))
+            .filter(|name| !down.contains(name))
+            .map(|name| world.cloud.applied_version(&name).unwrap_or(0))
+            .min()
+            .unwrap_or(0);
+        while let Some(&(version, seen)) = self.pending.front() {
+            if applied < version {
+                break;
+            }
+            self.pending.pop_front();
+            let ms = (t - seen).as_millis() as u64;
+            outcome.config_lag_ms.push(ms);
+            outcome.trace.note(
+                t,
+                format_args!("config version {version} on every SE up after {ms} ms"),
+            );
+        }
+    }
+}
+
+/// How long after packet loss heals a lost query still counts as its doing.
+const LOSS_TAIL: Duration = Duration::from_secs(3);
+
 /// Who a fault of the full scenario hit, for healing the same one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Victim {
@@ -861,17 +944,30 @@ struct FabricFaults {
     crashed: std::collections::BTreeSet<usize>,
     /// Controllers paused now.
     paused: std::collections::BTreeSet<usize>,
+    /// Controllers with one direction of their network cut now.
+    one_way: std::collections::BTreeSet<usize>,
+    /// While datagrams are being lost: a DNS query or an ARP resolve may
+    /// go unanswered until this long after the loss heals (replies in flight).
+    loss_until: Option<Duration>,
+    /// Longest message latency now, while the network is slow.
+    latency_max: Option<Duration>,
+    /// Which direction the one-way cut took.
+    one_way_outbound: bool,
     /// Requests may fail until then (an SE crash's move).
     excused_until: Duration,
     /// SE crashes not healed yet.
     se_crashes_down: usize,
+    /// The SEs crashed now.
+    ses_down: std::collections::BTreeSet<String>,
     /// Since when the crashed origin is down.
     origin_down_since: Option<Duration>,
 }
 
 impl FabricFaults {
     /// Inject (`on`) or heal `fault` at `t`; `victim` is whom the injection
-    /// hit (the holder of one of `vips`, the leader of the time), healed alike.
+    /// hit (the holder of one of `vips`, the leader of the time), healed
+    /// alike. Returns how hard it struck, for the trace ("" if it has no
+    /// intensity).
     fn toggle(
         &mut self,
         world: &World,
@@ -880,8 +976,10 @@ impl FabricFaults {
         on: bool,
         victim: &mut Victim,
         t: Duration,
-    ) -> Result<()> {
+    ) -> Result<String> {
         let leader = world.leader_index().unwrap_or(0);
+        let pick = |choices: &[u64]| choices[(rt::random_u64() % choices.len() as u64) as usize];
+        let mut detail = String::new();
         match (fault, on) {
             (Fault::SeCrash, true) => {
                 let vip = vips[(rt::random_u64() % vips.len() as u64) as usize];
@@ -892,6 +990,7 @@ impl FabricFaults {
                     .next()
                     .unwrap_or_else(|| "se-1".into());
                 world.cloud.kill(&name)?;
+                self.ses_down.insert(name.clone());
                 *victim = Victim::Se(name);
                 self.se_crashes_down += 1;
                 self.excused_until = self.excused_until.max(t + CONVERGE_DEADLINE);
@@ -899,6 +998,7 @@ impl FabricFaults {
             (Fault::SeCrash, false) => {
                 if let Victim::Se(name) = &*victim {
                     world.cloud.restart(name)?;
+                    self.ses_down.remove(name);
                 }
                 self.se_crashes_down -= 1;
             }
@@ -947,11 +1047,80 @@ impl FabricFaults {
                 self.origin_down_since = None;
             }
             (Fault::GarpLoss, on) => world.cloud.set_garp_loss(on),
+            (Fault::ControllerOneWay, true) => {
+                let outbound = rt::random_u64().is_multiple_of(2);
+                world.one_way_cut_controller_at(leader, outbound, true);
+                self.one_way.insert(leader);
+                *victim = Victim::Controller(leader);
+                detail = (if outbound { "sending" } else { "receiving" }).into();
+                self.one_way_outbound = outbound;
+            }
+            (Fault::ControllerOneWay, false) => {
+                if let Victim::Controller(n) = *victim {
+                    world.one_way_cut_controller_at(n, self.one_way_outbound, false);
+                    self.one_way.remove(&n);
+                }
+            }
+            (Fault::PacketLoss, true) => {
+                let percent = pick(&[1, 5, 20]);
+                world.set_udp_loss(percent as f64 / 100.0);
+                self.loss_until = Some(Duration::MAX);
+                detail = format!("{percent}%");
+            }
+            (Fault::PacketLoss, false) => {
+                world.set_udp_loss(0.0);
+                self.loss_until = Some(t + LOSS_TAIL);
+            }
+            (Fault::Latency, true) => {
+                let max = Duration::from_millis(pick(&[20, 50, 100]));
+                world.set_latency(Duration::from_millis(1)..max);
+                self.latency_max = Some(max);
+                detail = format!("up to {} ms", max.as_millis());
+            }
+            (Fault::Latency, false) => {
+                world.set_latency(sim::world::NORMAL_LATENCY);
+                self.latency_max = None;
+            }
+            (Fault::ClockSkew, true) => {
+                let percent = pick(&[50, 80, 125, 200]);
+                world.skew_controller_at(leader, percent as f64 / 100.0);
+                *victim = Victim::Controller(leader);
+                detail = format!("x{:.2}", percent as f64 / 100.0);
+            }
+            (Fault::ClockSkew, false) => {
+                if let Victim::Controller(n) = *victim {
+                    world.skew_controller_at(n, 1.0);
+                }
+            }
+            (Fault::SlowDisk, true) => {
+                let ms = pick(&[5, 50, 200]);
+                world.slow_disk_at(leader, Duration::from_millis(ms));
+                *victim = Victim::Controller(leader);
+                detail = format!("{ms} ms a sync");
+            }
+            (Fault::SlowDisk, false) => {
+                if let Victim::Controller(n) = *victim {
+                    world.slow_disk_at(n, Duration::ZERO);
+                }
+            }
             (Fault::PairLinkCut | Fault::ActiveControllerCut, _) => {
                 bail!("{} is a pair fault", fault.name())
             }
         }
-        Ok(())
+        Ok(detail)
+    }
+
+    /// Whether a failed DNS query or ARP resolve at `t` is the packet
+    /// loss's doing (while it lasts, and [`LOSS_TAIL`] after).
+    fn lossy(&self, t: Duration) -> bool {
+        self.loss_until.is_some_and(|until| t <= until)
+    }
+
+    /// How long a client request may take at `t`: [`PAIR_TIMEOUT`], plus
+    /// the round trips a slow network adds (a request crosses the network
+    /// about four times each way between client, SE and origin).
+    fn request_limit(&self) -> Duration {
+        PAIR_TIMEOUT + self.latency_max.map_or(Duration::ZERO, |max| max * 8)
     }
 }
 
@@ -1021,6 +1190,7 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
     let mut last_leader = None;
     let mut origin_last_given: Option<Duration> = None;
     let mut leaderless_since: Option<Duration> = None;
+    let mut lag = ConfigLag::default();
     let mut step = 0u32;
     while rt::now() - phase_start < params.phase {
         let t = rt::now() - phase_start;
@@ -1034,16 +1204,19 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
             } else {
                 continue;
             };
-            faults.toggle(&world, &vips, w.fault, on, &mut victims[i], t)?;
+            let detail = faults.toggle(&world, &vips, w.fault, on, &mut victims[i], t)?;
             let whom = match &victims[i] {
                 Victim::Se(name) => name.clone(),
                 Victim::Controller(n) => format!("controller-{}", n + 1),
                 Victim::None => String::new(),
             };
             let verb = if on { "inject" } else { "heal" };
-            outcome
-                .trace
-                .note(t, format_args!("{verb} {} {whom}", w.fault.name()));
+            let line = [verb, w.fault.name(), &whom, &detail]
+                .into_iter()
+                .filter(|part| !part.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            outcome.trace.note(t, line);
         }
 
         // A leader that can reach the SEs: the one able to move a VS.
@@ -1051,6 +1224,7 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
             !faults.isolated.contains(i)
                 && !faults.crashed.contains(i)
                 && !faults.paused.contains(i)
+                && !faults.one_way.contains(i)
                 && world
                     .controller_at(*i)
                     .is_some_and(|c| c.node().is_leader())
@@ -1068,6 +1242,9 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
             }
             last_leader = leader;
         }
+        if let Some(i) = leader {
+            lag.observe(&world, i, &faults.ses_down, t, &mut outcome);
+        }
         if leader.is_none() && (faults.se_crashes_down > 0 || t < faults.excused_until) {
             faults.excused_until = t + CONVERGE_DEADLINE;
         }
@@ -1076,7 +1253,7 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
 
         let v = (step as usize) % FABRIC_VSS.len();
         match world
-            .http_get_vs_within(FABRIC_VSS[v], "/", PAIR_TIMEOUT)
+            .http_get_vs_within(FABRIC_VSS[v], "/", faults.request_limit())
             .await
         {
             Ok(r) if r.status == 200 => {
@@ -1090,6 +1267,13 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
                         format_args!("{} served again by {by} after {ms} ms", FABRIC_VSS[v]),
                     );
                 }
+            }
+            Err(e) if faults.lossy(t) && format!("{e:#}").contains("nobody answers ARP") => {
+                outcome.lost_to_packet_loss += 1;
+                outcome.trace.note(
+                    t,
+                    format_args!("ARP for {} lost (packet loss)", FABRIC_VSS[v]),
+                );
             }
             other => {
                 if t >= faults.excused_until {
@@ -1124,6 +1308,11 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
                     r.addrs
                 }
                 Ok(r) => bail!("safety: the DNS gave no address for {FABRIC_NAME} at {t:?}: {r:?}"),
+                Err(_) if faults.lossy(t) => {
+                    outcome.lost_to_packet_loss += 1;
+                    outcome.trace.note(t, "DNS query lost (packet loss)");
+                    Vec::new()
+                }
                 Err(e) => bail!("safety: no DNS answer for {FABRIC_NAME} at {t:?}: {e:#}"),
             };
             if let Some(since) = faults.origin_down_since {
@@ -1168,6 +1357,10 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
         }
         let t = rt::now() - phase_start;
         faults.toggle(&world, &vips, w.fault, false, &mut victims[i], t)?;
+        outcome.trace.note(
+            t,
+            format_args!("heal {} for the liveness phase", w.fault.name()),
+        );
     }
     world
         .wait_until(

@@ -787,3 +787,53 @@ async fn l4_tcp_and_udp_balance_over_the_origins_and_survive_a_killed_one() {
         started,
     );
 }
+
+/// The chaos suite's packet loss (`fabric::rt::netem`): every UDP datagram
+/// lost at rate 1, some at 0.5, none once healed; TCP (HTTP) untouched.
+#[madsim::test]
+async fn packet_loss_drops_datagrams_and_heals() {
+    let started = fabric::rt::now();
+    let world = serving_world().await;
+    world.set_udp_loss(1.0);
+    assert!(world.dns("app.fabric.test.", RecordType::A).await.is_err());
+    assert!(serving(&world).await, "TCP is not lost");
+    world.set_udp_loss(0.5);
+    let mut answered = 0;
+    for _ in 0..40 {
+        answered += u32::from(world.dns("app.fabric.test.", RecordType::A).await.is_ok());
+    }
+    // Query and answer both pass with probability 1/4.
+    assert!((1..40).contains(&answered), "{answered} of 40 answered");
+    world.set_udp_loss(0.0);
+    for _ in 0..10 {
+        world.dns("app.fabric.test.", RecordType::A).await.unwrap();
+    }
+    report("packet_loss_drops_datagrams_and_heals", started);
+}
+
+/// The chaos suite's slow disk (`Storage::sync_delay`): a config write on a
+/// Controller whose syncs take 400 ms takes at least that; healed, it is
+/// quick again.
+#[madsim::test]
+async fn a_slow_disk_slows_raft_writes_until_healed() {
+    let started = fabric::rt::now();
+    let world = serving_world().await;
+    let controller = world.controller().unwrap();
+    let write = |servers: usize| {
+        let mut config = world.config.clone();
+        config.pools[0].servers.truncate(servers);
+        let controller = controller.clone();
+        async move {
+            let t = fabric::rt::now();
+            controller.apply(config).await.unwrap();
+            fabric::rt::now() - t
+        }
+    };
+    world.slow_disk_at(0, Duration::from_millis(400));
+    let slow = write(1).await;
+    assert!(slow >= Duration::from_millis(400), "{slow:?}");
+    world.slow_disk_at(0, Duration::ZERO);
+    let fast = write(2).await;
+    assert!(fast < Duration::from_millis(100), "{fast:?}");
+    report("a_slow_disk_slows_raft_writes_until_healed", started);
+}

@@ -49,6 +49,10 @@ pub const DELETE_AFTER_DETECTIONS: u32 = 4;
 /// new leader) are all seen before anything is placed, so the first SE in
 /// does not get everything.
 pub const PLACEMENT_QUIET: Duration = Duration::from_millis(500);
+/// A gap between two runs of the placement loop longer than this is a
+/// stall of this node (`notice_stall`): four ticks, below the default SE
+/// detection time (1.5 s), above a placement write's commit on a slow disk.
+pub const STALL_AFTER: Duration = Duration::from_millis(PLACEMENT_TICK.as_millis() as u64 * 4);
 /// What a node that is not the leader tells an SE saying hello (the SE
 /// tries the next Controller address at once).
 pub const NOT_LEADER: &str = "not the leader";
@@ -123,6 +127,9 @@ struct Inner {
     /// When placement last found this leader without a quorum heard lately
     /// (SEs' silence before then may be this node's own isolation).
     out_of_touch: Mutex<Option<Instant>>,
+    /// When the placement loop last ran (`placement_loop`: a stall of this
+    /// node counts as being out of touch).
+    placement_ran: Mutex<Option<Instant>>,
     /// Where auto-healing gets SEs from, and what they dial.
     cloud: Mutex<Option<Cloud>>,
     /// Per group: the SE auto-healing created and waits for, since when.
@@ -151,6 +158,7 @@ impl Controller {
             heard: Mutex::new(BTreeMap::new()),
             last_hello: Mutex::new(None),
             out_of_touch: Mutex::new(None),
+            placement_ran: Mutex::new(None),
             cloud: Mutex::new(None),
             healing: Mutex::new(BTreeMap::new()),
             scaled: Mutex::new(BTreeMap::new()),
@@ -249,6 +257,7 @@ impl Controller {
     /// gone quiet is down only after the failure-detection time).
     async fn placement_loop(self) {
         loop {
+            self.notice_stall();
             if let Err(e) = self.place_once().await {
                 tracing::debug!(error = %e, "placement not written");
             }
@@ -264,11 +273,12 @@ impl Controller {
     /// What this node knows of the SEs, for placement: an SE is up while it
     /// has a session, and for `controller.heartbeat_ms` x
     /// [`MISSED_HEARTBEATS`] after it was last heard; an SE the previous
-    /// placement names is up for twice that after `in_touch_since` (when
-    /// this node became leader, or last regained its quorum after being
-    /// cut off): time for SEs to find a new leader, or to reconnect after
-    /// their sessions died of this node's isolation rather than theirs
-    /// (chaos seed 60 of `fabric_under_faults`).
+    /// placement names is up for [`proto::se_rejoin_bound`] (at least twice
+    /// the detection time) after `in_touch_since` (when this node became
+    /// leader, or last regained its quorum after being cut off): time for
+    /// SEs to find a new leader, or to reconnect after their sessions died
+    /// of this node's isolation rather than theirs (chaos seed 60 of
+    /// `fabric_under_faults`).
     fn se_views(
         &self,
         config: &crate::model::Config,
@@ -321,7 +331,9 @@ impl Controller {
                 (s.name.clone(), view)
             })
             .collect();
-        let settling = now.saturating_duration_since(in_touch_since) < detect * 2;
+        let controllers = self.inner.node.membership().0.len();
+        let patience = proto::se_rejoin_bound(detect, controllers).max(detect * 2);
+        let settling = now.saturating_duration_since(in_touch_since) < patience;
         for (vs, names) in &previous.virtual_services {
             let Some(group) = config.virtual_service(vs).map(|v| v.se_group.clone()) else {
                 continue;
@@ -369,6 +381,26 @@ impl Controller {
         m.millis_since_quorum_ack.is_some_and(|ms| {
             now.saturating_duration_since(*at) + Duration::from_millis(ms) <= lease
         })
+    }
+
+    /// A node that was not scheduled for a while (a stopped VM, a long GC
+    /// pause, an overloaded host) finds every SE silent on waking, because
+    /// it did not run, not because they are gone, and may still lead (no
+    /// other node could be elected meanwhile, chaos ten-minute seed 44 of
+    /// `fabric_under_faults`). Its quorum check passes at once, so it counts
+    /// the stall itself as a time out of touch: the SEs get their time to
+    /// come back, as after a cut. A stall is a gap between two runs of the
+    /// placement loop well past its tick (a slow placement write counts
+    /// too, which only makes it more patient).
+    fn notice_stall(&self) {
+        let now = rt::now();
+        let last = lock(&self.inner.placement_ran).replace(now);
+        if let Some(gap) = last.map(|t| now.saturating_duration_since(t)) {
+            if gap > STALL_AFTER {
+                tracing::warn!(stalled_ms = gap.as_millis() as u64, "this node was not running for a while: SEs get time to reconnect before placement judges them");
+                *lock(&self.inner.out_of_touch) = Some(now);
+            }
+        }
     }
 
     /// If this node leads: place, and write the placement if it changed.

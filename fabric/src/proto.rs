@@ -126,6 +126,37 @@ pub enum SeMessage {
     },
 }
 
+/// How long an SE gives one Controller address to complete a TCP connect
+/// and the TLS handshake.
+pub const SE_DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long an SE waits for the welcome (or refusal) after its hello.
+pub const SE_WELCOME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Longest pause of an SE between rounds over the Controller addresses
+/// (plus up to half again of jitter).
+pub const SE_MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+/// What a Controller that answers gets for the whole exchange (connect, TLS,
+/// hello, its welcome or refusal), in the bound below.
+const SE_ANSWERED_DIAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How long an SE that was serving may take to find a new leader of
+/// `controllers` nodes, counted from when that leader could first hear it:
+/// it notices its old session is dead (`detect`, the heartbeat silence), may be
+/// in its longest backoff, then tries each address once. Of those, up to the
+/// nodes outside a quorum may not answer at all (each costs a dial and a
+/// welcome timeout); the others answer within [`SE_ANSWERED_DIAL`]. A leader
+/// must not judge an SE the previous placement names as gone before this
+/// passes: it would move a virtual service off an SE that is serving it and
+/// merely still looking for the leader (chaos seeds 145, 189 and 265 of
+/// `fabric_under_faults`, with a leader cut one way or paused).
+pub fn se_rejoin_bound(detect: std::time::Duration, controllers: usize) -> std::time::Duration {
+    let controllers = controllers.max(1) as u32;
+    let silent = controllers - (controllers / 2 + 1);
+    detect
+        + SE_MAX_BACKOFF * 3 / 2
+        + (SE_DIAL_TIMEOUT + SE_WELCOME_TIMEOUT) * silent
+        + SE_ANSWERED_DIAL * (controllers - silent)
+}
+
 /// How often an SE reports its counters.
 pub const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -470,6 +501,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rejoin_bound_covers_one_silent_controller_of_three() {
+        use std::time::Duration;
+        let detect = Duration::from_millis(1500);
+        // detect + longest backoff + one silent node + two that answer.
+        assert_eq!(se_rejoin_bound(detect, 3), Duration::from_millis(6000));
+        // One node: nobody outside the quorum, it answers.
+        assert_eq!(se_rejoin_bound(detect, 1), Duration::from_millis(3500));
+        // Five: two may be silent.
+        assert_eq!(se_rejoin_bound(detect, 5), Duration::from_millis(8500));
+    }
 
     #[tokio::test]
     async fn frames_round_trip() {

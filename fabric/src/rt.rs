@@ -283,7 +283,9 @@ impl UdpSocket {
     pub async fn send_to(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
         #[cfg(madsim)]
         {
-            self.0.send_to(target, buf).await?;
+            if !netem::datagram_lost() {
+                self.0.send_to(target, buf).await?;
+            }
             Ok(buf.len())
         }
         #[cfg(not(madsim))]
@@ -560,6 +562,39 @@ pub mod skew {
             return d.div_f64(r.rate);
         }
         d
+    }
+}
+
+/// Network impairments of the simulation beyond what madsim models.
+///
+/// madsim's own loss rate (`net::Config::packet_loss_rate`) refuses TCP
+/// connects at that rate and never loses TCP bytes, which is not what loss
+/// does to TCP on a real network (it retransmits: the bytes come late, the
+/// connection stands). Here loss drops UDP datagrams only, each with the
+/// set probability, drawn from the seed's generator; TCP under loss is
+/// madsim's latency (`send_latency`), set by the scenario. On real hosts
+/// nothing is ever dropped here.
+pub mod netem {
+    #[cfg(madsim)]
+    thread_local! {
+        // madsim runs each seed on a thread of its own: a fresh rate per run.
+        static UDP_LOSS: std::cell::Cell<f64> = const { std::cell::Cell::new(0.0) };
+    }
+
+    /// Drop each UDP datagram sent from now on with probability `rate`
+    /// (0 to 1; 0 heals), on every node of this simulation.
+    #[cfg(madsim)]
+    pub fn set_udp_loss(rate: f64) {
+        UDP_LOSS.with(|l| l.set(rate.clamp(0.0, 1.0)));
+    }
+
+    /// Whether the datagram being sent is lost. Draws from the generator
+    /// only while a loss rate is set, so a seed without loss replays as it
+    /// did before the hook existed.
+    #[cfg(madsim)]
+    pub(super) fn datagram_lost() -> bool {
+        let rate = UDP_LOSS.with(|l| l.get());
+        rate > 0.0 && (super::random_u64() as f64 / u64::MAX as f64) < rate
     }
 }
 

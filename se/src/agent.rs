@@ -19,14 +19,17 @@ use tokio::sync::watch;
 use crate::dataplane::DataPlane;
 use crate::health::HealthEvents;
 
-/// Time allowed to connect to the Controller and get its welcome.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time allowed for a registration: connect, TLS, and the answer (each of
+/// the two within it).
+pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Heartbeats the Controller may miss before the session is dropped.
 pub const MISSED_HEARTBEATS: u32 = 3;
 /// Longest wait between reconnection attempts (plus up to half again of
 /// jitter). Short, because an SE that restarted while the Controller was away
-/// has no config until it reconnects: its outage lasts until then.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// has no config until it reconnects: its outage lasts until then. It and
+/// the dial and welcome timeouts are in `proto`, because a leader's patience
+/// with SEs looking for it is built from them ([`proto::se_rejoin_bound`]).
+pub const MAX_BACKOFF: Duration = proto::SE_MAX_BACKOFF;
 /// First pause before trying the Controller again.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// Pause before the next Controller address after one that does not lead.
@@ -111,7 +114,7 @@ async fn register(opts: &SeOptions, controller: SocketAddr) -> Result<Credential
         .ok_or("no credentials and no join token: give the SE a join token")?;
     let key = pki::SeKey::generate().map_err(|e| e.to_string())?;
     let config = pki::registration_client_config(&join.ca_sha256).map_err(|e| e.to_string())?;
-    let stream = connect_tls(controller, config).await?;
+    let stream = connect_tls(controller, config, REGISTER_TIMEOUT).await?;
     let (mut rd, mut wr) = tokio::io::split(stream);
     let req = SeMessage::Register {
         proto_version: PROTO_VERSION,
@@ -123,7 +126,7 @@ async fn register(opts: &SeOptions, controller: SocketAddr) -> Result<Credential
         .await
         .map_err(|e| e.to_string())?;
     let reply = rt::timeout(
-        CONNECT_TIMEOUT * 3,
+        REGISTER_TIMEOUT,
         proto::read_frame::<_, ControllerMessage>(&mut rd),
     )
     .await
@@ -153,6 +156,7 @@ async fn register(opts: &SeOptions, controller: SocketAddr) -> Result<Credential
 async fn connect_tls(
     controller: SocketAddr,
     config: Arc<rustls::ClientConfig>,
+    limit: Duration,
 ) -> Result<tokio_rustls::client::TlsStream<rt::TcpStream>, String> {
     let connect = async {
         let tcp = rt::connect(controller).await.map_err(|e| e.to_string())?;
@@ -161,7 +165,7 @@ async fn connect_tls(
             .await
             .map_err(|e| format!("TLS: {e}"))
     };
-    rt::timeout(CONNECT_TIMEOUT, connect)
+    rt::timeout(limit, connect)
         .await
         .map_err(|e| format!("connecting to {controller}: {e}"))?
         .map_err(|e| format!("connecting to {controller}: {e}"))
@@ -288,10 +292,11 @@ async fn session(
     ha: Option<&HaSide>,
 ) -> (bool, Result<(), String>) {
     let link = ha.map(|h| &*h.link);
-    let stream = match connect_tls(controller, credentials.tls.clone()).await {
-        Ok(s) => s,
-        Err(e) => return (false, Err(e)),
-    };
+    let stream =
+        match connect_tls(controller, credentials.tls.clone(), proto::SE_DIAL_TIMEOUT).await {
+            Ok(s) => s,
+            Err(e) => return (false, Err(e)),
+        };
     let (rd, mut wr) = tokio::io::split(stream);
     let hello = SeMessage::Hello {
         proto_version: PROTO_VERSION,
@@ -308,7 +313,7 @@ async fn session(
     let mut takes_stats = false;
     let mut welcomed = false;
     let result = async {
-        let (heartbeat, takes_health) = match rt::timeout(CONNECT_TIMEOUT, incoming.recv()).await {
+        let (heartbeat, takes_health) = match rt::timeout(proto::SE_WELCOME_TIMEOUT, incoming.recv()).await {
             Ok(Some(Ok(ControllerMessage::Welcome { proto_version, heartbeat_ms, health_events, stats }))) if proto_version == PROTO_VERSION => {
                 takes_stats = stats;
                 (Duration::from_millis(heartbeat_ms.clamp(10, 60_000)), health_events)

@@ -137,6 +137,10 @@ listen = "10.0.2.1:80"
 
 /// Address of the simulated client.
 pub const CLIENT_IP: [u8; 4] = [10, 0, 9, 1];
+/// The simulator's message latency when nothing slows the network
+/// (madsim's default).
+pub const NORMAL_LATENCY: std::ops::Range<Duration> =
+    Duration::from_millis(1)..Duration::from_millis(10);
 
 /// Builds a [`World`].
 #[derive(Debug)]
@@ -632,6 +636,46 @@ impl World {
     /// its Raft timers see it (`fabric::rt::skew`).
     pub fn skew_controller_at(&self, i: usize, rate: f64) {
         rt::skew::set_rate(self.controllers[i].node, rate);
+    }
+
+    /// Make every Raft write (log append, vote) on controller node `i`'s
+    /// disk wait `delay` for its sync (zero heals); the disk stays slow
+    /// across restarts until healed.
+    pub fn slow_disk_at(&self, i: usize, delay: Duration) {
+        self.controllers[i].disk.set_sync_delay(delay);
+    }
+
+    /// Cut what controller node `i` sends (`outbound`) or what it receives
+    /// (`!outbound`), or heal that direction. In the simulator a one-way cut
+    /// drops UDP and holds TCP bytes in the cut direction (they arrive after
+    /// the heal), refuses connects made across it, and lets the other
+    /// direction through.
+    pub fn one_way_cut_controller_at(&self, i: usize, outbound: bool, cut: bool) {
+        let net = madsim::net::NetSim::current();
+        let node = self.controllers[i].node;
+        match (outbound, cut) {
+            (true, true) => net.clog_node_out(node),
+            (true, false) => net.unclog_node_out(node),
+            (false, true) => net.clog_node_in(node),
+            (false, false) => net.unclog_node_in(node),
+        }
+    }
+
+    /// Drop each UDP datagram anywhere in the world with probability `rate`
+    /// (0 heals); see [`fabric::rt::netem`].
+    pub fn set_udp_loss(&self, rate: f64) {
+        rt::netem::set_udp_loss(rate);
+    }
+
+    /// Give every message on the network (each UDP datagram, each TCP
+    /// write) a latency drawn from `range`; [`NORMAL_LATENCY`] heals.
+    pub fn set_latency(&self, range: std::ops::Range<Duration>) {
+        let range = if range.is_empty() {
+            range.start..range.start + Duration::from_nanos(1)
+        } else {
+            range
+        };
+        madsim::net::NetSim::current().update_config(|c| c.send_latency = range);
     }
 
     /// Cut controller node `i` off the network (both ways), or heal it.

@@ -29,6 +29,7 @@ use super::records::{self, Register};
 use super::state::{Desired, Objects, Reply};
 use super::{NodeAddr, NodeId, TypeConfig};
 use crate::platform::Storage;
+use crate::rt;
 
 /// Size at which a log segment is closed and a new one started.
 pub const SEGMENT_BYTES: u64 = 1024 * 1024;
@@ -150,6 +151,16 @@ impl LogStore {
             },
             damage,
         ))
+    }
+
+    /// A slow disk's sync time ([`Storage::sync_delay`]), waited on the
+    /// runtime's clock before a synced write (zero on real disks, where
+    /// the sync call itself takes the time). The guard is not held across it.
+    async fn wait_for_disk(&self) {
+        let delay = self.lock().storage.sync_delay();
+        if !delay.is_zero() {
+            rt::sleep(delay).await;
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, LogInner> {
@@ -284,6 +295,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
+        self.wait_for_disk().await;
         let mut g = self.lock();
         g.vote_reg
             .store(vote, true)
@@ -315,6 +327,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        self.wait_for_disk().await;
         let result = self.lock().append_synced(entries);
         let failed = result
             .as_ref()

@@ -29,6 +29,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn list(&self) -> io::Result<Vec<String>>;
     /// Delete `file` (durable once this returns); deleting a missing file is fine.
     fn remove(&self, file: &str) -> io::Result<()>;
+    /// How long a sync takes beyond the call itself: zero on a real disk
+    /// (the call blocks for as long as it takes); a simulated slow disk
+    /// ([`MemStorage::set_sync_delay`]) says how long its caller should
+    /// wait, on the runtime's clock, before it counts the sync as done.
+    fn sync_delay(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 fn check_name(file: &str) -> io::Result<()> {
@@ -147,12 +154,20 @@ struct MemFile {
 #[derive(Debug, Clone, Default)]
 pub struct MemStorage {
     files: Arc<Mutex<BTreeMap<String, MemFile>>>,
+    /// Shared by clones, so the world can slow a node's disk while it runs.
+    sync_delay: Arc<Mutex<std::time::Duration>>,
 }
 
 impl MemStorage {
     /// An empty disk.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Make every sync take `delay` (zero: as fast as memory), as a disk
+    /// that is failing or shared with a noisy neighbour does.
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        *self.sync_delay.lock().unwrap_or_else(|p| p.into_inner()) = delay;
     }
 
     /// Power loss: every file goes back to its durable content, except that
@@ -192,6 +207,10 @@ impl MemStorage {
 }
 
 impl Storage for MemStorage {
+    fn sync_delay(&self) -> std::time::Duration {
+        *self.sync_delay.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn append(&self, file: &str, data: &[u8]) -> io::Result<()> {
         check_name(file)?;
         self.lock()
