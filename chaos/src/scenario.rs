@@ -1191,9 +1191,17 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
     let mut origin_last_given: Option<Duration> = None;
     let mut leaderless_since: Option<Duration> = None;
     let mut lag = ConfigLag::default();
+    let mut leaders_by_term = std::collections::BTreeMap::new();
+    let probe = std::cell::RefCell::new(ConfigProbe::default());
+    let safety_over = std::cell::Cell::new(false);
     let mut step = 0u32;
+    let safety = async {
     while rt::now() - phase_start < params.phase {
         let t = rt::now() - phase_start;
+        if let Some(why) = probe.borrow().violation.clone() {
+            bail!("safety: {why}");
+        }
+        one_leader_per_term(&world, &faults.crashed, &mut leaders_by_term)?;
         for (i, w) in windows.iter_mut().enumerate() {
             let on = if w.phase == Phase::Planned && t >= w.start {
                 w.phase = Phase::Down;
@@ -1347,6 +1355,17 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
         step += 1;
         rt::sleep(REQUEST_GAP).await;
     }
+    Ok(())
+    };
+    let (safety, ()) = tokio::join!(
+        async {
+            let r = safety.await;
+            safety_over.set(true);
+            r
+        },
+        write_probes(&world, &probe, &safety_over)
+    );
+    safety?;
 
     watch.check(&mut outcome)?;
     watch.stop();
@@ -1414,10 +1433,152 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
             },
         )
         .await?;
+    probe
+        .into_inner()
+        .check_kept(&world, &outcome.trace, rt::now() - phase_start)?;
     outcome.sim_secs = (rt::now() - started).as_secs_f64();
     outcome.trace.note(
         rt::now() - phase_start,
         format_args!("liveness: {ok} of {LIVENESS_REQUESTS} served"),
     );
     Ok(outcome)
+}
+
+/// BENCHMARKS.md invariant 2, "at most one leader per term": every
+/// Controller up that calls itself leader, at each step, against the
+/// leaders seen before (`seen`: term -> node id).
+fn one_leader_per_term(
+    world: &World,
+    crashed: &std::collections::BTreeSet<usize>,
+    seen: &mut std::collections::BTreeMap<u64, u64>,
+) -> Result<()> {
+    for i in (0..world.controller_count()).filter(|i| !crashed.contains(i)) {
+        let Some(c) = world.controller_at(i) else {
+            continue;
+        };
+        let (term, leader, id) = {
+            let m = c.node().raft().metrics();
+            let m = m.borrow();
+            (m.current_term, m.current_leader, m.id)
+        };
+        if leader != Some(id) {
+            continue;
+        }
+        match seen.insert(term, id) {
+            Some(other) if other != id => {
+                bail!("safety: nodes {other} and {id} both led in term {term}")
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The config object the full scenario keeps rewriting through the leader.
+const PROBE_POOL: &str = "chaos-probe";
+/// Its server's port is this plus the write's number.
+const PROBE_PORT_BASE: u64 = 1000;
+/// A write every this long, each given up after [`PROBE_TIMEOUT`].
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// BENCHMARKS.md invariant 2, "no acknowledged config write is ever lost or
+/// reordered", for one writer: each write names a number one past the last;
+/// acknowledged ones must get rising versions, and the object must end with
+/// the last acknowledged number or a later one (a write whose outcome was
+/// unknown may have landed after it).
+#[derive(Debug, Default)]
+struct ConfigProbe {
+    /// The number of the last write sent.
+    sent: u64,
+    /// (number, version) of each acknowledged write, in order.
+    acked: Vec<(u64, u64)>,
+    violation: Option<String>,
+}
+
+impl ConfigProbe {
+    /// After the liveness phase converged: the leader's object holds what it
+    /// must.
+    fn check_kept(&self, world: &World, trace: &Trace, t: Duration) -> Result<()> {
+        let Some(&(last, version)) = self.acked.last() else {
+            return Ok(());
+        };
+        let c = world
+            .controller()
+            .ok_or_else(|| anyhow!("liveness: no leader to read the probe from"))?;
+        let held = c
+            .node()
+            .read_local()
+            .objects
+            .get("pools", PROBE_POOL)
+            .and_then(|s| {
+                s.body["servers"][0]
+                    .as_str()?
+                    .rsplit(':')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|port| port.saturating_sub(PROBE_PORT_BASE));
+        if !held.is_some_and(|n| (last..=self.sent).contains(&n)) {
+            bail!(
+                "safety: write {last} of {PROBE_POOL} was acknowledged (version {version}), but the leader holds {held:?} (writes sent: {})",
+                self.sent
+            );
+        }
+        trace.note(
+            t,
+            format_args!(
+                "config probe: {} of {} writes acknowledged, write {} held",
+                self.acked.len(),
+                self.sent,
+                held.unwrap_or(0)
+            ),
+        );
+        Ok(())
+    }
+}
+
+/// Write the probe through whichever node leads, every [`PROBE_EVERY`],
+/// until `over`.
+async fn write_probes(
+    world: &World,
+    probe: &std::cell::RefCell<ConfigProbe>,
+    over: &std::cell::Cell<bool>,
+) {
+    loop {
+        rt::sleep(PROBE_EVERY).await;
+        if over.get() {
+            return;
+        }
+        let Some(i) = world.leader_index() else {
+            continue;
+        };
+        let number = {
+            let mut p = probe.borrow_mut();
+            p.sent += 1;
+            p.sent
+        };
+        let cmd = fabric::cluster::Command::Put {
+            kind: "pools".into(),
+            name: PROBE_POOL.into(),
+            tenant: "admin".into(),
+            body: serde_json::json!({
+                "name": PROBE_POOL,
+                "servers": [format!("10.0.3.1:{}", PROBE_PORT_BASE + number)],
+            }),
+            if_version: None,
+        };
+        let write = world.on_controller(i, move |c| async move { c.node().write(cmd).await });
+        if let Ok(Ok(Ok(version))) = rt::timeout(PROBE_TIMEOUT, write).await {
+            let mut p = probe.borrow_mut();
+            if let Some(&(before, at)) = p.acked.last() {
+                if version <= at {
+                    let why = format!("write {number} of {PROBE_POOL} was acknowledged at version {version}, not after write {before}'s {at}");
+                    p.violation.get_or_insert(why);
+                }
+            }
+            p.acked.push((number, version));
+        }
+    }
 }
