@@ -1131,15 +1131,23 @@ impl FabricFaults {
 
 /// The full fabric under a swarm of faults: the SE holding a VIP killed,
 /// the Controller leader crashed (losing a random part of its unsynced
-/// log) or cut off, an origin crashed, GARPs lost. Safety, on every step:
+/// log), cut off both ways or one way, paused, with a skewed clock or a
+/// slow disk; an origin crashed; datagrams lost, the network slow, GARPs
+/// lost. Safety, on every step:
 /// - every request to each virtual service succeeds, except within
 ///   [`CONVERGE_DEADLINE`] of an SE crash (extended while no Controller
-///   that can reach the SEs leads: the move needs a leader);
+///   that can reach the SEs leads, and after each leader change: the move
+///   needs a leader, and a new one first waits for the SEs to find it), and
+///   ARP resolves lost to packet loss;
+/// - at most one leader per term;
+/// - acknowledged writes of a probe object get rising versions, and the
+///   last one (or one of unknown outcome) is what a linearizable read
+///   returns after liveness;
 /// - no two SEs hold one VIP for longer than [`DUAL_HOLD_GRACE`] in a row;
 /// - no SE's served config version goes backwards within one boot;
 /// - the DNS always answers the GSLB name with an address (one origin
-///   never fails), and never with the crashed origin once it has been down
-///   for [`DNS_DETECTION`].
+///   never fails; a query lost to packet loss is excused), and never with
+///   the crashed origin once it has been down for [`DNS_DETECTION`].
 ///
 /// Liveness: once faults heal, a leader is elected, every SE serves the
 /// newest config, each VIP has one holder, 99.9% of requests succeed and
