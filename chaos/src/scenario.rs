@@ -949,20 +949,17 @@ struct FabricFaults {
     crashed: std::collections::BTreeSet<usize>,
     /// Controllers paused now.
     paused: std::collections::BTreeSet<usize>,
-    /// Controllers with one direction of their network cut now.
-    one_way: std::collections::BTreeSet<usize>,
+    /// Controllers with one direction of their network cut now, and
+    /// whether it is what they send (`true`) or what they receive.
+    one_way: std::collections::BTreeMap<usize, bool>,
     /// While datagrams are being lost: a DNS query or an ARP resolve may
     /// go unanswered until this long after the loss heals (replies in flight).
     loss_until: Option<Duration>,
     /// Longest message latency now, while the network is slow.
     latency_max: Option<Duration>,
-    /// Which direction the one-way cut took.
-    one_way_outbound: bool,
     /// Requests may fail until then (an SE crash's move).
     excused_until: Duration,
-    /// SE crashes not healed yet.
-    se_crashes_down: usize,
-    /// The SEs crashed now.
+    /// The SEs crashed now (SE crashes not healed yet).
     ses_down: std::collections::BTreeSet<String>,
     /// Since when the crashed origin is down.
     origin_down_since: Option<Duration>,
@@ -997,7 +994,6 @@ impl FabricFaults {
                 world.cloud.kill(&name)?;
                 self.ses_down.insert(name.clone());
                 *victim = Victim::Se(name);
-                self.se_crashes_down += 1;
                 self.excused_until = self.excused_until.max(t + CONVERGE_DEADLINE);
             }
             (Fault::SeCrash, false) => {
@@ -1005,7 +1001,6 @@ impl FabricFaults {
                     world.cloud.restart(name)?;
                     self.ses_down.remove(name);
                 }
-                self.se_crashes_down -= 1;
             }
             (Fault::ControllerCrash, true) => {
                 // A random part of what it had not synced survives.
@@ -1055,15 +1050,15 @@ impl FabricFaults {
             (Fault::ControllerOneWay, true) => {
                 let outbound = rt::random_u64().is_multiple_of(2);
                 world.one_way_cut_controller_at(leader, outbound, true);
-                self.one_way.insert(leader);
+                self.one_way.insert(leader, outbound);
                 *victim = Victim::Controller(leader);
                 detail = (if outbound { "sending" } else { "receiving" }).into();
-                self.one_way_outbound = outbound;
             }
             (Fault::ControllerOneWay, false) => {
                 if let Victim::Controller(n) = *victim {
-                    world.one_way_cut_controller_at(n, self.one_way_outbound, false);
-                    self.one_way.remove(&n);
+                    if let Some(outbound) = self.one_way.remove(&n) {
+                        world.one_way_cut_controller_at(n, outbound, false);
+                    }
                 }
             }
             (Fault::PacketLoss, true) => {
@@ -1121,7 +1116,7 @@ impl FabricFaults {
         self.loss_until.is_some_and(|until| t <= until)
     }
 
-    /// How long a client request may take at `t`: [`PAIR_TIMEOUT`], plus
+    /// How long a client request may take now: [`PAIR_TIMEOUT`], plus
     /// the round trips a slow network adds (a request crosses the network
     /// about four times each way between client, SE and origin).
     fn request_limit(&self) -> Duration {
@@ -1214,7 +1209,7 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
             if let Some(why) = probe.borrow().violation.clone() {
                 bail!("safety: {why}");
             }
-            one_leader_per_term(&world, &faults.crashed, &mut leaders_by_term)?;
+            one_leader_per_term(&world, &mut leaders_by_term)?;
             for (i, w) in windows.iter_mut().enumerate() {
                 let on = if w.phase == Phase::Planned && t >= w.start {
                     w.phase = Phase::Down;
@@ -1245,7 +1240,7 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
                 !faults.isolated.contains(i)
                     && !faults.crashed.contains(i)
                     && !faults.paused.contains(i)
-                    && !faults.one_way.contains(i)
+                    && !faults.one_way.contains_key(i)
                     && world
                         .controller_at(*i)
                         .is_some_and(|c| c.node().is_leader())
@@ -1273,7 +1268,7 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
             // [`CONVERGE_DEADLINE`] after the last leader change
             // (ten-minute seed 15: the leader changed 7.5 s into an outage).
             if (leader.is_none() || leader_changed)
-                && (faults.se_crashes_down > 0 || t < faults.excused_until)
+                && (!faults.ses_down.is_empty() || t < faults.excused_until)
             {
                 faults.excused_until = faults.excused_until.max(t + CONVERGE_DEADLINE);
             }
@@ -1297,7 +1292,9 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
                         );
                     }
                 }
-                Err(e) if faults.lossy(t) && format!("{e:#}").contains("nobody answers ARP") => {
+                Err(e)
+                    if faults.lossy(t) && format!("{e:#}").contains(sim::world::NO_ARP_ANSWER) =>
+                {
                     outcome.lost_to_packet_loss += 1;
                     outcome.trace.note(
                         t,
@@ -1469,17 +1466,13 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
 }
 
 /// BENCHMARKS.md invariant 2, "at most one leader per term": every
-/// Controller up that calls itself leader, at each step, against the
-/// leaders seen before (`seen`: term -> node id).
+/// Controller up (a crashed one has none) that calls itself leader, at
+/// each step, against the leaders seen before (`seen`: term -> node id).
 fn one_leader_per_term(
     world: &World,
-    crashed: &std::collections::BTreeSet<usize>,
     seen: &mut std::collections::BTreeMap<u64, u64>,
 ) -> Result<()> {
-    for i in (0..world.controller_count()).filter(|i| !crashed.contains(i)) {
-        let Some(c) = world.controller_at(i) else {
-            continue;
-        };
+    for c in (0..world.controller_count()).filter_map(|i| world.controller_at(i)) {
         let (term, leader, id) = {
             let m = c.node().raft().metrics();
             let m = m.borrow();

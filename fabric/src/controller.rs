@@ -52,7 +52,7 @@ pub const PLACEMENT_QUIET: Duration = Duration::from_millis(500);
 /// A gap between two runs of the placement loop longer than this is a
 /// stall of this node (`notice_stall`): four ticks, below the default SE
 /// detection time (1.5 s), above a placement write's commit on a slow disk.
-pub const STALL_AFTER: Duration = Duration::from_millis(PLACEMENT_TICK.as_millis() as u64 * 4);
+pub const STALL_AFTER: Duration = PLACEMENT_TICK.saturating_mul(4);
 /// What a node that is not the leader tells an SE saying hello (the SE
 /// tries the next Controller address at once).
 pub const NOT_LEADER: &str = "not the leader";

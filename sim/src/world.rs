@@ -137,6 +137,9 @@ listen = "10.0.2.1:80"
 
 /// Address of the simulated client.
 pub const CLIENT_IP: [u8; 4] = [10, 0, 9, 1];
+/// How a client request's error begins when no host answered ARP for the
+/// VIP (the request was never sent).
+pub const NO_ARP_ANSWER: &str = "nobody answers ARP for";
 /// The simulator's message latency when nothing slows the network
 /// (madsim's default).
 pub const NORMAL_LATENCY: std::ops::Range<Duration> =
@@ -771,7 +774,7 @@ impl World {
             let owner = port
                 .resolve(vip.ip())
                 .await
-                .ok_or_else(|| anyhow!("nobody answers ARP for {}", vip.ip()))?;
+                .ok_or_else(|| anyhow!("{NO_ARP_ANSWER} {}", vip.ip()))?;
             let result = rt::timeout(
                 limit,
                 se::proxy::get(SocketAddr::new(owner, vip.port()), &host, &path),
@@ -813,7 +816,7 @@ impl World {
             let owner = port
                 .resolve(vip.ip())
                 .await
-                .ok_or_else(|| anyhow!("nobody answers ARP for {}", vip.ip()))?;
+                .ok_or_else(|| anyhow!("{NO_ARP_ANSWER} {}", vip.ip()))?;
             let alpn: &[&[u8]] = if h2 {
                 &[b"h2", b"http/1.1"]
             } else {
@@ -908,7 +911,7 @@ impl World {
             let owner = port
                 .resolve(vip.ip())
                 .await
-                .ok_or_else(|| anyhow!("nobody answers ARP for {}", vip.ip()))?;
+                .ok_or_else(|| anyhow!("{NO_ARP_ANSWER} {}", vip.ip()))?;
             let socket =
                 rt::UdpSocket::bind(SocketAddr::new(IpAddr::from(CLIENT_IP), from_port)).await?;
             let mut answers = Vec::new();
@@ -934,7 +937,7 @@ impl World {
             let owner = port
                 .resolve(vip.ip())
                 .await
-                .ok_or_else(|| anyhow!("nobody answers ARP for {}", vip.ip()))?;
+                .ok_or_else(|| anyhow!("{NO_ARP_ANSWER} {}", vip.ip()))?;
             let mut stream = rt::connect(SocketAddr::new(owner, vip.port())).await?;
             stream.write_all(&bytes).await?;
             stream.flush().await?;
