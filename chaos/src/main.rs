@@ -164,6 +164,19 @@ mod runner {
         sim_per_wall: f64,
         /// Seeds of this scenario's length one core runs per hour.
         seeds_per_core_hour: f64,
+        /// The parts of its seeds that passed (boot, safety, liveness), in
+        /// order, summed; and what the seeds spent outside them (building and
+        /// dropping the runtime).
+        laps: Vec<LapStats>,
+        outside_wall_secs: f64,
+    }
+
+    #[derive(Debug, Default, Serialize)]
+    struct LapStats {
+        name: &'static str,
+        sim_secs: f64,
+        wall_secs: f64,
+        sim_per_wall: f64,
     }
 
     #[derive(Debug, Serialize)]
@@ -194,6 +207,8 @@ mod runner {
         config_lag_ms_max: Option<u64>,
         /// Longest time two SEs of a pair both held the VIP, over the seeds.
         dual_hold_ms_max: u64,
+        /// [`host_reference_ms`]: how fast the host was.
+        host_reference_ms: f64,
         results: Vec<SeedResult>,
     }
 
@@ -333,6 +348,7 @@ mod runner {
                 tracing::subscriber::NoSubscriber::default(),
             );
         }
+        let host_reference_ms = host_reference_ms();
         let started = fabric::rt::now();
         let next = Arc::new(AtomicU64::new(first));
         let end = first + seeds;
@@ -371,7 +387,8 @@ mod runner {
             let _ = w.join();
         }
         results.sort_by_key(|r| r.seed);
-        let report = summarize(results, started.elapsed().as_secs_f64(), pick);
+        let mut report = summarize(results, started.elapsed().as_secs_f64(), pick);
+        report.host_reference_ms = host_reference_ms;
         if let Err(e) = write_report(&report, dir) {
             eprintln!("chaos: cannot write the report to {}: {e}", dir.display());
             return ExitCode::FAILURE;
@@ -386,6 +403,38 @@ mod runner {
         } else {
             ExitCode::FAILURE
         }
+    }
+
+    /// Milliseconds this host takes for a fixed piece of work much like the
+    /// simulation's (map inserts and lookups, small allocations, a sort), the
+    /// best of three: the same seeds ran at 319x on one day and 635x on
+    /// another on the same kind of VM, and this tells such hosts apart.
+    fn host_reference_ms() -> f64 {
+        use std::hint::black_box;
+        let once = || {
+            let t = fabric::rt::now();
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            let mut next = || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let mut map = BTreeMap::new();
+            for _ in 0..100_000 {
+                let k = next() % 1_000_000;
+                map.insert(k, vec![k as u8; (k % 64) as usize]);
+            }
+            let mut hits = 0usize;
+            for _ in 0..100_000 {
+                hits += map.get(&(next() % 1_000_000)).map_or(0, Vec::len);
+            }
+            let mut v: Vec<u64> = (0..500_000).map(|_| next()).collect();
+            v.sort_unstable();
+            black_box((hits, v[v.len() / 2], map.len()));
+            t.elapsed().as_secs_f64() * 1000.0
+        };
+        (0..3).map(|_| once()).fold(f64::INFINITY, f64::min)
     }
 
     fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
@@ -429,7 +478,25 @@ mod runner {
             stats.seeds += 1;
             stats.worker_wall_secs += r.wall_secs;
             match &r.result {
-                Ok(o) => stats.sim_secs += o.sim_secs,
+                Ok(o) => {
+                    stats.sim_secs += o.sim_secs;
+                    stats.outside_wall_secs += r.wall_secs;
+                    for lap in &o.laps {
+                        let i = match stats.laps.iter().position(|l| l.name == lap.name) {
+                            Some(i) => i,
+                            None => {
+                                stats.laps.push(LapStats {
+                                    name: lap.name,
+                                    ..LapStats::default()
+                                });
+                                stats.laps.len() - 1
+                            }
+                        };
+                        stats.laps[i].sim_secs += lap.sim_secs;
+                        stats.laps[i].wall_secs += lap.wall_secs;
+                        stats.outside_wall_secs -= lap.wall_secs;
+                    }
+                }
                 Err(_) => stats.failed += 1,
             }
         }
@@ -437,6 +504,11 @@ mod runner {
             if stats.worker_wall_secs > 0.0 {
                 stats.sim_per_wall = stats.sim_secs / stats.worker_wall_secs;
                 stats.seeds_per_core_hour = 3600.0 * stats.seeds as f64 / stats.worker_wall_secs;
+            }
+            for lap in &mut stats.laps {
+                if lap.wall_secs > 0.0 {
+                    lap.sim_per_wall = lap.sim_secs / lap.wall_secs;
+                }
             }
         }
         outages.sort_unstable();
@@ -479,20 +551,42 @@ mod runner {
             config_lag_ms_p50: percentile(&config_lags, 0.5),
             config_lag_ms_p99: percentile(&config_lags, 0.99),
             config_lag_ms_max: config_lags.last().copied(),
+            host_reference_ms: 0.0,
             results,
         }
     }
 
     fn markdown(r: &Report) -> String {
         let mut s = format!(
-            "# Chaos run: {}\n\n| | |\n|---|---|\n| safety phase per seed | {} s |\n| seeds run | {} |\n| seeds failed | {} |\n| simulated time | {:.0} s |\n| wall time | {:.1} s ({:.1} s of worker time) |\n| sim / wall (per worker) | {:.0}x |\n",
-            r.scenario, r.phase_secs, r.seeds_run, r.seeds_failed, r.sim_secs, r.wall_secs, r.worker_wall_secs, r.sim_per_wall
+            "# Chaos run: {}\n\n| | |\n|---|---|\n| safety phase per seed | {} s |\n| seeds run | {} |\n| seeds failed | {} |\n| simulated time | {:.0} s |\n| wall time | {:.1} s ({:.1} s of worker time) |\n| sim / wall (per worker) | {:.0}x |\n| host reference (fixed work, best of 3; lower is a faster host) | {:.0} ms |\n",
+            r.scenario, r.phase_secs, r.seeds_run, r.seeds_failed, r.sim_secs, r.wall_secs, r.worker_wall_secs, r.sim_per_wall, r.host_reference_ms
         );
         for (name, st) in &r.by_scenario {
             s += &format!(
                 "| {name}: seeds / failed / sim s / sim per wall / seeds per core-hour | {} / {} / {:.0} / {:.0}x / {:.0} |\n",
                 st.seeds, st.failed, st.sim_secs, st.sim_per_wall, st.seeds_per_core_hour
             );
+            let wall: f64 = st.laps.iter().map(|l| l.wall_secs).sum::<f64>() + st.outside_wall_secs;
+            if wall > 0.0 && !st.laps.is_empty() {
+                let share = |w: f64| 100.0 * w / wall;
+                let parts: Vec<String> = st
+                    .laps
+                    .iter()
+                    .map(|l| {
+                        format!(
+                            "{} {:.0}x ({:.0}% of the wall time)",
+                            l.name,
+                            l.sim_per_wall,
+                            share(l.wall_secs)
+                        )
+                    })
+                    .collect();
+                s += &format!(
+                    "| {name}: sim per wall by part (passed seeds) | {}; outside the simulation {:.0}% |\n",
+                    parts.join(", "),
+                    share(st.outside_wall_secs)
+                );
+            }
         }
         for (fault, n) in &r.faults_by_type {
             s += &format!("| faults: {fault} | {n} |\n");

@@ -265,10 +265,66 @@ pub struct Outcome {
     /// DNS queries and ARP resolves that went unanswered while datagrams
     /// were being lost (the full shape only; excused, not failures).
     pub lost_to_packet_loss: u32,
+    /// Simulated and wall time of each part of the seed (boot, safety,
+    /// liveness): where a slow run spends its time.
+    pub laps: Vec<Lap>,
     /// What the seed did and saw (compared by the determinism check, not
     /// written to reports).
     #[serde(skip)]
     pub trace: Trace,
+}
+
+/// One part of a seed: its simulated and its wall-clock seconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Lap {
+    /// `boot`, `safety` or `liveness`.
+    pub name: &'static str,
+    /// Simulated seconds it covered.
+    pub sim_secs: f64,
+    /// Wall-clock seconds it took.
+    pub wall_secs: f64,
+}
+
+/// Times the parts of a seed, in simulated and in wall-clock time.
+struct Laps {
+    sim: std::time::Instant,
+    wall: f64,
+    done: Vec<Lap>,
+}
+
+impl Laps {
+    fn start() -> Laps {
+        Laps {
+            sim: rt::now(),
+            wall: wall_clock_secs(),
+            done: Vec::new(),
+        }
+    }
+
+    /// The part named `name` ends now; the next begins.
+    fn lap(&mut self, name: &'static str) {
+        let (sim, wall) = (rt::now(), wall_clock_secs());
+        self.done.push(Lap {
+            name,
+            sim_secs: (sim - self.sim).as_secs_f64(),
+            wall_secs: wall - self.wall,
+        });
+        (self.sim, self.wall) = (sim, wall);
+    }
+}
+
+/// The host's monotonic clock, in seconds, read inside the simulation:
+/// madsim replaces `clock_gettime` (and so `std::time::Instant`) with
+/// simulated time, so this asks the kernel directly. Only for the run's
+/// speed figures: nothing the simulation does may depend on it.
+fn wall_clock_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,6 +417,7 @@ fn plan(types: &[Fault], phase: Duration) -> Vec<Window> {
 /// succeed.
 pub async fn slice_under_crashes(params: Params, trace: Trace) -> Result<Outcome> {
     let started = rt::now();
+    let mut laps = Laps::start();
     let world = World::builder().build().await?;
     world
         .wait_until("the VIP serves after boot", CONVERGE_DEADLINE, || async {
@@ -369,6 +426,7 @@ pub async fn slice_under_crashes(params: Params, trace: Trace) -> Result<Outcome
         .await?;
 
     let mut windows = plan(&Fault::SLICE, params.phase);
+    laps.lap("boot");
     let mut outcome = Outcome {
         scenario: "slice_under_crashes",
         faults: windows.iter().map(|w| w.fault).collect(),
@@ -475,6 +533,7 @@ pub async fn slice_under_crashes(params: Params, trace: Trace) -> Result<Outcome
         rt::sleep(REQUEST_GAP).await;
     }
 
+    laps.lap("safety");
     // Liveness: heal everything, then converge.
     for w in windows.iter().filter(|w| w.phase == Phase::Down) {
         heal(&world, w.fault)?;
@@ -503,6 +562,8 @@ pub async fn slice_under_crashes(params: Params, trace: Trace) -> Result<Outcome
     if ok * 1000 < LIVENESS_REQUESTS * 999 {
         bail!("liveness: only {ok} of {LIVENESS_REQUESTS} requests succeeded after faults healed");
     }
+    laps.lap("liveness");
+    outcome.laps = laps.done;
     outcome.sim_secs = (rt::now() - started).as_secs_f64();
     outcome.trace.note(
         rt::now() - phase_start,
@@ -565,22 +626,18 @@ impl HolderWatch {
         rt::spawn(async move {
             loop {
                 {
-                    let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+                    let s = &mut *guard;
                     if s.stopped {
                         return;
                     }
                     let t = rt::now() - start;
                     for (v, (label, vip)) in vips.iter().enumerate() {
-                        let held_by = cloud.holders(*vip);
-                        if held_by != s.last[v] {
-                            let who = if label.is_empty() {
-                                "VIP".to_string()
-                            } else {
-                                label.to_string()
-                            };
-                            trace.note(t, format_args!("{who} held by {held_by:?}"));
-                            s.last[v] = held_by.clone();
+                        if cloud.update_holders(*vip, &mut s.last[v]) {
+                            let who = if label.is_empty() { "VIP" } else { label };
+                            trace.note(t, format_args!("{who} held by {:?}", s.last[v]));
                         }
+                        let held_by = &s.last[v];
                         if held_by.len() > 1 {
                             let since = *s.dual_since[v].get_or_insert(t);
                             let dual = t - since;
@@ -682,6 +739,7 @@ fn pair_fault(world: &World, fault: Fault, on: bool, victim: &mut Option<String>
 /// [`CONVERGE_DEADLINE`] and 99.9% of requests succeed.
 pub async fn pair_under_faults(params: Params, trace: Trace) -> Result<Outcome> {
     let started = rt::now();
+    let mut laps = Laps::start();
     let world = World::builder()
         .config(&sim::world::pair_config("fast"))
         .ses(2)
@@ -697,6 +755,7 @@ pub async fn pair_under_faults(params: Params, trace: Trace) -> Result<Outcome> 
         )
         .await?;
     let mut windows = plan(&Fault::PAIR, params.phase);
+    laps.lap("boot");
     let mut outcome = Outcome {
         scenario: "pair_under_faults",
         faults: windows.iter().map(|w| w.fault).collect(),
@@ -753,6 +812,7 @@ pub async fn pair_under_faults(params: Params, trace: Trace) -> Result<Outcome> 
         }
         rt::sleep(PAIR_PACE).await;
     }
+    laps.lap("safety");
     watch.check(&mut outcome)?;
     watch.stop();
     for (i, w) in windows.iter().enumerate() {
@@ -777,6 +837,8 @@ pub async fn pair_under_faults(params: Params, trace: Trace) -> Result<Outcome> 
     if ok * 1000 < LIVENESS_REQUESTS * 999 {
         bail!("liveness: only {ok} of {LIVENESS_REQUESTS} requests succeeded after faults healed");
     }
+    laps.lap("liveness");
+    outcome.laps = laps.done;
     outcome.sim_secs = (rt::now() - started).as_secs_f64();
     outcome.trace.note(
         rt::now() - phase_start,
@@ -1149,6 +1211,7 @@ impl FabricFaults {
 /// the DNS hands out both sites again.
 pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome> {
     let started = rt::now();
+    let mut laps = Laps::start();
     let world = World::builder()
         .config(FABRIC_CONFIG)
         .controllers(FABRIC_CONTROLLERS)
@@ -1175,6 +1238,7 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
     let crashed_origin = std::net::IpAddr::from(CRASHED_ORIGIN_IP);
 
     let mut windows = plan(&Fault::FABRIC, params.phase);
+    laps.lap("boot");
     let mut outcome = Outcome {
         scenario: Scenario::Fabric.name(),
         faults: windows.iter().map(|w| w.fault).collect(),
@@ -1389,6 +1453,7 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
 
     watch.check(&mut outcome)?;
     watch.stop();
+    laps.lap("safety");
     // Liveness: heal everything, then converge.
     for (i, w) in windows.iter().enumerate() {
         if w.phase != Phase::Down {
@@ -1457,6 +1522,8 @@ pub async fn fabric_under_faults(params: Params, trace: Trace) -> Result<Outcome
         .into_inner()
         .check_kept(&world, &outcome.trace, rt::now() - phase_start)
         .await?;
+    laps.lap("liveness");
+    outcome.laps = laps.done;
     outcome.sim_secs = (rt::now() - started).as_secs_f64();
     outcome.trace.note(
         rt::now() - phase_start,

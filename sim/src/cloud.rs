@@ -50,12 +50,26 @@ impl SimCloud {
     /// The running SE hosts that hold `vip` on the segment now (answer ARP
     /// for it and take its traffic), by name.
     pub fn holders(&self, vip: IpAddr) -> Vec<String> {
+        let mut held_by = Vec::new();
+        self.update_holders(vip, &mut held_by);
+        held_by
+    }
+
+    /// [`holders`](Self::holders) into `last`, and whether that changed it:
+    /// without allocating when it did not (a checker looks every few ms).
+    pub fn update_holders(&self, vip: IpAddr, last: &mut Vec<String>) -> bool {
         let hosts = lock(&self.hosts);
-        lock(&self.ports)
+        let ports = lock(&self.ports);
+        let now = ports
             .iter()
             .filter(|(name, port)| hosts.get(*name).is_some_and(|h| h.running) && port.holds(vip))
-            .map(|(name, _)| name.clone())
-            .collect()
+            .map(|(name, _)| name);
+        if now.clone().eq(last.iter()) {
+            return false;
+        }
+        last.clear();
+        last.extend(now.cloned());
+        true
     }
 
     /// Make SE `name` report `percent` CPU from now on (its next stats
