@@ -55,6 +55,10 @@
 //!   reports 95% CPU: the virtual service goes to 2 SEs, then 3 (the
 //!   most); every SE reports 10%: back to 2, then 1; every request answered
 //!   and one holder of the VIP throughout;
+//! - predictive autoscale (a 20 s "day" with a 4 s peak at 140% of an SE):
+//!   the first peak is met when the CPU report shows it, every later one
+//!   before it starts (an SE added up to 4.5 s ahead, from what the first
+//!   taught), and the quiet between peaks scales back in;
 //! - limits: one SE that takes one virtual service, two virtual services:
 //!   the API says which one is short and why.
 //!
@@ -814,6 +818,108 @@ async fn autoscale_follows_cpu_out_and_back_in() {
         .map(|e| e.kind)
         .collect();
     assert_eq!(kinds, ["scale_out", "scale_out", "scale_in", "scale_in"]);
+}
+
+/// Predictive autoscale's day in the simulation: a 20 s period.
+const PERIOD_MS: u64 = 20_000;
+/// The daily peak: from 10 s to 14 s into each period.
+const PEAK_MS: std::ops::Range<u64> = 10_000..14_000;
+/// How far ahead predictive autoscale looks.
+const LEAD_MS: u64 = 4_000;
+
+#[madsim::test]
+async fn predictive_autoscale_adds_an_se_before_the_learned_peak() {
+    let group = format!(
+        "buffer_ses = 0\nautoscale = true\nautoscale_mode = \"predictive\"\nautoscale_period_ms = {PERIOD_MS}\nautoscale_lead_ms = {LEAD_MS}\nautoscale_cooldown_ms = 1000\nmax_scaleout_per_vs = 2"
+    );
+    let world = build(&group, 3, 1).await;
+    serving(&world, &["vs-1"]).await;
+    let start_ms = rt::unix_ms();
+    // The load: 140% of one SE's CPU in the peak, 20% outside it, shared
+    // by the SEs carrying vs-1 (each reports its share, at most 100%).
+    let mut failed = 0;
+    // (ms since the Unix epoch, SEs carrying vs-1) at each change.
+    let mut steps: Vec<(u64, usize)> = Vec::new();
+    while rt::unix_ms() - start_ms < 3 * PERIOD_MS {
+        let now = rt::unix_ms();
+        let ses = placed(&world, "vs-1");
+        if steps.last().map(|s| s.1) != Some(ses.len()) {
+            steps.push((now, ses.len()));
+        }
+        let load = if PEAK_MS.contains(&(now % PERIOD_MS)) {
+            140
+        } else {
+            20
+        };
+        for se in ["se-1", "se-2", "se-3"] {
+            let share = if ses.contains(&se.to_string()) {
+                (load / ses.len().max(1) as u32).min(100)
+            } else {
+                0
+            };
+            world.cloud.set_cpu(se, share);
+        }
+        one_holder(&world, &["vs-1"]);
+        if ask(&world, "vs-1").await.is_none() {
+            println!(
+                "failed at {} ms into the period, on {ses:?}",
+                now % PERIOD_MS
+            );
+            failed += 1;
+        }
+        rt::sleep(Duration::from_millis(100)).await;
+    }
+    let phase = |ms: u64| ms % PERIOD_MS;
+    println!(
+        "predictive autoscale steps (ms into the period, SEs): {:?}, {failed} failed requests",
+        steps
+            .iter()
+            .map(|(t, n)| (phase(*t), *n))
+            .collect::<Vec<_>>()
+    );
+    let outs: Vec<(u64, String)> = world
+        .controller()
+        .unwrap()
+        .events()
+        .into_iter()
+        .filter(|e| e.kind == "scale_out")
+        .map(|e| (e.unix_ms, e.reason))
+        .collect();
+    // The first peak is met as it comes, from the CPU reported.
+    let first = &outs[0];
+    assert!(first.1.contains("CPU, above"), "{outs:?}");
+    assert!(PEAK_MS.contains(&phase(first.0)), "{outs:?}");
+    // A later one is met before it comes, from what the first taught.
+    let early: Vec<&(u64, String)> = outs
+        .iter()
+        .filter(|(_, why)| why.contains(" SEs: forecast: "))
+        .collect();
+    assert!(!early.is_empty(), "no scale-out ahead of a peak: {outs:?}");
+    for (t, why) in &early {
+        let at = phase(*t);
+        assert!(
+            (PEAK_MS.start - LEAD_MS - 500..PEAK_MS.start).contains(&at),
+            "forecast scale-out {at} ms into the period: {why}"
+        );
+    }
+    // Each peak after the first finds vs-1 on 2 SEs as it starts, and the
+    // quiet between peaks brings it back to 1.
+    let peaks_after = (1..3)
+        .map(|k| start_ms - phase(start_ms) + k * PERIOD_MS + PEAK_MS.start)
+        .filter(|&p| p > first.0 + PERIOD_MS / 2 && p < start_ms + 3 * PERIOD_MS);
+    for peak in peaks_after {
+        let carrying = steps
+            .iter()
+            .take_while(|(t, _)| *t <= peak)
+            .last()
+            .map_or(0, |s| s.1);
+        assert_eq!(carrying, 2, "at the peak of {peak} ms: {steps:?}");
+    }
+    assert!(
+        steps.iter().filter(|(_, n)| *n == 1).count() >= 2,
+        "never scaled back in: {steps:?}"
+    );
+    assert_eq!(failed, 0, "requests failed while scaling");
 }
 
 #[madsim::test]

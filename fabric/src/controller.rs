@@ -136,8 +136,25 @@ struct Inner {
     healing: Mutex<BTreeMap<String, (String, Instant)>>,
     /// Per group: when autoscale last acted.
     scaled: Mutex<BTreeMap<String, Instant>>,
+    /// Per virtual service of a predictive group: its learned load pattern
+    /// (this node's memory: a new leader learns again).
+    forecasts: Mutex<BTreeMap<String, crate::forecast::LoadForecast>>,
     /// Wakes the placement loop (an SE came or went).
     placement_kick: tokio::sync::Notify,
+}
+
+/// What predictive autoscale expects of one virtual service soon.
+#[derive(Debug, Clone)]
+struct Forecast {
+    vs: String,
+    /// The highest load learned for the time ahead (CPU percent, summed
+    /// over the SEs carrying it).
+    load: f64,
+    /// Periods that taught it.
+    periods: u32,
+    /// SEs that load needs at `max_cpu_percent` each (within the group's
+    /// scale-out bounds).
+    ses: u32,
 }
 
 impl Controller {
@@ -162,6 +179,7 @@ impl Controller {
             cloud: Mutex::new(None),
             healing: Mutex::new(BTreeMap::new()),
             scaled: Mutex::new(BTreeMap::new()),
+            forecasts: Mutex::new(BTreeMap::new()),
             placement_kick: tokio::sync::Notify::new(),
         };
         let this = Controller {
@@ -484,13 +502,6 @@ impl Controller {
         now: Instant,
     ) {
         for g in config.se_groups.iter().filter(|g| g.autoscale) {
-            let cooldown = Duration::from_millis(g.autoscale_cooldown_ms);
-            if lock(&self.inner.scaled)
-                .get(&g.name)
-                .is_some_and(|t| now.saturating_duration_since(*t) < cooldown)
-            {
-                continue;
-            }
             let cpu = |se: &str| {
                 views
                     .iter()
@@ -504,6 +515,16 @@ impl Controller {
                 .map(|v| (v.name.as_str(), placement.of(&v.name)))
                 .filter(|(_, ses)| !ses.is_empty())
                 .collect();
+            // Predictive: learn from every tick, cooldown or not.
+            let forecasts = self.learn_load(g, &vss, &cpu);
+            let cooldown = Duration::from_millis(g.autoscale_cooldown_ms);
+            if lock(&self.inner.scaled)
+                .get(&g.name)
+                .is_some_and(|t| now.saturating_duration_since(*t) < cooldown)
+            {
+                continue;
+            }
+            let forecast_of = |vs: &str| forecasts.iter().find(|f| f.vs == vs);
             let wants = |vs: &str, n: usize| {
                 placement
                     .scaleout
@@ -520,6 +541,19 @@ impl Controller {
                 .filter_map(|se| Some((cpu(se)?, se.as_str())))
                 .filter(|(c, _)| *c > g.max_cpu_percent)
                 .max();
+            // Ahead of a learned peak: the virtual service short of most SEs.
+            let ahead = vss
+                .iter()
+                .filter_map(|(vs, ses)| {
+                    let f = forecast_of(vs)?;
+                    let n = wants(vs, ses.len());
+                    if f.ses > n && n < g.max_scaleout_per_vs {
+                        Some((f.ses - n, *vs, n, f))
+                    } else {
+                        None
+                    }
+                })
+                .max_by_key(|(short, vs, _, _)| (*short, std::cmp::Reverse(*vs)));
             let step = if let Some((hot, se)) = hottest {
                 vss.iter()
                     .filter(|(_, ses)| ses.iter().any(|s| s == se))
@@ -533,6 +567,19 @@ impl Controller {
                             format!("{se} at {hot}% CPU, above {}%", g.max_cpu_percent),
                         )
                     })
+            } else if let Some((_, vs, n, f)) = ahead {
+                Some((
+                    vs,
+                    n + 1,
+                    format!(
+                        "forecast: {:.0}% CPU within {} s (learned over {} periods) needs {} SEs at {}% each",
+                        f.load,
+                        g.autoscale_lead_ms / 1000,
+                        f.periods,
+                        f.ses,
+                        g.max_cpu_percent
+                    ),
+                ))
             } else {
                 let carrying: Vec<&str> = vss
                     .iter()
@@ -546,7 +593,10 @@ impl Controller {
                     .then(|| {
                         vss.iter()
                             .map(|(vs, ses)| (wants(vs, ses.len()), *vs))
-                            .filter(|(n, _)| *n > g.scaleout())
+                            // Not below what a peak ahead needs.
+                            .filter(|(n, vs)| {
+                                *n > g.scaleout() && forecast_of(vs).is_none_or(|f| f.ses < *n)
+                            })
                             .max()
                             .map(|(n, vs)| {
                                 (
@@ -567,6 +617,54 @@ impl Controller {
             let kind = if n > was { "scale_out" } else { "scale_in" };
             self.event(kind, vs, format!("{was} -> {n} SEs: {why}"));
         }
+    }
+
+    /// Predictive autoscale, for group `g`: each virtual service's load now
+    /// (the CPU its SEs report, summed) joins its learned pattern, and what
+    /// the pattern holds for the next `autoscale_lead_ms` comes back, with
+    /// the SEs that load needs at `max_cpu_percent` each. Nothing for a
+    /// reactive group (and its patterns are dropped).
+    fn learn_load(
+        &self,
+        g: &crate::model::SeGroup,
+        vss: &[(&str, &[String])],
+        cpu: &dyn Fn(&str) -> Option<u32>,
+    ) -> Vec<Forecast> {
+        let mut models = lock(&self.inner.forecasts);
+        if g.autoscale_mode != crate::model::AutoscaleMode::Predictive {
+            for (vs, _) in vss {
+                models.remove(*vs);
+            }
+            return Vec::new();
+        }
+        let t = Duration::from_millis(rt::unix_ms());
+        let period = Duration::from_millis(g.autoscale_period_ms);
+        let lead = Duration::from_millis(g.autoscale_lead_ms);
+        let mut out = Vec::new();
+        for (vs, ses) in vss {
+            let model = models
+                .entry(vs.to_string())
+                .or_insert_with(|| crate::forecast::LoadForecast::new(period));
+            if model.period() != period {
+                *model = crate::forecast::LoadForecast::new(period);
+            }
+            let reported: Vec<u32> = ses.iter().filter_map(|se| cpu(se)).collect();
+            if !reported.is_empty() {
+                model.observe(t, reported.iter().map(|&c| f64::from(c)).sum());
+            }
+            if let Some((load, periods)) = model.peak_ahead(t, lead) {
+                let per_se = f64::from(g.max_cpu_percent.max(1));
+                let ses =
+                    ((load / per_se).ceil() as u32).clamp(g.scaleout(), g.max_scaleout_per_vs);
+                out.push(Forecast {
+                    vs: vs.to_string(),
+                    load,
+                    periods,
+                    ses,
+                });
+            }
+        }
+        out
     }
 
     /// If this node leads and has a cloud connector: for each auto-healing

@@ -14,6 +14,7 @@
 pub mod api;
 pub mod cluster;
 pub mod controller;
+pub mod forecast;
 pub mod ha;
 pub mod model;
 pub mod pki;

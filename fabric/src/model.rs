@@ -408,6 +408,39 @@ pub struct SeGroup {
     /// Time between two autoscale steps of the group, ms.
     #[serde(default = "default_autoscale_cooldown_ms")]
     pub autoscale_cooldown_ms: u64,
+    /// `reactive` (the default): autoscale follows the CPU the SEs report.
+    /// `predictive`: also learns each virtual service's load over every
+    /// `autoscale_period_ms` (a day), and adds an SE `autoscale_lead_ms`
+    /// before a learned peak and keeps it through the peak
+    /// (docs/placement.md, "Predictive autoscale").
+    #[serde(default)]
+    pub autoscale_mode: AutoscaleMode,
+    /// The period of the load pattern predictive autoscale learns, ms.
+    #[serde(default = "default_autoscale_period_ms")]
+    pub autoscale_period_ms: u64,
+    /// How far ahead predictive autoscale looks for a learned peak, ms (a
+    /// new SE's boot time and more).
+    #[serde(default = "default_autoscale_lead_ms")]
+    pub autoscale_lead_ms: u64,
+}
+
+/// How autoscale decides (`se_groups[].autoscale_mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AutoscaleMode {
+    /// From the CPU reported now.
+    #[default]
+    Reactive,
+    /// From the CPU reported now and the load learned for the time ahead.
+    Predictive,
+}
+
+fn default_autoscale_period_ms() -> u64 {
+    86_400_000
+}
+
+fn default_autoscale_lead_ms() -> u64 {
+    600_000
 }
 
 impl SeGroup {
@@ -1502,6 +1535,30 @@ impl Config {
                     "a legacy active/standby pair does not scale".into(),
                 );
             }
+            if g.autoscale_mode == AutoscaleMode::Predictive {
+                if !g.autoscale {
+                    err(
+                        format!("se_groups[{i}].autoscale_mode"),
+                        "predictive needs autoscale = true".into(),
+                    );
+                }
+                let bucket_ms = crate::forecast::BUCKETS as u64;
+                if g.autoscale_period_ms < bucket_ms * 100
+                    || g.autoscale_period_ms > 30 * 86_400_000
+                {
+                    err(
+                        format!("se_groups[{i}].autoscale_period_ms"),
+                        format!("must be between {} ms and 30 days", bucket_ms * 100),
+                    );
+                } else if g.autoscale_lead_ms == 0
+                    || g.autoscale_lead_ms >= g.autoscale_period_ms / 2
+                {
+                    err(
+                        format!("se_groups[{i}].autoscale_lead_ms"),
+                        "must be above 0 and under half of autoscale_period_ms".into(),
+                    );
+                }
+            }
             if g.auto_heal && g.ha_mode == HaMode::LegacyActiveStandby {
                 err(
                     format!("se_groups[{i}].auto_heal"),
@@ -2321,6 +2378,38 @@ mod tests {
             "fqdn = \"app.elsewhere.test\"",
         ));
         assert_eq!(e[0].path, "gslb_services[0].fqdn");
+    }
+
+    #[test]
+    fn predictive_autoscale_needs_autoscale_and_a_sane_period_and_lead() {
+        let mut config = Config::example();
+        let g = &mut config.se_groups[0];
+        g.autoscale = true;
+        g.autoscale_mode = AutoscaleMode::Predictive;
+        config.validate().unwrap();
+        let paths = |c: &Config| -> Vec<String> {
+            c.validate()
+                .unwrap_err()
+                .0
+                .into_iter()
+                .map(|e| e.path)
+                .collect()
+        };
+        let mut bad = config.clone();
+        bad.se_groups[0].autoscale = false;
+        assert_eq!(paths(&bad), ["se_groups[0].autoscale_mode"]);
+        let mut bad = config.clone();
+        bad.se_groups[0].autoscale_period_ms = 1000;
+        assert_eq!(paths(&bad), ["se_groups[0].autoscale_period_ms"]);
+        let mut bad = config.clone();
+        bad.se_groups[0].autoscale_lead_ms = bad.se_groups[0].autoscale_period_ms / 2;
+        assert_eq!(paths(&bad), ["se_groups[0].autoscale_lead_ms"]);
+        let mut bad = config;
+        bad.se_groups[0].autoscale_lead_ms = 0;
+        assert_eq!(paths(&bad), ["se_groups[0].autoscale_lead_ms"]);
+        // A reactive group ignores the predictive settings.
+        bad.se_groups[0].autoscale_mode = AutoscaleMode::Reactive;
+        bad.validate().unwrap();
     }
 
     #[test]

@@ -184,6 +184,13 @@ fn same_servers(a: &SeVirtualService, b: &SeVirtualService) -> bool {
         && a.servers == b.servers
 }
 
+/// How long a secondary of a scaled-out virtual service keeps taking
+/// hand-offs for it once its config drops it: a push reaches the SEs one by
+/// one, and the primary may still hand a new connection over until it has
+/// applied the same push; refused, that connection would fail (a scale-in
+/// in chaos test `predictive_autoscale_adds_an_se_before_the_learned_peak`).
+pub const RELAY_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The listeners of one SE.
 pub struct DataPlane {
     se_name: Arc<str>,
@@ -625,9 +632,23 @@ impl DataPlane {
     }
 
     /// Release `vip` unless a running listener still uses it.
-    /// Stop handing relayed connections for `key` to a secondary.
+    /// Stop taking hand-offs for `key` as a secondary, after
+    /// [`RELAY_GRACE`]: the primary applies the same push at its own time
+    /// and may hand a connection over until then. Unless the entry was
+    /// replaced meanwhile (the virtual service came back).
     fn unrelay(&self, key: &ListenKey) {
-        lock(&self.relays).remove(&SocketAddr::new(key.0, key.1));
+        let addr = SocketAddr::new(key.0, key.1);
+        let Some(service) = lock(&self.relays).get(&addr).cloned() else {
+            return;
+        };
+        let relays = self.relays.clone();
+        rt::spawn(async move {
+            rt::sleep(RELAY_GRACE).await;
+            let mut table = lock(&relays);
+            if table.get(&addr).is_some_and(|s| Arc::ptr_eq(s, &service)) {
+                table.remove(&addr);
+            }
+        });
     }
 
     /// Release `vip` unless a primary listener still uses it (a secondary
