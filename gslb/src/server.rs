@@ -204,6 +204,18 @@ async fn bind_pair(
     addr: SocketAddr,
     udp_workers: usize,
 ) -> io::Result<(Vec<UdpSocket>, TcpListener, SocketAddr)> {
+    let (udp, tcp, local) = bind_pair_once(addr, udp_workers).await?;
+    // Answers are never fragmented (RFC 9715): TC and TCP carry big ones.
+    for socket in &udp {
+        socket.set_dont_fragment()?;
+    }
+    Ok((udp, tcp, local))
+}
+
+async fn bind_pair_once(
+    addr: SocketAddr,
+    udp_workers: usize,
+) -> io::Result<(Vec<UdpSocket>, TcpListener, SocketAddr)> {
     if addr.port() != 0 {
         let udp = UdpSocket::bind_reuse_port(addr, udp_workers).await?;
         let tcp = TcpListener::bind(addr).await?;
