@@ -777,10 +777,14 @@ pub async fn pair_under_faults(params: Params, trace: Trace) -> Result<Outcome> 
             if w.phase == Phase::Planned && t >= w.start {
                 w.phase = Phase::Down;
                 pair_fault(&world, w.fault, true, &mut victims[i])?;
-                let on = victims[i].as_deref().unwrap_or("");
-                outcome
-                    .trace
-                    .note(t, format_args!("inject {} {on}", w.fault.name()));
+                match victims[i].as_deref() {
+                    Some(on) => outcome
+                        .trace
+                        .note(t, format_args!("inject {} {on}", w.fault.name())),
+                    None => outcome
+                        .trace
+                        .note(t, format_args!("inject {}", w.fault.name())),
+                }
             } else if w.phase == Phase::Down && t >= w.start + w.down_for {
                 w.phase = Phase::Healed;
                 outcome
