@@ -648,9 +648,9 @@ impl Controller {
             if model.period() != period {
                 *model = crate::forecast::LoadForecast::new(period);
             }
-            let reported: Vec<u32> = ses.iter().filter_map(|se| cpu(se)).collect();
-            if !reported.is_empty() {
-                model.observe(t, reported.iter().map(|&c| f64::from(c)).sum());
+            let mut reported = ses.iter().filter_map(|se| cpu(se)).peekable();
+            if reported.peek().is_some() {
+                model.observe(t, reported.map(f64::from).sum());
             }
             if let Some((load, periods)) = model.peak_ahead(t, lead) {
                 let per_se = f64::from(g.max_cpu_percent.max(1));

@@ -260,23 +260,7 @@ impl UdpSocket {
         {
             use std::os::fd::AsRawFd;
             let fd = self.0.as_raw_fd();
-            let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
-                // SAFETY: an int option, given with its size, on our own fd.
-                let r = unsafe {
-                    libc::setsockopt(
-                        fd,
-                        level,
-                        name,
-                        (&value as *const libc::c_int).cast(),
-                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                    )
-                };
-                if r < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(())
-                }
-            };
+            let set = |level, name, value| udp_batch::set_int_option(fd, level, name, value);
             match self.0.local_addr()? {
                 SocketAddr::V4(_) => set(
                     libc::IPPROTO_IP,

@@ -631,7 +631,6 @@ impl DataPlane {
         }
     }
 
-    /// Release `vip` unless a running listener still uses it.
     /// Stop taking hand-offs for `key` as a secondary, after
     /// [`RELAY_GRACE`]: the primary applies the same push at its own time
     /// and may hand a connection over until then. Unless the entry was

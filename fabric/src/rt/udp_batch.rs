@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 
 use super::UdpSocket;
 #[cfg(not(madsim))]
-pub(super) use mmsg::reuse_port_socket;
+pub(super) use mmsg::{reuse_port_socket, set_int_option};
 
 /// A UDP socket with buffers for a batch of datagrams in and their answers
 /// out. Real hosts: `recvmmsg` with `MSG_DONTWAIT` once the socket is
@@ -619,6 +619,30 @@ mod mmsg {
         }
     }
 
+    /// Set the int-valued socket option `level`/`name` of `fd` to `value`.
+    pub(in crate::rt) fn set_int_option(
+        fd: std::os::fd::RawFd,
+        level: libc::c_int,
+        name: libc::c_int,
+        value: libc::c_int,
+    ) -> io::Result<()> {
+        // SAFETY: an int option, given with its size.
+        let set = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
     /// A non-blocking UDP socket with `SO_REUSEPORT`, bound to `addr`.
     pub(in crate::rt) fn reuse_port_socket(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
         let family = if addr.is_ipv4() {
@@ -635,20 +659,7 @@ mod mmsg {
         // SAFETY: `fd` is a fresh descriptor nothing else owns; it is
         // closed on every early return.
         let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-        let one: libc::c_int = 1;
-        // SAFETY: an int option, given with its size.
-        let set = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_REUSEPORT,
-                (&one as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if set < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        set_int_option(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
         // SAFETY: all-zero is a valid sockaddr_storage.
         let mut raw: libc::sockaddr_storage = unsafe { zeroed() };
         let len = to_raw(addr, &mut raw);
