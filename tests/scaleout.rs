@@ -21,7 +21,7 @@ async fn the_primary_hands_connections_to_a_secondary_process() {
     let path = dir.join("fabric.toml");
     let group = "ha_mode = \"elastic_active_active\"\nauto_heal = true\n";
     std::fs::write(&path, common::config(base, group)).unwrap();
-    let (child, _) = start_up(&path);
+    let (child, printed) = start_up(&path);
     let vip = common::vip(base);
 
     // Until the second SE is up and placed, the first serves everything;
@@ -54,6 +54,62 @@ async fn the_primary_hands_connections_to_a_secondary_process() {
         assert!(*n >= 10, "{se} answered only {n} of 60: {round:?}");
     }
 
+    // Data-path beats between the two SE processes (UDP on their relay
+    // ports): the Controller hears from each that the other is heard.
+    let api = printed
+        .iter()
+        .find_map(|l| l.strip_prefix("REST API on http://"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("up prints the API address")
+        .to_string();
+    let token = printed
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("export FABRIC_TOKEN="))
+        .expect("up prints an admin token")
+        .to_string();
+    let start = Instant::now();
+    loop {
+        let ses = get_json(&api, "/api/v1/ses", &token).await;
+        let heard: Vec<&str> = ses["items"]
+            .as_array()
+            .expect("a list of SEs")
+            .iter()
+            .filter(|s| {
+                s["peers_heard_ms_ago"]
+                    .as_u64()
+                    .is_some_and(|ms| ms < 1_500)
+            })
+            .filter_map(|s| s["name"].as_str())
+            .collect();
+        if heard.len() == 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the SEs do not hear each other's beats: {ses}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     stop(child);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `GET path` on the REST API at `api` with `token`: the JSON body.
+async fn get_json(api: &str, path: &str, token: &str) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(api).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply))
+        .await
+        .expect("the API answers within 5 s")
+        .unwrap();
+    let text = String::from_utf8(reply).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP reply");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }

@@ -10,10 +10,14 @@
 //!   the secondary holds the VIP and the virtual service answers within
 //!   the bound, and the third SE becomes the new secondary;
 //! - N+M, the SE of vs-1 cut from the Controller (not from the client or
-//!   the other SEs): the leader moves vs-1 to the buffer SE, whose GARPs
-//!   make the cut SE yield the VIP; once the new SE answered, the old one
-//!   never answers again, and two holders last at most one sample (50 ms);
-//!   the cut heals and nothing moves back;
+//!   the other SEs), with GARPs delivered or lost: its peers hear its
+//!   data-path beats, so it is partitioned, not down: nothing moves, it
+//!   alone holds the VIP and every request is answered; the cut heals and
+//!   nothing moves;
+//! - N+M, the SE of vs-1 cut from the Controller and every other SE (not
+//!   from the client), every GARP lost: its lease runs out and it lets the
+//!   VIP go before the leader moves vs-1 to the buffer SE: never two
+//!   holders, and once the buffer answered the old SE never does;
 //! - N+M, the SE of vs-1 killed while every GARP is lost: the client's
 //!   requests to the dead SE fail, it asks the segment again and the buffer
 //!   SE answers;
@@ -23,11 +27,10 @@
 //!   holders for more than a sample, vs-2 never moves, and once the link
 //!   heals each VIP is held by the SE the placement names;
 //! - active/active, the primary cut from the Controller (not from the
-//!   client or the other SEs): the secondary becomes primary and holds the
-//!   VIP, the cut one yields to its GARPs and never answers again; with
-//!   every GARP lost as well, the cut one keeps the VIP until the cut heals
-//!   (it cannot know: docs/placement.md, "Two holders"), then the secondary
-//!   is the only holder;
+//!   client or the other SEs), GARPs delivered or lost: partitioned,
+//!   nothing moves, no request fails; cut from every SE too with GARPs
+//!   lost: it fences itself, the secondary becomes primary, never two
+//!   holders;
 //! - auto-healing, one virtual service per SE and no buffer: the killed SE's
 //!   virtual service waits on it until the Controller has created a new SE
 //!   through the cloud connector (a new simulated node), which then serves
@@ -272,20 +275,103 @@ fn buffer_of(before: &[String]) -> &'static str {
         .unwrap()
 }
 
+/// Cut (or heal) both directions between SE `se` and every other SE.
+fn cut_from_peers(world: &World, se: &str, cut: bool) {
+    let a = world.cloud.node_id(se).unwrap();
+    let names: Vec<String> = world.cloud.names();
+    for other in names.iter().filter(|o| o.as_str() != se) {
+        let b = world.cloud.node_id(other).unwrap();
+        world.clog_link(a, b, cut);
+        world.clog_link(b, a, cut);
+    }
+}
+
+/// N+M, the SE of vs-1 cut from the Controller only, with GARPs delivered
+/// or lost: its peers still hear its data-path beats, so it is partitioned,
+/// not down: vs-1 stays and it alone answers, with one holder throughout.
+async fn n_plus_m_se_cut_from_the_controller(garp_loss: bool) {
+    let world = build("", 3, 2).await;
+    let vss = ["vs-1", "vs-2"];
+    let before = serving(&world, &vss).await;
+    let victim = before[0].clone();
+    let vip = world.vip_of("vs-1").unwrap().ip();
+    rt::sleep(Duration::from_millis(rt::random_u64() % 2_000)).await;
+    world.cloud.set_garp_loss(garp_loss);
+    cut_from_controller(&world, &victim, true);
+    let cut = rt::now();
+    let mut failed = 0;
+    while rt::now() - cut < MOVE_BOUND * 2 {
+        assert_eq!(
+            world.cloud.holders(vip),
+            std::slice::from_ref(&victim),
+            "vs-1 holders"
+        );
+        match ask(&world, "vs-1").await {
+            Some(se) => assert_eq!(se, victim, "vs-1 answered by another SE"),
+            None => failed += 1,
+        }
+        assert_eq!(
+            ask(&world, "vs-2").await.as_deref(),
+            Some(before[1].as_str()),
+            "vs-2 moved"
+        );
+        rt::sleep(PACE).await;
+    }
+    println!("failover mode=n_plus_m_cut garp_loss={garp_loss} failed={failed}");
+    assert_eq!(failed, 0, "requests to the partitioned SE failed");
+    assert_eq!(placed(&world, "vs-1"), std::slice::from_ref(&victim));
+    let status = world
+        .controller()
+        .and_then(|c| c.ses().into_iter().find(|s| s.name == victim))
+        .expect("the SE is known");
+    assert!(
+        !status.connected && status.peers_heard_ms_ago.is_some(),
+        "{status:?}"
+    );
+    // Healed: it reconnects, and nothing moves.
+    world.cloud.set_garp_loss(false);
+    cut_from_controller(&world, &victim, false);
+    rt::sleep(Duration::from_secs(5)).await;
+    assert_eq!(world.cloud.holders(vip), std::slice::from_ref(&victim));
+    assert_eq!(ask(&world, "vs-1").await.as_ref(), Some(&victim));
+    assert_eq!(placed(&world, "vs-1"), [victim]);
+}
+
 #[madsim::test]
-async fn n_plus_m_se_cut_from_the_controller_yields_to_the_new_holder() {
+async fn n_plus_m_se_cut_from_the_controller_keeps_its_virtual_services() {
+    n_plus_m_se_cut_from_the_controller(false).await;
+}
+
+#[madsim::test]
+async fn n_plus_m_se_cut_from_the_controller_while_garps_are_lost_keeps_them() {
+    n_plus_m_se_cut_from_the_controller(true).await;
+}
+
+/// N+M, the SE of vs-1 cut from the Controller and from the other SEs (not
+/// from the client), every GARP lost: nobody can tell it from a dead SE, so
+/// the leader moves vs-1 to the buffer SE; the cut SE's lease runs out
+/// first and it lets the VIP go: never two holders, and once the buffer
+/// answered the old SE never does.
+#[madsim::test]
+async fn n_plus_m_se_cut_from_everything_but_its_clients_fences_itself() {
     let world = build("", 3, 2).await;
     let vss = ["vs-1", "vs-2"];
     let before = serving(&world, &vss).await;
     let (victim, buffer) = (before[0].clone(), buffer_of(&before));
     let vip = world.vip_of("vs-1").unwrap().ip();
     rt::sleep(Duration::from_millis(rt::random_u64() % 2_000)).await;
+    world.cloud.set_garp_loss(true);
     cut_from_controller(&world, &victim, true);
+    cut_from_peers(&world, &victim, true);
     let cut = rt::now();
-    let (mut moved, mut dual_samples, mut new_answered) = (None, 0, false);
+    let (mut fenced, mut moved, mut dual_samples, mut new_answered) = (None, None, 0, false);
     while rt::now() - cut < MOVE_BOUND * 2 {
-        if world.cloud.holders(vip).len() > 1 {
+        let holders = world.cloud.holders(vip);
+        if holders.len() > 1 {
             dual_samples += 1;
+        }
+        if holders.is_empty() {
+            fenced.get_or_insert(rt::now() - cut);
         }
         match ask(&world, "vs-1").await {
             Some(se) if se == victim => {
@@ -298,27 +384,28 @@ async fn n_plus_m_se_cut_from_the_controller_yields_to_the_new_holder() {
             }
             None => {}
         }
-        assert_eq!(
-            ask(&world, "vs-2").await.as_deref(),
-            Some(before[1].as_str()),
-            "vs-2 moved"
-        );
         rt::sleep(PACE).await;
     }
     let moved = moved.unwrap_or_else(|| panic!("vs-1 never moved off the cut {victim}"));
+    let fenced = fenced.unwrap_or_else(|| panic!("{victim} never let the VIP go"));
     println!(
-        "failover mode=n_plus_m_cut ms={} dual_samples={dual_samples}",
+        "failover mode=n_plus_m_isolated fenced_ms={} moved_ms={} dual_samples={dual_samples}",
+        fenced.as_millis(),
         moved.as_millis()
     );
-    assert!(moved <= MOVE_BOUND, "moved after {moved:?}");
+    assert_eq!(dual_samples, 0, "two holders of {vip}");
+    assert!(fenced < moved, "fenced after the move");
+    // Lost GARPs: the client finds the buffer by asking after a failure.
     assert!(
-        dual_samples <= 1,
-        "two holders of {vip} for {dual_samples} samples"
+        moved <= MOVE_BOUND + REQUEST_TIMEOUT * 2,
+        "moved after {moved:?}"
     );
     assert_eq!(world.cloud.holders(vip), [buffer.to_string()]);
-
-    // Healed: the old SE reconnects, is told vs-1 is elsewhere, nothing moves back.
+    // Healed: the old SE reconnects, is told vs-1 is elsewhere, takes
+    // nothing back.
+    world.cloud.set_garp_loss(false);
     cut_from_controller(&world, &victim, false);
+    cut_from_peers(&world, &victim, false);
     rt::sleep(Duration::from_secs(5)).await;
     assert_eq!(world.cloud.holders(vip), [buffer.to_string()]);
     assert_eq!(ask(&world, "vs-1").await.as_deref(), Some(buffer));
@@ -1029,9 +1116,12 @@ async fn draining_an_se_moves_its_work_once_its_connections_end() {
     assert_eq!(placed(&world, "vs-1"), [primary, free]);
 }
 
-/// Active/active: cut the primary of vs-1 from the Controller, with GARPs
-/// delivered or lost; the secondary must end up the only holder.
-async fn active_active_primary_cut(garp_loss: bool) {
+/// Active/active: cut the primary of vs-1 from the Controller (and, with
+/// `isolated`, from the other SEs), with GARPs delivered or lost. Cut from
+/// the Controller only, its peers vouch for it: nothing moves and it keeps
+/// answering. Cut from its peers too, its lease runs out before the leader
+/// makes the secondary primary. Either way, never two holders.
+async fn active_active_primary_cut(garp_loss: bool, isolated: bool) {
     let world = build("ha_mode = \"elastic_active_active\"", 3, 1).await;
     serving(&world, &["vs-1"]).await;
     let start = rt::now();
@@ -1045,8 +1135,11 @@ async fn active_active_primary_cut(garp_loss: bool) {
     let vip = world.vip_of("vs-1").unwrap().ip();
     world.cloud.set_garp_loss(garp_loss);
     cut_from_controller(&world, &primary, true);
+    if isolated {
+        cut_from_peers(&world, &primary, true);
+    }
     let cut = rt::now();
-    let (mut dual_samples, mut moved) = (0, None);
+    let (mut dual_samples, mut moved, mut failed) = (0, None, 0);
     while rt::now() - cut < MOVE_BOUND * 2 {
         if world.cloud.holders(vip).len() > 1 {
             dual_samples += 1;
@@ -1055,9 +1148,9 @@ async fn active_active_primary_cut(garp_loss: bool) {
             moved.get_or_insert(rt::now() - cut);
         }
         let answer = ask(&world, "vs-1").await;
-        if !garp_loss && moved.is_some_and(|m| rt::now() - cut > m + MOVE_BOUND) {
-            // Well after the move the cut primary never answers: it
-            // yielded (GARPs seen), or the client no longer reaches it.
+        failed += usize::from(answer.is_none());
+        if moved.is_some_and(|m| rt::now() - cut > m + MOVE_BOUND) {
+            // Well after the move the cut primary never answers.
             assert_ne!(
                 answer.as_deref(),
                 Some(primary.as_str()),
@@ -1066,38 +1159,54 @@ async fn active_active_primary_cut(garp_loss: bool) {
         }
         rt::sleep(PACE).await;
     }
-    let moved = moved.unwrap_or_else(|| panic!("{secondary} never became primary"));
     println!(
-        "failover mode=active_active_cut garp_loss={garp_loss} ms={} dual_samples={dual_samples}",
-        moved.as_millis()
+        "failover mode=active_active_cut garp_loss={garp_loss} isolated={isolated} moved_ms={:?} failed={failed} dual_samples={dual_samples}",
+        moved.map(|m| m.as_millis())
     );
-    assert!(moved <= MOVE_BOUND, "moved after {moved:?}");
+    assert_eq!(dual_samples, 0, "two holders of {vip}");
+    if isolated {
+        let moved = moved.unwrap_or_else(|| panic!("{secondary} never became primary"));
+        assert!(moved <= MOVE_BOUND, "moved after {moved:?}");
+    } else {
+        assert!(moved.is_none(), "the partitioned primary lost vs-1");
+        assert_eq!(placed(&world, "vs-1"), [primary.clone(), secondary.clone()]);
+        // Only the Controller link is cut: hand-offs to the secondary work.
+        assert_eq!(
+            failed, 0,
+            "requests failed while the primary was partitioned"
+        );
+    }
     world.cloud.set_garp_loss(false);
     cut_from_controller(&world, &primary, false);
+    if isolated {
+        cut_from_peers(&world, &primary, false);
+    }
     rt::sleep(Duration::from_secs(5)).await;
-    // Healed: the old primary reconnects and is told it is not one.
-    assert_eq!(world.cloud.holders(vip), std::slice::from_ref(&secondary));
+    let holder = if isolated { &secondary } else { &primary };
+    assert_eq!(world.cloud.holders(vip), std::slice::from_ref(holder));
     // With GARPs lost the client may still have the old primary's address
     // cached: the first request after it let the VIP go fails, the client
     // asks the segment again (a kernel marking the neighbour failed) and
     // the next one reaches the holder. Without the loss none fails.
     let failed = usize::from(ask(&world, "vs-1").await.is_none());
     assert!(
-        failed <= usize::from(garp_loss),
+        failed <= usize::from(garp_loss && isolated),
         "a request failed after the heal"
     );
-    assert_eq!(ask(&world, "vs-1").await.as_ref(), Some(&secondary));
-    if !garp_loss {
-        assert!(dual_samples <= 1, "two holders for {dual_samples} samples");
-    }
+    assert!(ask(&world, "vs-1").await.is_some());
 }
 
 #[madsim::test]
 async fn active_active_primary_cut_from_the_controller() {
-    active_active_primary_cut(false).await;
+    active_active_primary_cut(false, false).await;
 }
 
 #[madsim::test]
 async fn active_active_primary_cut_while_garps_are_lost() {
-    active_active_primary_cut(true).await;
+    active_active_primary_cut(true, false).await;
+}
+
+#[madsim::test]
+async fn active_active_primary_cut_from_everything_but_its_clients_while_garps_are_lost() {
+    active_active_primary_cut(true, true).await;
 }

@@ -77,9 +77,16 @@ pub struct SeStatus {
     pub stats: Option<crate::stats::SeStats>,
     /// When they came (ms since the Unix epoch; 0: never).
     pub stats_unix_ms: u64,
-    /// Where it takes scale-out hand-offs, if it does.
+    /// Where it takes scale-out hand-offs, if it does (and its group's
+    /// data-path beats).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay: Option<SocketAddr>,
+    /// How long ago an SE of its group last reported hearing its data-path
+    /// beats, ms (None: none did lately). Without a session but heard by
+    /// its peers, the SE is *partitioned*: alive, serving, kept where it is
+    /// (docs/placement.md, "Partitioned SEs").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peers_heard_ms_ago: Option<u64>,
 }
 
 /// A state change worth telling an operator about.
@@ -119,6 +126,9 @@ struct Inner {
     leader: watch::Sender<Option<Instant>>,
     /// When each SE was last heard from (placement's failure detection).
     heard: Mutex<BTreeMap<String, Instant>>,
+    /// When an SE of its group last heard each SE's data-path beats, as
+    /// their heartbeats reported (docs/placement.md, "Partitioned SEs").
+    heard_by_peers: Mutex<BTreeMap<String, Instant>>,
     /// When an SE last said hello.
     last_hello: Mutex<Option<Instant>>,
     /// The Raft metrics as placement last read them, and when they last
@@ -173,6 +183,7 @@ impl Controller {
             arbiter: Mutex::new(crate::ha::Arbiter::new()),
             leader: watch::channel(None).0,
             heard: Mutex::new(BTreeMap::new()),
+            heard_by_peers: Mutex::new(BTreeMap::new()),
             last_hello: Mutex::new(None),
             out_of_touch: Mutex::new(None),
             placement_ran: Mutex::new(None),
@@ -290,7 +301,10 @@ impl Controller {
 
     /// What this node knows of the SEs, for placement: an SE is up while it
     /// has a session, and for `controller.heartbeat_ms` x
-    /// [`MISSED_HEARTBEATS`] after it was last heard; an SE the previous
+    /// [`MISSED_HEARTBEATS`] after it was last heard, by this node or (on
+    /// the data path) by an SE of its group with a session: one only its
+    /// peers hear is *partitioned*, kept where it is and given nothing new
+    /// (docs/placement.md, "Partitioned SEs"); an SE the previous
     /// placement names is up for [`proto::se_rejoin_bound`] (at least twice
     /// the detection time) after `in_touch_since` (when this node became
     /// leader, or last regained its quorum after being cut off): time for
@@ -308,12 +322,15 @@ impl Controller {
         let detect = Duration::from_millis(config.controller.heartbeat_ms) * MISSED_HEARTBEATS;
         let ses = lock(&self.inner.ses);
         let heard = lock(&self.inner.heard);
+        let by_peers = lock(&self.inner.heard_by_peers);
         let mut views: BTreeMap<String, crate::placement::SeView> = ses
             .values()
             .map(|(_, s)| {
-                let recent = heard
-                    .get(&s.name)
-                    .is_some_and(|t| now.saturating_duration_since(*t) < detect);
+                let within = |t: Option<&Instant>| {
+                    t.is_some_and(|t| now.saturating_duration_since(*t) < detect)
+                };
+                let recent = within(heard.get(&s.name));
+                let partitioned = !s.connected && !recent && within(by_peers.get(&s.name));
                 // A CPU figure counts while it is fresh (3 reports).
                 let fresh = rt::unix_ms().saturating_sub(s.stats_unix_ms)
                     < 3 * proto::STATS_INTERVAL.as_millis() as u64;
@@ -337,7 +354,8 @@ impl Controller {
                 let view = crate::placement::SeView {
                     name: s.name.clone(),
                     group: s.group.clone(),
-                    up: s.connected || recent,
+                    up: s.connected || recent || partitioned,
+                    partitioned,
                     draining: draining.contains(&s.name),
                     busy,
                     cpu_percent: s
@@ -364,6 +382,7 @@ impl Controller {
                         name: name.clone(),
                         group: group.clone(),
                         up: settling,
+                        partitioned: false,
                         draining: draining.contains(name),
                         busy: Default::default(),
                         cpu_percent: None,
@@ -723,6 +742,7 @@ impl Controller {
                     if cloud.connector.delete_se(&v.name).await.is_ok() {
                         lock(&self.inner.ses).remove(&v.name);
                         lock(&self.inner.heard).remove(&v.name);
+                        lock(&self.inner.heard_by_peers).remove(&v.name);
                         lock(&self.inner.scaled).insert(g.name.clone(), now);
                         self.event(
                             "se_scaled_in",
@@ -743,6 +763,7 @@ impl Controller {
                     Ok(()) => {
                         lock(&self.inner.ses).remove(&v.name);
                         lock(&self.inner.heard).remove(&v.name);
+                        lock(&self.inner.heard_by_peers).remove(&v.name);
                         self.event(
                             "se_deleted",
                             &v.name,
@@ -876,10 +897,57 @@ impl Controller {
 
     /// Every SE the Controller has heard from, by name.
     pub fn ses(&self) -> Vec<SeStatus> {
+        let now = rt::now();
+        let by_peers = lock(&self.inner.heard_by_peers);
         lock(&self.inner.ses)
             .values()
-            .map(|(_, s)| s.clone())
+            .map(|(_, s)| SeStatus {
+                peers_heard_ms_ago: by_peers
+                    .get(&s.name)
+                    .map(|t| now.saturating_duration_since(*t).as_millis() as u64),
+                ..s.clone()
+            })
             .collect()
+    }
+
+    /// The SEs of `group` with a relay address, which is where their
+    /// data-path beats go too.
+    fn group_peers(&self, group: &str) -> Vec<proto::ScaleoutPeer> {
+        lock(&self.inner.ses)
+            .values()
+            .filter(|(_, s)| s.group == group)
+            .filter_map(|(_, s)| {
+                Some(proto::ScaleoutPeer {
+                    se: s.name.clone(),
+                    relay: s.relay?,
+                })
+            })
+            .collect()
+    }
+
+    /// SE `name` of `group` heard these SEs' data-path beats: each counts
+    /// as heard when its beat came (the report's time less its age, which
+    /// is no earlier than the truth: the report's transit only delays it).
+    /// Only SEs of the reporter's own group, at most
+    /// [`proto::MAX_PEERS_REPORTED`].
+    fn on_peers_heard(&self, name: &str, group: &str, peers: &[proto::PeerHeard]) {
+        if peers.is_empty() {
+            return;
+        }
+        let now = rt::now();
+        let ses = lock(&self.inner.ses);
+        let mut by_peers = lock(&self.inner.heard_by_peers);
+        for p in peers.iter().take(proto::MAX_PEERS_REPORTED) {
+            let same_group = ses.get(&p.se).is_some_and(|(_, s)| s.group == group);
+            if p.se == name || !same_group {
+                continue;
+            }
+            let Some(at) = now.checked_sub(Duration::from_millis(p.ms_ago)) else {
+                continue;
+            };
+            let entry = by_peers.entry(p.se.clone()).or_insert(at);
+            *entry = (*entry).max(at);
+        }
     }
 
     /// Recent events, oldest first.
@@ -1175,6 +1243,7 @@ impl Controller {
             stats: None,
             stats_unix_ms: 0,
             relay,
+            peers_heard_ms_ago: None,
         };
         lock(&self.inner.ses).insert(name.to_string(), (session, status));
         self.heard(name);
@@ -1350,6 +1419,7 @@ impl Controller {
                     name,
                     &desired.placement,
                     &self.relays(&desired.draining),
+                    &self.group_peers(group),
                     desired.se_version(),
                 );
                 if let Err(e) = proto::write_frame(wr, &ControllerMessage::Config(cfg)).await {
@@ -1381,7 +1451,8 @@ impl Controller {
                         SeMessage::Nack { version, reason } => {
                             self.event("config_refused", name, format!("version {version}: {reason}"))
                         }
-                        SeMessage::Heartbeat { .. } => {
+                        SeMessage::Heartbeat { peers, .. } => {
+                            self.on_peers_heard(name, group, &peers);
                             let ack = ControllerMessage::HeartbeatAck { desired_version: pushed };
                             if let Err(e) = proto::write_frame(wr, &ack).await {
                                 break Err(e.to_string());

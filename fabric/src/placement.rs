@@ -42,6 +42,11 @@ pub struct SeView {
     /// Whether it is up (has a session with the leader, or lost it less
     /// than the failure-detection time ago).
     pub up: bool,
+    /// Up only because SEs of its group hear its data-path beats: it has no
+    /// session with the Controller (cut from it, not from the segment), so
+    /// it keeps what it carries and takes nothing new (docs/placement.md,
+    /// "Partitioned SEs").
+    pub partitioned: bool,
     /// Being emptied (an operator drains it): takes nothing new, and keeps
     /// a place only while that virtual service has connections open on it
     /// (`busy`), beside the replacement placement adds.
@@ -135,6 +140,12 @@ impl Slot<'_> {
         }
         if new && self.se.draining {
             return Some(format!("{}: draining", self.se.name));
+        }
+        if new && self.se.partitioned {
+            return Some(format!(
+                "{}: partitioned (no session with the Controller; its peers hear it)",
+                self.se.name
+            ));
         }
         if self.carries >= g.max_vs_per_se {
             return Some(format!(

@@ -86,6 +86,11 @@ pub enum SeMessage {
     Heartbeat {
         /// Config version it serves.
         applied_version: u64,
+        /// The SEs of its group whose data-path beats it heard lately, and
+        /// how long ago (docs/placement.md, "Partitioned SEs"); absent from
+        /// SEs that predate it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        peers: Vec<PeerHeard>,
     },
     /// A server of a pool went up or down on this SE (active or passive
     /// health), or was ejected or returned by outlier detection (`outlier`).
@@ -156,6 +161,19 @@ pub fn se_rejoin_bound(detect: std::time::Duration, controllers: usize) -> std::
         + (SE_DIAL_TIMEOUT + SE_WELCOME_TIMEOUT) * silent
         + SE_ANSWERED_DIAL * (controllers - silent)
 }
+
+/// An SE of the same group heard on the data path (its beats reached the
+/// reporting SE).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHeard {
+    /// The SE heard.
+    pub se: String,
+    /// How long before the report its last beat came, ms.
+    pub ms_ago: u64,
+}
+
+/// Most peers one heartbeat reports (more are ignored).
+pub const MAX_PEERS_REPORTED: usize = 64;
 
 /// How often an SE reports its counters.
 pub const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -231,6 +249,10 @@ pub struct SeConfig {
     /// Its group's legacy active/standby settings (`None`: another HA mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<crate::ha::PairSettings>,
+    /// Elastic groups: the other SEs of the group, whose relay addresses
+    /// take the data-path beats too (docs/placement.md, "Partitioned SEs").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<ScaleoutPeer>,
 }
 
 /// A virtual service as an SE serves it: pool resolved inline.
@@ -309,17 +331,20 @@ impl SeConfig {
     /// services `placement` puts on it (marked secondary where it is not
     /// the first); in a legacy active/standby group, all of the group's.
     /// On a primary, each secondary whose relay address is in `relays`
-    /// (by SE name) is listed in `scaleout`.
+    /// (by SE name) is listed in `scaleout`. In an elastic group, `peers`
+    /// (the group's SEs with a relay address) but `se` itself are its peers.
     pub fn for_se(
         config: &Config,
         group: &str,
         se: &str,
         placement: &crate::placement::Placement,
         relays: &BTreeMap<String, SocketAddr>,
+        peers: &[ScaleoutPeer],
         version: u64,
     ) -> SeConfig {
         let mut cfg = SeConfig::for_group(config, group, version);
         if cfg.ha.is_none() {
+            cfg.peers = peers.iter().filter(|p| p.se != se).cloned().collect();
             cfg.virtual_services.retain_mut(|vs| {
                 let ses = placement.of(&vs.name);
                 vs.secondary = ses.first().is_some_and(|p| p != se);
@@ -394,6 +419,7 @@ impl SeConfig {
             version,
             virtual_services,
             ha,
+            peers: Vec::new(),
         }
     }
 }

@@ -32,6 +32,9 @@ pub const MISSED_HEARTBEATS: u32 = 3;
 pub const MAX_BACKOFF: Duration = proto::SE_MAX_BACKOFF;
 /// First pause before trying the Controller again.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+/// Heartbeats awaiting their ack that an SE remembers (more: the session
+/// is dying of silence anyway).
+const MAX_UNACKED: usize = 8;
 /// Pause before the next Controller address after one that does not lead.
 const NOT_LEADER_PAUSE: Duration = Duration::from_millis(20);
 
@@ -66,6 +69,14 @@ pub struct SeOptions {
 struct HaSide {
     link: Arc<crate::ha::ControllerLink>,
     settings: watch::Sender<Option<fabric::ha::PairSettings>>,
+}
+
+/// What a session feeds besides the data plane: a pair's driver (legacy
+/// active/standby) or the group's data-path beats and lease (elastic).
+#[derive(Clone, Copy)]
+struct Sides<'a> {
+    ha: Option<&'a HaSide>,
+    peers: Option<&'a crate::peers::PeerLink>,
 }
 
 const KEY_FILE: &str = "se-key.pem";
@@ -174,6 +185,7 @@ async fn connect_tls(
 /// Run the SE forever: sessions with the Controller, and the data plane.
 /// `applied` (if given) is told every version the data plane starts serving.
 pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::Sender<u64>>) {
+    let mut fence = None;
     let (l2, ha) = match opts.ha {
         Some(peer) => {
             let link = Arc::new(crate::ha::ControllerLink::new());
@@ -192,7 +204,14 @@ pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::
             ));
             (gate as Arc<dyn L2Fabric>, Some(HaSide { link, settings }))
         }
-        None => (l2, None),
+        None => {
+            // Elastic: the gate closes when the SE's lease runs out
+            // (`peers`), open until then.
+            let gate = Arc::new(crate::ha::HaL2::new(l2));
+            gate.activate().await;
+            fence = Some(gate.clone());
+            (gate as Arc<dyn L2Fabric>, None)
+        }
     };
     let mut plane = DataPlane::new(&opts.name, l2);
     let relay = match opts.relay {
@@ -211,6 +230,21 @@ pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::
         None => None,
     };
     plane.set_relay_addr(relay);
+    // The group's data-path beats go to the relay's port, over UDP.
+    let peers = match (relay, fence) {
+        (Some(addr), Some(gate)) => match rt::UdpSocket::bind(addr).await {
+            Ok(socket) => {
+                let link = Arc::new(crate::peers::PeerLink::new(&opts.name, &opts.group, gate));
+                rt::spawn(crate::peers::run(link.clone(), socket));
+                Some(link)
+            }
+            Err(e) => {
+                tracing::error!(se = %opts.name, %addr, error = %e, "no data-path beats (UDP on the relay's port): the Controller judges this SE by its session alone");
+                None
+            }
+        },
+        _ => None,
+    };
     let incarnation = rt::random_u64();
     let mut credentials = load_credentials(&*opts.credentials);
     let mut backoff = INITIAL_BACKOFF;
@@ -242,7 +276,10 @@ pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::
             incarnation,
             &mut plane,
             applied.as_ref(),
-            ha.as_ref(),
+            Sides {
+                ha: ha.as_ref(),
+                peers: peers.as_deref(),
+            },
         )
         .await;
         if welcomed {
@@ -289,8 +326,9 @@ async fn session(
     incarnation: u64,
     plane: &mut DataPlane,
     applied: Option<&watch::Sender<u64>>,
-    ha: Option<&HaSide>,
+    sides: Sides<'_>,
 ) -> (bool, Result<(), String>) {
+    let Sides { ha, peers } = sides;
     let link = ha.map(|h| &*h.link);
     let stream =
         match connect_tls(controller, credentials.tls.clone(), proto::SE_DIAL_TIMEOUT).await {
@@ -306,6 +344,7 @@ async fn session(
         applied_version: plane.applied_version(),
         relay: plane.relay_addr(),
     };
+    let hello_sent = rt::now();
     if let Err(e) = proto::write_frame(&mut wr, &hello).await {
         return (false, Err(e.to_string()));
     }
@@ -326,6 +365,12 @@ async fn session(
         };
         tracing::info!(se = %opts.name, controller = %controller, "controller session up");
         welcomed = true;
+        if let Some(p) = peers {
+            p.session_up(hello_sent, heartbeat, MISSED_HEARTBEATS);
+        }
+        // Send times of the heartbeats not acknowledged yet, oldest first
+        // (acks come in order on the stream).
+        let mut unacked = std::collections::VecDeque::with_capacity(MAX_UNACKED);
         let liveness = heartbeat * MISSED_HEARTBEATS;
         let mut last_heard = rt::now();
         let mut next_beat = rt::now() + heartbeat;
@@ -358,6 +403,9 @@ async fn session(
                                     if let Some(tx) = applied {
                                         tx.send_replace(cfg.version);
                                     }
+                                    if let Some(p) = peers {
+                                        p.config_applied(&cfg.peers).await;
+                                    }
                                     if let Some(ha) = ha {
                                         ha.settings.send_if_modified(|s| {
                                             let changed = *s != cfg.ha;
@@ -374,7 +422,11 @@ async fn session(
                             };
                             proto::write_frame(&mut wr, &reply).await.map_err(|e| e.to_string())?;
                         }
-                        Some(Ok(ControllerMessage::HeartbeatAck { .. })) => {}
+                        Some(Ok(ControllerMessage::HeartbeatAck { .. })) => {
+                            if let (Some(p), Some(sent)) = (peers, unacked.pop_front()) {
+                                p.controller_heard(sent);
+                            }
+                        }
                         Some(Ok(msg @ (ControllerMessage::HaAck { .. } | ControllerMessage::HaVerdict { .. }))) => {
                             if let Some(link) = link {
                                 link.deliver(msg);
@@ -400,7 +452,15 @@ async fn session(
                         }
                     }
                     if rt::now() >= next_beat {
-                        let beat = SeMessage::Heartbeat { applied_version: plane.applied_version() };
+                        let beat = SeMessage::Heartbeat {
+                            applied_version: plane.applied_version(),
+                            peers: peers.map(|p| p.heard(liveness)).unwrap_or_default(),
+                        };
+                        // Full, the newest goes unrecorded: later acks then
+                        // count older send times, which only shortens the lease.
+                        if unacked.len() < MAX_UNACKED {
+                            unacked.push_back(rt::now());
+                        }
                         proto::write_frame(&mut wr, &beat).await.map_err(|e| e.to_string())?;
                         next_beat += heartbeat;
                     }

@@ -761,6 +761,7 @@ mod tests {
             version: 1,
             virtual_services: vec![vs("a", free_port)],
             ha: None,
+            peers: Vec::new(),
         };
         plane.apply(&v1).await.unwrap();
         assert_eq!(
@@ -773,6 +774,7 @@ mod tests {
             version: 2,
             virtual_services: vec![vs("a", free_port), vs("b", taken_port)],
             ha: None,
+            peers: Vec::new(),
         };
         let err = plane.apply(&v2).await.unwrap_err();
         assert!(
@@ -791,6 +793,7 @@ mod tests {
             version: 0,
             virtual_services: vec![],
             ha: None,
+            peers: Vec::new(),
         };
         assert!(matches!(
             plane.apply(&stale).await,
@@ -801,6 +804,7 @@ mod tests {
             version: 3,
             virtual_services: vec![vs("a", free_port), vs("c", free_port)],
             ha: None,
+            peers: Vec::new(),
         };
         assert!(matches!(
             plane.apply(&dup).await,
@@ -813,6 +817,7 @@ mod tests {
                 version: 4,
                 virtual_services: vec![],
                 ha: None,
+                peers: Vec::new(),
             })
             .await
             .unwrap();

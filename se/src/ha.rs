@@ -399,6 +399,7 @@ impl Member {
 
 mod driver;
 
+pub(crate) use driver::AbortOnDrop;
 pub use driver::{run, HaL2, PairOptions, REANNOUNCE};
 
 /// Messages queued either way between the HA driver and the Controller

@@ -13,6 +13,8 @@
 //! - [`lb`]: load-balancing selection over a server set.
 //! - [`health`]: active and passive health monitoring, reported to the Controller.
 //! - [`outlier`]: outlier detection, ejecting servers that keep failing.
+//! - [`peers`]: data-path beats between the SEs of a group, and the lease
+//!   an SE holds its VIPs on.
 //! - [`origin`]: a small built-in HTTP server for examples and drills.
 #![deny(missing_docs)]
 
@@ -29,6 +31,7 @@ pub mod l4;
 pub mod lb;
 pub mod origin;
 pub mod outlier;
+pub mod peers;
 pub mod proxy;
 pub mod relay;
 pub mod scaleout;

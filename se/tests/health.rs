@@ -78,6 +78,7 @@ fn config(
             scaleout: Vec::new(),
         }],
         ha: None,
+        peers: Vec::new(),
     }
 }
 

@@ -126,6 +126,7 @@ async fn tcp_connections_spread_over_servers_and_half_closes_pass_through() {
         version: 1,
         virtual_services: vec![vs("tcp", port, VsProtocol::Tcp, &servers, VsL4::default())],
         ha: None,
+        peers: Vec::new(),
     })
     .await;
     let vip = SocketAddr::new(LOCALHOST, port);
@@ -184,6 +185,7 @@ async fn udp_flows_stay_on_one_server_and_answers_come_from_the_vip() {
             vs("udp", port, VsProtocol::Udp, &udp, VsL4::default()),
         ],
         ha: None,
+        peers: Vec::new(),
     })
     .await;
     let vip = SocketAddr::new(LOCALHOST, port);
@@ -221,6 +223,7 @@ async fn udp_flows_are_bounded_and_forgotten_when_idle() {
         version: 1,
         virtual_services: vec![vs("udp", port, VsProtocol::Udp, &udp, l4)],
         ha: None,
+        peers: Vec::new(),
     })
     .await;
     let vip = SocketAddr::new(LOCALHOST, port);

@@ -116,6 +116,7 @@ fn config(version: u64, port: u16, origin: SocketAddr, certs: &[Certificate]) ->
             scaleout: Vec::new(),
         }],
         ha: None,
+        peers: Vec::new(),
     }
 }
 

@@ -120,6 +120,11 @@ impl SimCloud {
         Ok(())
     }
 
+    /// The names of every SE host, running or not.
+    pub fn names(&self) -> Vec<String> {
+        lock(&self.hosts).keys().cloned().collect()
+    }
+
     /// The simulator's node id of an SE host.
     pub fn node_id(&self, name: &str) -> Option<NodeId> {
         lock(&self.hosts).get(name).map(|h| h.node)

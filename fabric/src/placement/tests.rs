@@ -25,6 +25,7 @@ fn ses(up: &[bool]) -> Vec<SeView> {
             name: format!("se-{}", i + 1),
             group: "g".into(),
             up,
+            partitioned: false,
             draining: false,
             busy: Default::default(),
             cpu_percent: None,
@@ -122,6 +123,7 @@ fn limits_explain_why_nothing_fits() {
         name: "se-3".into(),
         group: "g".into(),
         up: true,
+        partitioned: false,
         draining: false,
         busy: Default::default(),
         cpu_percent: Some(95),
@@ -311,4 +313,30 @@ fn random_fleets_keep_the_rules() {
             placement = next;
         }
     }
+}
+
+#[test]
+fn a_partitioned_se_keeps_what_it_carries_and_takes_nothing_new() {
+    // N+M, M = 1: vs-1 on se-1, se-2 the buffer. se-1 loses its session
+    // but its peers hear it: vs-1 stays; a new vs-2 does not go to se-1.
+    let c = config("buffer_ses = 0", 1);
+    let before = place(&c, &ses(&[true, false]), &Placement::default());
+    assert_eq!(before.of("vs-1"), ["se-1".to_string()]);
+    let mut view = ses(&[true, true]);
+    view[0].partitioned = true;
+    let after = place(&c, &view, &before);
+    assert_eq!(
+        after,
+        place(&c, &ses(&[true, true]), &before),
+        "nothing moves"
+    );
+    assert_eq!(after.of("vs-1"), ["se-1".to_string()]);
+    let c2 = config("buffer_ses = 0\nmax_vs_per_se = 5", 2);
+    let mut view = ses(&[true, false]);
+    view[0].partitioned = true;
+    let p = place(&c2, &view, &before);
+    assert_eq!(p.of("vs-1"), ["se-1".to_string()]);
+    assert!(p.of("vs-2").is_empty(), "{p:?}");
+    let why = &p.problems["vs-2"];
+    assert!(why.contains("se-1: partitioned"), "{why}");
 }

@@ -266,7 +266,8 @@ pub async fn run(
 /// one says the same, newer).
 const BEATS_QUEUE: usize = 16;
 
-struct AbortOnDrop(rt::JoinHandle<()>);
+/// A task aborted when this is dropped.
+pub(crate) struct AbortOnDrop(pub(crate) rt::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
