@@ -12,6 +12,8 @@
 //! and the session loop reacts to what arrives (`on_*`) and to new desired
 //! state (push the new [`SeConfig`]).
 
+mod touch;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -134,9 +136,10 @@ struct Inner {
     /// The Raft metrics as placement last read them, and when they last
     /// changed (`quorum_fresh`).
     metrics_seen: Mutex<(watch::Receiver<crate::cluster::RaftMetrics>, Instant)>,
-    /// When placement last found this leader without a quorum heard lately
-    /// (SEs' silence before then may be this node's own isolation).
-    out_of_touch: Mutex<Option<Instant>>,
+    /// This leader's times without a quorum heard lately, or not running,
+    /// and the patience they owe each SE (SEs' silence then may be this
+    /// node's own isolation).
+    touch: Mutex<touch::Touch>,
     /// When the placement loop last ran (`placement_loop`: a stall of this
     /// node counts as being out of touch).
     placement_ran: Mutex<Option<Instant>>,
@@ -185,7 +188,7 @@ impl Controller {
             heard: Mutex::new(BTreeMap::new()),
             heard_by_peers: Mutex::new(BTreeMap::new()),
             last_hello: Mutex::new(None),
-            out_of_touch: Mutex::new(None),
+            touch: Mutex::new(touch::Touch::default()),
             placement_ran: Mutex::new(None),
             cloud: Mutex::new(None),
             healing: Mutex::new(BTreeMap::new()),
@@ -286,8 +289,8 @@ impl Controller {
     /// gone quiet is down only after the failure-detection time).
     async fn placement_loop(self) {
         loop {
-            self.notice_stall();
-            if let Err(e) = self.place_once().await {
+            let stalled = self.notice_stall();
+            if let Err(e) = self.place_once(stalled).await {
                 tracing::debug!(error = %e, "placement not written");
             }
             self.heal_once().await;
@@ -306,17 +309,18 @@ impl Controller {
     /// peers hear is *partitioned*, kept where it is and given nothing new
     /// (docs/placement.md, "Partitioned SEs"); an SE the previous
     /// placement names is up for [`proto::se_rejoin_bound`] (at least twice
-    /// the detection time) after `in_touch_since` (when this node became
-    /// leader, or last regained its quorum after being cut off): time for
-    /// SEs to find a new leader, or to reconnect after their sessions died
-    /// of this node's isolation rather than theirs (chaos seed 60 of
+    /// the detection time) after `leading_since` (when this node became
+    /// leader) or after it last regained its quorum from a time cut off
+    /// that began while the SE was heard (`touch::Touch`): time for SEs to
+    /// find a new leader, or to reconnect after their sessions died of this
+    /// node's isolation rather than theirs (chaos seed 60 of
     /// `fabric_under_faults`).
     fn se_views(
         &self,
         config: &crate::model::Config,
         previous: &crate::placement::Placement,
         draining: &std::collections::BTreeSet<String>,
-        in_touch_since: Instant,
+        leading_since: Instant,
     ) -> Vec<crate::placement::SeView> {
         let now = rt::now();
         let detect = Duration::from_millis(config.controller.heartbeat_ms) * MISSED_HEARTBEATS;
@@ -369,12 +373,14 @@ impl Controller {
             .collect();
         let controllers = self.inner.node.membership().0.len();
         let patience = proto::se_rejoin_bound(detect, controllers).max(detect * 2);
-        let settling = now.saturating_duration_since(in_touch_since) < patience;
+        let touch = lock(&self.inner.touch);
         for (vs, names) in &previous.virtual_services {
             let Some(group) = config.virtual_service(vs).map(|v| v.se_group.clone()) else {
                 continue;
             };
             for name in names {
+                let from = touch.patience_from(name, heard.contains_key(name), leading_since);
+                let settling = now.saturating_duration_since(from) < patience;
                 views
                     .entry(name.clone())
                     .and_modify(|v| v.up |= settling)
@@ -429,48 +435,60 @@ impl Controller {
     /// come back, as after a cut. A stall is a gap between two runs of the
     /// placement loop well past its tick (a slow placement write counts
     /// too, which only makes it more patient).
-    fn notice_stall(&self) {
+    /// Returns when the stall began (the last run before it).
+    fn notice_stall(&self) -> Option<Instant> {
         let now = rt::now();
-        let last = lock(&self.inner.placement_ran).replace(now);
-        if let Some(gap) = last.map(|t| now.saturating_duration_since(t)) {
-            if gap > STALL_AFTER {
-                tracing::warn!(stalled_ms = gap.as_millis() as u64, "this node was not running for a while: SEs get time to reconnect before placement judges them");
-                *lock(&self.inner.out_of_touch) = Some(now);
-            }
-        }
+        let last = lock(&self.inner.placement_ran).replace(now)?;
+        let gap = now.saturating_duration_since(last);
+        (gap > STALL_AFTER).then(|| {
+            tracing::warn!(stalled_ms = gap.as_millis() as u64, "this node was not running for a while: SEs get time to reconnect before placement judges them");
+            last
+        })
     }
 
     /// If this node leads: place, and write the placement if it changed.
-    async fn place_once(&self) -> Result<(), ClusterError> {
+    /// `stalled`: when a stall of this node that just ended began.
+    async fn place_once(&self, stalled: Option<Instant>) -> Result<(), ClusterError> {
         let Some(since) = *self.inner.leader.borrow() else {
             return Ok(());
         };
         // The term this placement is computed in fences its write; and a
         // leader that has not heard a quorum lately may be the one cut off
         // (every SE looks down from there): it moves nothing.
-        let term = self.inner.node.raft().metrics().borrow().current_term;
+        let (term, leader) = {
+            let m = self.inner.node.raft().metrics();
+            let m = m.borrow();
+            (m.current_term, m.id)
+        };
         let now = rt::now();
-        if !self.quorum_fresh() {
-            tracing::debug!("no quorum heard lately: placement waits");
-            *lock(&self.inner.out_of_touch) = Some(now);
-            return Ok(());
-        }
-        // SEs' silence is judged from when this node last had its quorum.
-        let in_touch_since = lock(&self.inner.out_of_touch).map_or(since, |t| t.max(since));
-        let hello = lock(&self.inner.last_hello).unwrap_or(since).max(since);
-        if now.saturating_duration_since(hello) < PLACEMENT_QUIET {
-            return Ok(());
-        }
         let desired = self.desired();
         let Some(config) = desired.config.as_ref() else {
             return Ok(());
         };
-        let views = self.se_views(
-            config,
-            &desired.placement,
-            &desired.draining,
-            in_touch_since,
-        );
+        let detect = Duration::from_millis(config.controller.heartbeat_ms) * MISSED_HEARTBEATS;
+        let fresh = self.quorum_fresh();
+        {
+            let heard = lock(&self.inner.heard);
+            let mut touch = lock(&self.inner.touch);
+            if let Some(began) = stalled {
+                touch.out_of_touch(began, now, &heard, since, detect);
+                touch.in_touch();
+            }
+            if fresh {
+                touch.in_touch();
+            } else {
+                touch.out_of_touch(now, now, &heard, since, detect);
+            }
+        }
+        if !fresh {
+            tracing::debug!("no quorum heard lately: placement waits");
+            return Ok(());
+        }
+        let hello = lock(&self.inner.last_hello).unwrap_or(since).max(since);
+        if now.saturating_duration_since(hello) < PLACEMENT_QUIET {
+            return Ok(());
+        }
+        let views = self.se_views(config, &desired.placement, &desired.draining, since);
         let mut base = (*desired.placement).clone();
         self.autoscale(config, &views, &mut base, now);
         let next = crate::placement::place(config, &views, &base);
@@ -480,6 +498,7 @@ impl Controller {
         let write = self.inner.node.write(Command::SetPlacement {
             placement: Box::new(next.clone()),
             term: Some(term),
+            leader: Some(leader),
         });
         let version = match rt::timeout(Duration::from_secs(5), write).await {
             Ok(r) => r?,
@@ -742,6 +761,7 @@ impl Controller {
                     if cloud.connector.delete_se(&v.name).await.is_ok() {
                         lock(&self.inner.ses).remove(&v.name);
                         lock(&self.inner.heard).remove(&v.name);
+                        lock(&self.inner.touch).forget(&v.name);
                         lock(&self.inner.heard_by_peers).remove(&v.name);
                         lock(&self.inner.scaled).insert(g.name.clone(), now);
                         self.event(
@@ -763,6 +783,7 @@ impl Controller {
                     Ok(()) => {
                         lock(&self.inner.ses).remove(&v.name);
                         lock(&self.inner.heard).remove(&v.name);
+                        lock(&self.inner.touch).forget(&v.name);
                         lock(&self.inner.heard_by_peers).remove(&v.name);
                         self.event(
                             "se_deleted",

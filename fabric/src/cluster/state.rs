@@ -131,6 +131,13 @@ pub enum Command {
         /// `None` (entries written before the field existed) always applies.
         #[serde(default)]
         term: Option<u64>,
+        /// The node id of that leader: openraft's default election may
+        /// make a second node leader in the same term (its leader id is
+        /// the pair), so the term alone did not fence a deposed leader of
+        /// the same term (chaos seed 836 of the mixed swarm: nodes 2 and 3
+        /// both led term 2). `None`: only the term is compared.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        leader: Option<u64>,
     },
     /// Replace everything (bootstrap from a file, restore from a backup).
     Replace {
@@ -180,12 +187,16 @@ impl Command {
 pub enum Refusal {
     /// A leader-only write computed in an earlier term than the one that
     /// committed it (its writer was deposed meanwhile).
-    #[error("computed by the leader of term {computed_in}, committed in term {committed_in}")]
+    #[error("computed by the leader of term {computed_in} (node {computed_by:?}), committed by the leader of term {committed_in} (node {committed_by})")]
     StaleTerm {
         /// The term the write was computed in.
         computed_in: u64,
+        /// The node that computed it, if the write says.
+        computed_by: Option<u64>,
         /// The term of the entry.
         committed_in: u64,
+        /// The node that led when it was committed.
+        committed_by: u64,
     },
     /// If-Match failed.
     #[error("version conflict: the object is at version {current:?}")]
@@ -385,17 +396,20 @@ impl Objects {
     }
 
     /// Apply the command of the log entry at `index`, committed by the
-    /// leader of `term`: a write fenced to another term is refused.
-    pub fn apply_in_term(&mut self, term: u64, index: u64, cmd: &Command) -> Reply {
+    /// leader `node` of `term`: a write fenced to another leader is refused.
+    pub fn apply_in_term(&mut self, term: u64, node: u64, index: u64, cmd: &Command) -> Reply {
         if let Command::SetPlacement {
             term: Some(computed_in),
+            leader,
             ..
         } = cmd
         {
-            if *computed_in != term {
+            if *computed_in != term || leader.is_some_and(|l| l != node) {
                 return Reply::Refused(Refusal::StaleTerm {
                     computed_in: *computed_in,
+                    computed_by: *leader,
                     committed_in: term,
+                    committed_by: node,
                 });
             }
         }
@@ -786,25 +800,34 @@ mod tests {
         let set = |placement: &crate::placement::Placement, term| Command::SetPlacement {
             placement: Box::new(placement.clone()),
             term,
+            leader: Some(1),
         };
         // Computed by the leader of term 1, committed by the leader of term 2.
         assert_eq!(
-            o.apply_in_term(2, 3, &set(&placement, Some(1))),
+            o.apply_in_term(2, 1, 3, &set(&placement, Some(1))),
             Reply::Refused(Refusal::StaleTerm {
                 computed_in: 1,
-                committed_in: 2
+                computed_by: Some(1),
+                committed_in: 2,
+                committed_by: 1,
             })
         );
+        // Computed by node 1 leading term 2, committed by node 3 that
+        // became leader of the same term after it.
+        assert!(matches!(
+            o.apply_in_term(2, 3, 3, &set(&placement, Some(2))),
+            Reply::Refused(Refusal::StaleTerm { .. })
+        ));
         assert!(o.placement.virtual_services.is_empty());
         assert!(matches!(
-            o.apply_in_term(2, 4, &set(&placement, Some(2))),
+            o.apply_in_term(2, 1, 4, &set(&placement, Some(2))),
             Reply::Applied(_)
         ));
         assert_eq!(o.placement.of("vs-1"), ["se-1".to_string()]);
         // An entry from before the field existed always applies.
         placement.virtual_services.clear();
         assert!(matches!(
-            o.apply_in_term(3, 5, &set(&placement, None)),
+            o.apply_in_term(3, 2, 5, &set(&placement, None)),
             Reply::Applied(_)
         ));
         assert!(o.placement.virtual_services.is_empty());

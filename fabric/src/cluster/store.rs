@@ -561,10 +561,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             g.last_applied = Some(e.log_id);
             let reply = match &e.payload {
                 EntryPayload::Blank => Reply::None,
-                EntryPayload::Normal(cmd) => {
-                    g.data
-                        .apply_in_term(e.log_id.leader_id.term, e.log_id.index, cmd)
-                }
+                EntryPayload::Normal(cmd) => g.data.apply_in_term(
+                    e.log_id.leader_id.term,
+                    e.log_id.leader_id.node_id,
+                    e.log_id.index,
+                    cmd,
+                ),
                 EntryPayload::Membership(m) => {
                     g.membership = StoredMembership::new(Some(e.log_id), m.clone());
                     Reply::None
