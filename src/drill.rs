@@ -190,7 +190,12 @@ se_group = "pair"
         // The standby must be up and standby too (restarted after the last kill).
         std::thread::sleep(Duration::from_millis(dead_ms + 1_500));
         let node = if active == "se-a" { "a" } else { "b" };
-        let before = Duration::from_millis(1_500);
+        // The kill lands at a random point of a heartbeat interval (a
+        // third of the dead interval): the outage depends on how long
+        // before the kill the standby heard its last beat, and a fixed
+        // delay from the restart would pin that phase for every kill.
+        let jitter = Duration::from_millis(rt::random_u64() % (dead_ms / 3).max(1));
+        let before = Duration::from_millis(1_500) + jitter;
         let window = before + Duration::from_millis(dead_ms * 2 + 3_000);
         let mut probe = lab.probe(window)?;
         std::thread::sleep(before);
@@ -352,13 +357,6 @@ impl Lab {
         Ok(())
     }
 
-    fn in_ns(&self, node: &str, args: &[&str]) -> Result<()> {
-        let ns = self.ns(node);
-        let mut all = vec!["netns", "exec", ns.as_str()];
-        all.extend_from_slice(args);
-        self.ip(&all)
-    }
-
     /// The topology of benches/netns-pair.sh.
     fn up(&mut self) -> Result<()> {
         self.down();
@@ -390,8 +388,8 @@ impl Lab {
             self.ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
             self.ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             self.ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            // A standby binds the VIP before it holds it.
-            self.in_ns(node, &["sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"])?;
+            // No ip_nonlocal_bind: a standby SE binds the VIP before it
+            // holds it with IP_FREEBIND on its own sockets.
         }
         Ok(())
     }

@@ -25,7 +25,8 @@ use fabric::controller::Controller;
 use fabric::model::Config;
 use fabric::pki::JoinTicket;
 use fabric::platform::netlink::{
-    DEFAULT_GARP_COUNT, DEFAULT_GARP_INTERVAL, DEFAULT_PREFIX_LEN_V4, DEFAULT_PREFIX_LEN_V6,
+    DEFAULT_ADDRESS_LIFETIME, DEFAULT_GARP_COUNT, DEFAULT_GARP_INTERVAL, DEFAULT_PREFIX_LEN_V4,
+    DEFAULT_PREFIX_LEN_V6,
 };
 use fabric::platform::{
     CloudConnector, FileStorage, L2Fabric, LocalProcesses, LoopbackL2, MemStorage, NetlinkL2,
@@ -65,6 +66,11 @@ struct L2Args {
     /// Milliseconds between two announcements of a claim.
     #[arg(long, default_value_t = DEFAULT_GARP_INTERVAL.as_millis() as u64, requires = "l2_interface")]
     l2_garp_interval_ms: u64,
+    /// Seconds a VIP's address lives on the interface unless renewed (every
+    /// third of it, while this SE holds the VIP): how long it can outlive a
+    /// crash of this process. 0: permanent addresses.
+    #[arg(long, default_value_t = DEFAULT_ADDRESS_LIFETIME.as_secs(), requires = "l2_interface")]
+    l2_address_lifetime_secs: u64,
 }
 
 impl L2Args {
@@ -80,6 +86,8 @@ impl L2Args {
             prefix_len_v6: self.l2_prefix_len_v6,
             garp_count: self.l2_garp_count,
             garp_interval: Duration::from_millis(self.l2_garp_interval_ms),
+            address_lifetime: (self.l2_address_lifetime_secs > 0)
+                .then(|| Duration::from_secs(self.l2_address_lifetime_secs)),
         };
         let l2 = NetlinkL2::open(config)
             .await

@@ -68,6 +68,7 @@
 //! Replay: `MADSIM_TEST_SEED=<seed> RUSTFLAGS="--cfg madsim" cargo test -p chaos --target-dir target/sim --test elastic`
 #![cfg(madsim)]
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use fabric::rt;
@@ -1209,4 +1210,153 @@ async fn active_active_primary_cut_while_garps_are_lost() {
 #[madsim::test]
 async fn active_active_primary_cut_from_everything_but_its_clients_while_garps_are_lost() {
     active_active_primary_cut(true, true).await;
+}
+
+/// A UDP virtual service beside vs-1, on the same group.
+const UDP_VS: &str = "\n[[virtual_services]]\nname = \"vs-udp\"\nvip = \"10.0.100.9\"\nport = 99\npool = \"web\"\nse_group = \"elastic\"\nprotocol = \"udp\"\n";
+
+/// One datagram from each of `ports` (a flow each) to `vip`, all at once;
+/// per flow, the address the origin saw it come from (the SE that took
+/// it), or `None` without an answer within 1 s.
+async fn udp_round(world: &World, vip: SocketAddr, ports: Vec<u16>) -> Vec<Option<IpAddr>> {
+    world
+        .on_client(move |port| async move {
+            let owner = port
+                .resolve(vip.ip())
+                .await
+                .ok_or_else(|| anyhow::anyhow!("the VIP does not resolve"))?;
+            let tasks: Vec<_> = ports
+                .into_iter()
+                .map(|p| {
+                    rt::spawn(async move {
+                        let me = SocketAddr::new(IpAddr::from(sim::world::CLIENT_IP), p);
+                        let socket = rt::UdpSocket::bind(me).await.ok()?;
+                        socket
+                            .send_to(b"datagram", SocketAddr::new(owner, vip.port()))
+                            .await
+                            .ok()?;
+                        let mut buf = vec![0u8; 512];
+                        let (n, _) =
+                            rt::timeout(Duration::from_secs(1), socket.recv_from(&mut buf))
+                                .await
+                                .ok()?
+                                .ok()?;
+                        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        let (_, from) = text.rsplit_once(" <- ")?;
+                        from.parse::<SocketAddr>().ok().map(|a| a.ip())
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.ok().flatten());
+            }
+            Ok(out)
+        })
+        .await
+        .unwrap()
+}
+
+#[madsim::test]
+async fn udp_scale_out_spreads_flows_and_a_killed_secondary_breaks_only_its_share() {
+    let config = elastic_config(SCALE_OUT, 1) + UDP_VS;
+    let world = World::builder()
+        .config(&config)
+        .ses(3)
+        .build()
+        .await
+        .unwrap();
+    serving(&world, &["vs-1"]).await;
+    let start = rt::now();
+    while placed(&world, "vs-udp").len() < 3 {
+        assert!(
+            rt::now() - start < Duration::from_secs(15),
+            "vs-udp not on 3 SEs"
+        );
+        rt::sleep(PACE).await;
+    }
+    // The primary's config follows the placement within a push.
+    rt::sleep(Duration::from_millis(500)).await;
+    let list = placed(&world, "vs-udp");
+    let vip = world.vip_of("vs-udp").unwrap();
+    let name_of = |ip: Option<IpAddr>| {
+        list.iter()
+            .find(|se| ip.is_some() && world.cloud.ip_of(se) == ip)
+            .cloned()
+    };
+    let round = |ports: Vec<u16>| async {
+        let seen = udp_round(&world, vip, ports).await;
+        seen.into_iter().map(name_of).collect::<Vec<_>>()
+    };
+    let ports: Vec<u16> = (41_000..41_060).collect();
+    let first = round(ports.clone()).await;
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for se in &first {
+        *counts
+            .entry(se.clone().expect("every flow answered"))
+            .or_default() += 1;
+    }
+    println!("UDP scale-out spread over {list:?}: {counts:?}");
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (se, n) in &counts {
+        assert!(
+            (8..=35).contains(n),
+            "{se} took {n} of 60 flows: {counts:?}"
+        );
+    }
+    // The same flows again: each on the SE it was on.
+    assert_eq!(round(ports.clone()).await, first, "a flow moved");
+    assert_eq!(
+        world.cloud.holders(vip.ip()),
+        [list[0].clone()],
+        "only the primary holds the VIP"
+    );
+
+    // A secondary dies: its flows go unanswered, the others do not move.
+    let victim = list[1 + (rt::random_u64() % 2) as usize].clone();
+    world.cloud.kill(&victim).unwrap();
+    let after = round(ports.clone()).await;
+    let share = counts[&victim];
+    let mut broken = 0;
+    for (b, a) in first.iter().zip(&after) {
+        if b.as_deref() == Some(victim.as_str()) {
+            assert_eq!(a, &None, "a flow on the killed {victim} was answered");
+            broken += 1;
+        } else {
+            assert_eq!(a, b, "a flow moved or broke: {first:?} -> {after:?}");
+        }
+    }
+    assert_eq!(broken, share);
+
+    // Placement finds it down (no other SE can take its place, so it keeps
+    // it, listed as down) and the primary's next config leaves it out: its
+    // flows start over on the others, the rest stay.
+    let killed = rt::now();
+    let down = format!("stays on {victim} (down)");
+    while !world.controller().is_some_and(|c| {
+        c.desired()
+            .placement
+            .problems
+            .get("vs-udp")
+            .is_some_and(|p| p.contains(&down))
+    }) {
+        assert!(
+            rt::now() - killed < MOVE_BOUND * 3,
+            "{victim} not found down"
+        );
+        rt::sleep(PACE).await;
+    }
+    rt::sleep(Duration::from_millis(500)).await;
+    let healed = round(ports).await;
+    for (b, h) in first.iter().zip(&healed) {
+        let h = h
+            .as_deref()
+            .expect("every flow answered once the victim is dropped");
+        if b.as_deref() == Some(victim.as_str()) {
+            assert_ne!(h, victim);
+        } else {
+            assert_eq!(Some(h), b.as_deref(), "a flow on a live SE moved");
+        }
+    }
+    println!("UDP scale-out kill {victim}: {broken} of 60 flows broken (its share: {share}), all answered again once placement found it down");
 }

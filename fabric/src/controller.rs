@@ -889,15 +889,30 @@ impl Controller {
         format!("{prefix}{n}")
     }
 
-    /// The relay listeners of the SEs with a session, by name, but for
-    /// the draining ones: primaries hand them no new connections.
+    /// The relay listeners of the SEs with a session (or partitioned: their
+    /// peers heard them within `detect`), by name, but for the draining
+    /// ones: primaries hand them no new connections. A down SE placement
+    /// keeps a place for (no other SE could take it) is not among them:
+    /// primaries hand it nothing, where a UDP flow relayed to it would be
+    /// lost (its going down changes the placement's problems, so the
+    /// primaries get a push without it).
     fn relays(
         &self,
         draining: &std::collections::BTreeSet<String>,
+        detect: Duration,
     ) -> BTreeMap<String, SocketAddr> {
-        lock(&self.inner.ses)
-            .iter()
+        let now = rt::now();
+        // The order `se_views` takes them in.
+        let ses = lock(&self.inner.ses);
+        let by_peers = lock(&self.inner.heard_by_peers);
+        ses.iter()
             .filter(|(name, _)| !draining.contains(*name))
+            .filter(|(name, (_, s))| {
+                s.connected
+                    || by_peers
+                        .get(*name)
+                        .is_some_and(|t| now.saturating_duration_since(*t) < detect)
+            })
             .filter_map(|(name, (_, s))| Some((name.clone(), s.relay?)))
             .collect()
     }
@@ -1439,7 +1454,7 @@ impl Controller {
                     group,
                     name,
                     &desired.placement,
-                    &self.relays(&desired.draining),
+                    &self.relays(&desired.draining, liveness),
                     &self.group_peers(group),
                     desired.se_version(),
                 );

@@ -243,6 +243,19 @@ impl UdpSocket {
         Ok(Self(tokio::net::UdpSocket::bind(addr).await?))
     }
 
+    /// Bind to `addr` also while it is not an address of this host (see
+    /// [`listen_nonlocal`]).
+    pub async fn bind_nonlocal(addr: SocketAddr) -> io::Result<Self> {
+        #[cfg(madsim)]
+        {
+            Self::bind(addr).await
+        }
+        #[cfg(not(madsim))]
+        {
+            udp_batch::udp_socket(addr, &[freebind(addr)]).map(Self)
+        }
+    }
+
     /// Never fragment what this socket sends: on IPv4 the DF bit is set
     /// and the path MTU ignored (`IP_PMTUDISC_PROBE`), on IPv6
     /// `IPV6_DONTFRAG`; a datagram too big for a link is lost instead. For
@@ -349,11 +362,50 @@ impl UdpSocket {
     }
 }
 
+/// A TCP listener on `addr`, also while `addr` is not (yet) an address of
+/// this host: a standby SE binds its VIPs before it holds them, and takes
+/// connections on them the moment the address arrives. On a real host the
+/// socket gets `IP_FREEBIND` (`IPV6_FREEBIND`), as HAProxy's `freebind` bind
+/// option does, so the SE host needs no `ip_nonlocal_bind` sysctl; like
+/// [`TcpListener::bind`] it has `SO_REUSEADDR` and a backlog of 1024. The
+/// simulation binds any address anyway.
+pub async fn listen_nonlocal(addr: SocketAddr) -> io::Result<TcpListener> {
+    #[cfg(madsim)]
+    {
+        TcpListener::bind(addr).await
+    }
+    #[cfg(not(madsim))]
+    {
+        use std::os::fd::AsRawFd;
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        let (level, name, value) = freebind(addr);
+        udp_batch::set_int_option(socket.as_raw_fd(), level, name, value)?;
+        socket.bind(addr)?;
+        socket.listen(1024)
+    }
+}
+
+/// The socket option that lets a socket bind an address the host does not
+/// have: `IP_FREEBIND`, or `IPV6_FREEBIND` (Linux 4.15) for IPv6.
+#[cfg(not(madsim))]
+fn freebind(addr: SocketAddr) -> (libc::c_int, libc::c_int, libc::c_int) {
+    match addr {
+        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_FREEBIND, 1),
+        SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, 1),
+    }
+}
+
 /// `count` sockets sharing `addr` (port not 0) with `SO_REUSEPORT`.
 #[cfg(not(madsim))]
 fn reuse_port_group(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
     (0..count)
-        .map(|_| udp_batch::reuse_port_socket(addr).map(UdpSocket))
+        .map(|_| {
+            udp_batch::udp_socket(addr, &[(libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)]).map(UdpSocket)
+        })
         .collect()
 }
 
@@ -734,6 +786,35 @@ mod tests {
         if let Ok(v6) = UdpSocket::bind("[::1]:0".parse().unwrap()).await {
             v6.set_dont_fragment().unwrap();
             assert_eq!(get(&v6, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG), 1);
+        }
+    }
+
+    /// A VIP this host does not have binds (TCP and UDP), where a plain
+    /// bind is refused (unless the host allows it for every socket).
+    #[cfg(not(madsim))]
+    #[tokio::test]
+    async fn nonlocal_binds_take_an_address_the_host_does_not_have() {
+        let sysctl = |family| {
+            std::fs::read_to_string(format!("/proc/sys/net/{family}/ip_nonlocal_bind"))
+                .is_ok_and(|v| v.trim() != "0")
+        };
+        for (vip, family) in [("192.0.2.123:0", "ipv4"), ("[2001:db8::123]:0", "ipv6")] {
+            let addr: SocketAddr = vip.parse().unwrap();
+            let listener = match listen_nonlocal(addr).await {
+                Ok(l) => l,
+                // No IPv6 on this host: nothing to check.
+                Err(e) if addr.is_ipv6() && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+                    continue
+                }
+                Err(e) => panic!("{vip}: {e}"),
+            };
+            assert_eq!(listener.local_addr().unwrap().ip(), addr.ip());
+            let udp = UdpSocket::bind_nonlocal(addr).await.unwrap();
+            assert_eq!(udp.local_addr().unwrap().ip(), addr.ip());
+            if !sysctl(family) {
+                let plain = TcpListener::bind(addr).await.unwrap_err();
+                assert_eq!(plain.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{vip}");
+            }
         }
     }
 

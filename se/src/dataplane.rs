@@ -516,7 +516,7 @@ impl DataPlane {
                         tracing::error!(error = %e, "listener failed");
                     }
                 }),
-                Bound::Udp(socket) => rt::spawn(crate::l4::serve_udp(for_task, socket)),
+                Bound::Udp(socket) => rt::spawn(crate::l4::serve_udp(for_task, socket, vip_port)),
                 Bound::Relay => {
                     lock(&self.relays).insert(vip_port, service.clone());
                     rt::spawn(async {})
@@ -614,9 +614,9 @@ impl DataPlane {
         self.claim(vs).await?;
         let addr = SocketAddr::new(self.l2.bind_addr(vs.vip), vs.port);
         let bound = if vs.protocol == VsProtocol::Udp {
-            rt::UdpSocket::bind(addr).await.map(Bound::Udp)
+            rt::UdpSocket::bind_nonlocal(addr).await.map(Bound::Udp)
         } else {
-            rt::TcpListener::bind(addr).await.map(Bound::Tcp)
+            rt::listen_nonlocal(addr).await.map(Bound::Tcp)
         };
         match bound {
             Ok(b) => Ok(b),

@@ -74,14 +74,20 @@ where
     let _ = client.shutdown().await;
 }
 
-/// One UDP flow: a client's datagrams to one server.
+/// One UDP flow: a client's datagrams to one server, or (on a scale-out
+/// primary) to the secondary SE that takes the flow.
 struct Flow {
     upstream: rt::UdpSocket,
+    /// The server, or the secondary's relay address.
     server: SocketAddr,
+    /// For a flow relayed to a secondary: the PROXY v2 header put before
+    /// each of its datagrams (`scaleout::proxy_v2_dgram`).
+    header: Option<Box<[u8]>>,
     /// Milliseconds since `epoch` of the last datagram either way.
     last: AtomicU64,
-    /// Keeps the flow counted in flight on its server.
-    _picked: Picked,
+    /// Keeps the flow counted in flight on its server (none for a relayed
+    /// flow: the secondary counts it on its own).
+    _picked: Option<Picked>,
     /// Keeps the flow counted open on the virtual service.
     _open: crate::counters::Open,
 }
@@ -96,17 +102,38 @@ impl Flow {
         let now = rt::now().saturating_duration_since(epoch).as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.last.load(Ordering::Relaxed)))
     }
+
+    /// Send `datagram` on: as it is, or after the relay header into
+    /// `scratch`.
+    async fn forward(&self, datagram: &[u8], scratch: &mut Vec<u8>) -> std::io::Result<usize> {
+        match &self.header {
+            None => self.upstream.send_to(datagram, self.server).await,
+            Some(header) => {
+                scratch.clear();
+                scratch.extend_from_slice(header);
+                scratch.extend_from_slice(datagram);
+                self.upstream.send_to(scratch, self.server).await
+            }
+        }
+    }
 }
 
+/// A virtual service's flows, by the address their datagrams come from.
 type Flows = Arc<Mutex<HashMap<SocketAddr, Arc<Flow>>>>;
 
-/// Serve the UDP virtual service `vs` on `socket` until the task is stopped.
-pub async fn serve_udp(vs: Arc<VirtualService>, socket: rt::UdpSocket) {
+/// Serve the UDP virtual service `vs` (`vip`, its address and port as
+/// configured) on `socket` until the task is stopped.
+/// With scale-out secondaries, each new flow goes to the SE that ranks
+/// first for the client (`scaleout::owner`): this one, or a secondary its
+/// datagrams are relayed to behind a PROXY v2 header; the secondary's
+/// answers come back here and go to the client from the VIP.
+pub async fn serve_udp(vs: Arc<VirtualService>, socket: rt::UdpSocket, vip: SocketAddr) {
     let counters = vs.counters().clone();
     let socket = Arc::new(socket);
     let flows: Flows = Arc::default();
     let epoch = rt::now();
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let mut scratch = Vec::with_capacity(MAX_DATAGRAM + crate::scaleout::MAX_PROXY_V2_HEADER);
     loop {
         let (n, client) = match socket.recv_from(&mut buf).await {
             Ok(got) => got,
@@ -120,72 +147,151 @@ pub async fn serve_udp(vs: Arc<VirtualService>, socket: rt::UdpSocket) {
             counters.dropped();
             continue;
         }
-        let known = flows
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        // A flow relayed to a secondary that is no longer one (dead, drained,
+        // scaled in) starts over: the flow is the client's, not the SE's.
+        let known = lock(&flows)
             .get(&client)
+            .filter(|f| f.header.is_none() || vs.scaleout().iter().any(|p| p.relay == f.server))
             .cloned();
         let flow = match known {
             Some(flow) => flow,
-            None => match open_flow(&vs, &flows, client, epoch).await {
-                Some(flow) => {
-                    let l4 = vs.l4();
-                    let idle = l4.idle_timeout(fabric::model::VsProtocol::Udp);
-                    rt::spawn(answers(
-                        counters.clone(),
-                        flow.clone(),
-                        socket.clone(),
-                        client,
-                        flows.clone(),
-                        idle,
-                        epoch,
-                    ));
-                    flow
-                }
-                None => {
+            None => {
+                let opened = match relayed_to(&vs, client, vip) {
+                    Some((peer, header)) => {
+                        open_relayed(&vs, &flows, client, peer, header, epoch).await
+                    }
+                    None => open_flow(&vs, &flows, client, client, epoch).await,
+                };
+                let Some(flow) = opened else {
                     counters.dropped();
                     continue;
-                }
-            },
+                };
+                let idle = vs.l4().idle_timeout(fabric::model::VsProtocol::Udp);
+                rt::spawn(answers(
+                    counters.clone(),
+                    flow.clone(),
+                    socket.clone(),
+                    client,
+                    flows.clone(),
+                    idle,
+                    epoch,
+                ));
+                flow
+            }
         };
         flow.touch(epoch);
         counters.bytes(n as u64, 0);
-        if let Err(e) = flow.upstream.send_to(&buf[..n], flow.server).await {
+        if let Err(e) = flow.forward(&buf[..n], &mut scratch).await {
             tracing::debug!(vs = %vs.name, server = %flow.server, error = %e, "UDP send failed");
         }
     }
 }
 
-/// A new flow for `client`, unless the table is full or no server is eligible.
+/// The secondary that takes a new flow from `client` to `vip`, and the
+/// header its datagrams get; `None` when this SE takes it.
+fn relayed_to(
+    vs: &VirtualService,
+    client: SocketAddr,
+    vip: SocketAddr,
+) -> Option<(SocketAddr, Box<[u8]>)> {
+    let peers = vs.scaleout();
+    if peers.is_empty() {
+        return None;
+    }
+    let mut members: Vec<&str> = Vec::with_capacity(peers.len() + 1);
+    members.push(vs.se_name());
+    members.extend(peers.iter().map(|p| p.se.as_str()));
+    let i = crate::scaleout::owner(client, &members);
+    let peer = peers.get(i.checked_sub(1)?)?;
+    let mut header = Vec::with_capacity(crate::scaleout::MAX_PROXY_V2_HEADER);
+    crate::scaleout::proxy_v2_dgram(client, vip, &mut header);
+    Some((peer.relay, header.into_boxed_slice()))
+}
+
+/// Whether `flows` has room for one more flow of `vs`.
+fn room(vs: &VirtualService, flows: &Flows) -> bool {
+    lock(flows).len() < vs.l4().max_udp_flows as usize
+}
+
+/// A new flow for the datagrams from `key`, to a server picked for
+/// `client` (the same address, unless the flow was relayed here), unless
+/// the table is full or no server is eligible.
 async fn open_flow(
     vs: &VirtualService,
     flows: &Flows,
+    key: SocketAddr,
     client: SocketAddr,
     epoch: Instant,
 ) -> Option<Arc<Flow>> {
-    let max = vs.l4().max_udp_flows as usize;
-    if flows.lock().unwrap_or_else(|p| p.into_inner()).len() >= max {
+    if !room(vs, flows) {
         return None;
     }
     let picked = pick(vs, client, &[])?;
     let server = picked.addr();
     let upstream = crate::upstream::udp_socket_toward(server).await.ok()?;
+    Some(insert(
+        vs,
+        flows,
+        key,
+        upstream,
+        server,
+        None,
+        Some(picked),
+        epoch,
+    ))
+}
+
+/// A new flow from `client` relayed to the secondary at `relay`.
+async fn open_relayed(
+    vs: &VirtualService,
+    flows: &Flows,
+    client: SocketAddr,
+    relay: SocketAddr,
+    header: Box<[u8]>,
+    epoch: Instant,
+) -> Option<Arc<Flow>> {
+    if !room(vs, flows) {
+        return None;
+    }
+    let upstream = crate::upstream::udp_socket_toward(relay).await.ok()?;
+    Some(insert(
+        vs,
+        flows,
+        client,
+        upstream,
+        relay,
+        Some(header),
+        None,
+        epoch,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert(
+    vs: &VirtualService,
+    flows: &Flows,
+    key: SocketAddr,
+    upstream: rt::UdpSocket,
+    server: SocketAddr,
+    header: Option<Box<[u8]>>,
+    picked: Option<Picked>,
+    epoch: Instant,
+) -> Arc<Flow> {
     let flow = Arc::new(Flow {
         upstream,
         server,
+        header,
         last: AtomicU64::new(0),
         _picked: picked,
         _open: vs.counters().open(),
     });
     flow.touch(epoch);
-    flows
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(client, flow.clone());
-    Some(flow)
+    lock(flows).insert(key, flow.clone());
+    flow
 }
 
-/// Relay `flow`'s server's answers to `client` until the flow idles out.
+/// Relay `flow`'s server's answers to `client` (from `listener`) until the
+/// flow idles out.
 async fn answers(
     counters: Arc<crate::counters::VsCounters>,
     flow: Arc<Flow>,
@@ -214,8 +320,105 @@ async fn answers(
             Err(_) => {}
         }
     }
-    flows
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&client);
+    // Unless the client's flow started over meanwhile (a new entry).
+    let mut flows = lock(&flows);
+    if flows.get(&client).is_some_and(|f| Arc::ptr_eq(f, &flow)) {
+        flows.remove(&client);
+    }
+}
+
+/// The secondary's side of UDP scale-out: datagrams a primary relayed to
+/// this SE's relay port behind a PROXY v2 header (`peers::run` hands them
+/// over). Each primary-side flow (the address its datagrams come from) is a
+/// flow here, to a server of the virtual service's pool picked for the
+/// real client; the server's answers go back to that address, bare, and
+/// the primary sends them on to the client from the VIP. A virtual service
+/// this SE no longer serves as a secondary takes no new flows; its flows
+/// run until they idle out (draining).
+pub struct UdpRelay {
+    table: crate::scaleout::RelayTable,
+    socket: Arc<rt::UdpSocket>,
+    /// Per VIP and port: its virtual service and flows.
+    services: Mutex<HashMap<SocketAddr, (Arc<VirtualService>, Flows)>>,
+    epoch: Instant,
+}
+
+impl UdpRelay {
+    /// Relayed flows for the virtual services of `table`, answered through
+    /// `socket` (the relay port's).
+    pub fn new(table: crate::scaleout::RelayTable, socket: Arc<rt::UdpSocket>) -> Self {
+        Self {
+            table,
+            socket,
+            services: Mutex::default(),
+            epoch: rt::now(),
+        }
+    }
+
+    /// One relayed datagram from `from` (a primary's flow).
+    pub async fn on_datagram(&self, datagram: &[u8], from: SocketAddr) {
+        let (client, vip, start) = match crate::scaleout::parse_proxy_v2_dgram(datagram) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                tracing::debug!(%from, error = %e, "relayed datagram refused");
+                return;
+            }
+        };
+        let payload = &datagram[start..];
+        let entry = lock(&self.services).get(&vip).cloned();
+        let known = entry
+            .as_ref()
+            .and_then(|(vs, flows)| Some((vs.clone(), lock(flows).get(&from).cloned()?)));
+        let (vs, flow) = match known {
+            Some(found) => found,
+            None => {
+                let Some(vs) = lock(&self.table)
+                    .get(&vip)
+                    .filter(|vs| vs.protocol() == fabric::model::VsProtocol::Udp)
+                    .cloned()
+                else {
+                    tracing::debug!(%from, %vip, "relayed datagram for a UDP virtual service this SE does not serve");
+                    return;
+                };
+                let flows = {
+                    let mut services = lock(&self.services);
+                    // Forget the services nothing runs on any more.
+                    services.retain(|_, (_, f)| !lock(f).is_empty());
+                    let e = services
+                        .entry(vip)
+                        .or_insert_with(|| (vs.clone(), Flows::default()));
+                    e.0 = vs.clone();
+                    e.1.clone()
+                };
+                let Some(flow) = open_flow(&vs, &flows, from, client, self.epoch).await else {
+                    vs.counters().dropped();
+                    return;
+                };
+                let idle = vs.l4().idle_timeout(fabric::model::VsProtocol::Udp);
+                rt::spawn(answers(
+                    vs.counters().clone(),
+                    flow.clone(),
+                    self.socket.clone(),
+                    from,
+                    flows,
+                    idle,
+                    self.epoch,
+                ));
+                (vs, flow)
+            }
+        };
+        if payload.len() > MAX_DATAGRAM {
+            vs.counters().dropped();
+            return;
+        }
+        flow.touch(self.epoch);
+        vs.counters().bytes(payload.len() as u64, 0);
+        if let Err(e) = flow.upstream.send_to(payload, flow.server).await {
+            tracing::debug!(vs = %vs.name, server = %flow.server, error = %e, "relayed UDP send failed");
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

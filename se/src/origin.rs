@@ -58,17 +58,20 @@ fn respond<B>(name: &str, req: &Request<B>) -> Response<Full<Bytes>> {
         .expect("static response parts are valid")
 }
 
-/// Answer every datagram on `socket` with `NAME: ` and the datagram, until
-/// the socket fails (a UDP origin for L4 tests and drills).
+/// Answer every datagram on `socket` with `NAME: `, the datagram, and
+/// ` <- SENDER` (the address it came from: which SE relayed it), until the
+/// socket fails (a UDP origin for L4 tests and drills).
 pub async fn serve_udp(name: String, socket: rt::UdpSocket) -> std::io::Result<()> {
+    use std::io::Write;
     let mut buf = vec![0u8; 2048];
-    let mut out = Vec::with_capacity(2048 + name.len() + 2);
+    let mut out = Vec::with_capacity(2048 + name.len() + 64);
     loop {
         let (n, from) = socket.recv_from(&mut buf).await?;
         out.clear();
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(&buf[..n]);
+        let _ = write!(out, " <- {from}");
         // A reply that cannot go out is the client's loss, not the origin's.
         let _ = socket.send_to(&out, from).await;
     }

@@ -152,6 +152,88 @@ pub fn parse_proxy_line(line: &[u8]) -> Result<(SocketAddr, SocketAddr), ProxyLi
     ))
 }
 
+/// The PROXY protocol v2 signature (HAProxy's spec, section 2.2).
+pub const PROXY_V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+/// Longest PROXY v2 header this SE writes or reads: the fixed 16 bytes and
+/// an IPv6 address block.
+pub const MAX_PROXY_V2_HEADER: usize = 16 + 36;
+
+/// Put before a datagram from `client` to `vip` relayed to a secondary:
+/// a PROXY protocol v2 header, command PROXY, transport DGRAM (`0x12`
+/// IPv4, `0x22` IPv6; a client and VIP of different families go as IPv6
+/// with the IPv4 one mapped), the addresses, no TLVs. The datagram follows
+/// it in the same UDP payload, as Cloudflare Spectrum and other UDP
+/// proxies carry the client's address.
+pub fn proxy_v2_dgram(client: SocketAddr, vip: SocketAddr, out: &mut Vec<u8>) {
+    out.extend_from_slice(&PROXY_V2_SIGNATURE);
+    out.push(0x21); // version 2, PROXY
+    let v6 = |a: SocketAddr| match a.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    match (client, vip) {
+        (SocketAddr::V4(c), SocketAddr::V4(v)) => {
+            out.push(0x12);
+            out.extend_from_slice(&12u16.to_be_bytes());
+            out.extend_from_slice(&c.ip().octets());
+            out.extend_from_slice(&v.ip().octets());
+        }
+        _ => {
+            out.push(0x22);
+            out.extend_from_slice(&36u16.to_be_bytes());
+            out.extend_from_slice(&v6(client));
+            out.extend_from_slice(&v6(vip));
+        }
+    }
+    out.extend_from_slice(&client.port().to_be_bytes());
+    out.extend_from_slice(&vip.port().to_be_bytes());
+}
+
+/// The client and the VIP a PROXY v2 DGRAM header at the start of
+/// `datagram` names, and where the relayed datagram begins. TLVs after the
+/// addresses are skipped; anything but PROXY over DGRAM is refused.
+pub fn parse_proxy_v2_dgram(
+    datagram: &[u8],
+) -> Result<(SocketAddr, SocketAddr, usize), ProxyLineError> {
+    if datagram.len() < 16 || datagram[..12] != PROXY_V2_SIGNATURE {
+        return Err(ProxyLineError("no PROXY v2 signature"));
+    }
+    if datagram[12] != 0x21 {
+        return Err(ProxyLineError("not version 2 with the PROXY command"));
+    }
+    let len = usize::from(u16::from_be_bytes([datagram[14], datagram[15]]));
+    let end = 16 + len;
+    let block = datagram
+        .get(16..end)
+        .ok_or(ProxyLineError("address block past the datagram"))?;
+    let (client, vip) = match datagram[13] {
+        0x12 if len >= 12 => {
+            let ip = |o: usize| IpAddr::from([block[o], block[o + 1], block[o + 2], block[o + 3]]);
+            let port = |o: usize| u16::from_be_bytes([block[o], block[o + 1]]);
+            (
+                SocketAddr::new(ip(0), port(8)),
+                SocketAddr::new(ip(4), port(10)),
+            )
+        }
+        0x22 if len >= 36 => {
+            let ip = |o: usize| {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(&block[o..o + 16]);
+                let v6 = std::net::Ipv6Addr::from(b);
+                v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+            };
+            let port = |o: usize| u16::from_be_bytes([block[o], block[o + 1]]);
+            (
+                SocketAddr::new(ip(0), port(32)),
+                SocketAddr::new(ip(16), port(34)),
+            )
+        }
+        0x12 | 0x22 => return Err(ProxyLineError("address block too short")),
+        _ => return Err(ProxyLineError("not UDP over IPv4 or IPv6")),
+    };
+    Ok((client, vip, end))
+}
+
 /// Hand `client` (accepted on `vip`) to the secondary `peer`: a connection
 /// to its relay listener, the PROXY line, then both directions spliced
 /// until either side closes. `Err` (with the client given back) when the
@@ -237,6 +319,75 @@ pub async fn serve_relay(listener: rt::TcpListener, table: RelayTable) -> std::i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_v2_dgram_headers_round_trip_and_match_the_spec() {
+        let c4: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let v4: SocketAddr = "10.0.100.1:53".parse().unwrap();
+        let mut out = Vec::new();
+        proxy_v2_dgram(c4, v4, &mut out);
+        // The spec's layout, byte for byte: signature, 0x21, 0x12 (INET,
+        // DGRAM), length 12, source, destination, source port, destination port.
+        let mut want = PROXY_V2_SIGNATURE.to_vec();
+        want.extend_from_slice(&[0x21, 0x12, 0, 12, 192, 0, 2, 7, 10, 0, 100, 1]);
+        want.extend_from_slice(&[0x9c, 0x40, 0, 53]);
+        assert_eq!(out, want);
+        out.extend_from_slice(b"payload");
+        assert_eq!(parse_proxy_v2_dgram(&out), Ok((c4, v4, 28)));
+        assert_eq!(&out[28..], b"payload");
+
+        let c6: SocketAddr = "[2001:db8::7]:40000".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::100]:53".parse().unwrap();
+        let mut out = Vec::new();
+        proxy_v2_dgram(c6, v6, &mut out);
+        assert_eq!(out.len(), MAX_PROXY_V2_HEADER);
+        assert_eq!(out[13], 0x22);
+        assert_eq!(parse_proxy_v2_dgram(&out), Ok((c6, v6, 52)));
+        // Mixed families: IPv6 on the wire, each address as it was.
+        let mut out = Vec::new();
+        proxy_v2_dgram(c4, v6, &mut out);
+        assert_eq!(parse_proxy_v2_dgram(&out), Ok((c4, v6, 52)));
+        // TLVs after the addresses are skipped.
+        let mut tlv = Vec::new();
+        proxy_v2_dgram(c4, v4, &mut tlv);
+        tlv[15] = 12 + 4;
+        tlv.extend_from_slice(&[0x04, 0, 1, 0xaa, b'x']);
+        assert_eq!(parse_proxy_v2_dgram(&tlv), Ok((c4, v4, 32)));
+    }
+
+    #[test]
+    fn proxy_v2_dgram_refuses_what_it_cannot_carry() {
+        let c: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let v: SocketAddr = "10.0.100.1:53".parse().unwrap();
+        let mut good = Vec::new();
+        proxy_v2_dgram(c, v, &mut good);
+        let bad = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut d = good.clone();
+            f(&mut d);
+            parse_proxy_v2_dgram(&d).unwrap_err()
+        };
+        assert_eq!(bad(&|d| d[0] = b'X').0, "no PROXY v2 signature");
+        assert_eq!(bad(&|d| d.truncate(15)).0, "no PROXY v2 signature");
+        assert_eq!(
+            bad(&|d| d[12] = 0x20).0,
+            "not version 2 with the PROXY command"
+        );
+        assert_eq!(
+            bad(&|d| d[12] = 0x11).0,
+            "not version 2 with the PROXY command"
+        );
+        assert_eq!(bad(&|d| d[13] = 0x11).0, "not UDP over IPv4 or IPv6");
+        assert_eq!(bad(&|d| d[13] = 0x31).0, "not UDP over IPv4 or IPv6");
+        assert_eq!(bad(&|d| d[15] = 8).0, "address block too short");
+        assert_eq!(
+            bad(&|d| d.truncate(20)).0,
+            "address block past the datagram"
+        );
+        assert_eq!(bad(&|d| d[15] = 200).0, "address block past the datagram");
+        // A data-path beat is not a relayed datagram.
+        assert!(parse_proxy_v2_dgram(b"FKPB\x01rest of a beat").is_err());
+        assert!(parse_proxy_v2_dgram(&[]).is_err());
+    }
 
     fn addr(i: u32) -> SocketAddr {
         SocketAddr::new(

@@ -125,6 +125,11 @@ impl SimCloud {
         lock(&self.hosts).keys().cloned().collect()
     }
 
+    /// The address of an SE host.
+    pub fn ip_of(&self, name: &str) -> Option<IpAddr> {
+        lock(&self.hosts).get(name).map(|h| h.ip)
+    }
+
     /// The simulator's node id of an SE host.
     pub fn node_id(&self, name: &str) -> Option<NodeId> {
         lock(&self.hosts).get(name).map(|h| h.node)

@@ -118,6 +118,80 @@ pub fn arp_sender(frame: &[u8]) -> Option<ArpSender> {
     })
 }
 
+/// What a neighbour advertisement says about its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NaSender {
+    /// The link-layer address the advertisement gives for the target: its
+    /// target link-layer address option, or (without one) the frame's
+    /// Ethernet source.
+    pub mac: Mac,
+    /// The target address: the address the sender says is at `mac`.
+    pub ip: Ipv6Addr,
+}
+
+/// The IPv6 counterpart of [`arp_sender`]: the target and link-layer
+/// address of an Ethernet/IPv6/ICMPv6 neighbour advertisement (solicited or
+/// not; either tells the segment the target is at that MAC), or `None` for
+/// anything else. Checked as RFC 4861 §7.1.2 asks a receiver to: ICMPv6
+/// straight after the IPv6 header, hop limit 255 (not forwarded by a
+/// router), code 0, at least 24 bytes of message. The checksum is not
+/// verified: the kernel delivers frames to packet sockets before it does,
+/// and a forged NA could carry a right one anyway.
+pub fn na_sender(frame: &[u8]) -> Option<NaSender> {
+    const IP: usize = 14;
+    const ICMP: usize = IP + 40;
+    if frame.len() < ICMP + 24 || u16::from_be_bytes([frame[12], frame[13]]) != ETHERTYPE_IPV6 {
+        return None;
+    }
+    let ip = &frame[IP..ICMP];
+    if ip[0] >> 4 != 6 || ip[6] != IPPROTO_ICMPV6 || ip[7] != ND_HOP_LIMIT {
+        return None;
+    }
+    let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    let icmp = &frame[ICMP..frame.len().min(ICMP + payload)];
+    if icmp.len() < 24 || icmp[0] != ICMPV6_NEIGHBOUR_ADVERTISEMENT || icmp[1] != 0 {
+        return None;
+    }
+    let mut target = [0u8; 16];
+    target.copy_from_slice(&icmp[8..24]);
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&frame[6..12]);
+    // Options: (type, length in 8-byte units, data); a zero length is
+    // invalid and ends the walk, as it makes the packet invalid.
+    let mut options = &icmp[24..];
+    while let &[kind, len, ..] = options {
+        let len = usize::from(len) * 8;
+        if len == 0 || len > options.len() {
+            return None;
+        }
+        if kind == OPT_TARGET_LL_ADDR && len >= 8 {
+            mac.copy_from_slice(&options[2..8]);
+        }
+        options = &options[len..];
+    }
+    Some(NaSender {
+        mac,
+        ip: Ipv6Addr::from(target),
+    })
+}
+
+/// A classic BPF program (for `SO_ATTACH_FILTER` on an AF_PACKET socket of
+/// EtherType IPv6) that keeps only what [`na_sender`] can read: ICMPv6
+/// neighbour advertisements with no extension header, the first 128 bytes
+/// of each. Everything else on the interface (all of its IPv6 traffic) is
+/// dropped in the kernel, before it is queued for the socket. As
+/// `(code, jt, jf, k)` rows of `struct sock_filter`.
+pub const NA_FILTER: [(u16, u8, u8, u32); 8] = [
+    (0x28, 0, 0, 12),                                    // ldh [12]: EtherType
+    (0x15, 0, 5, ETHERTYPE_IPV6 as u32),                 // jeq IPv6, else drop
+    (0x30, 0, 0, 20),                                    // ldb [20]: next header
+    (0x15, 0, 3, IPPROTO_ICMPV6 as u32),                 // jeq ICMPv6, else drop
+    (0x30, 0, 0, 54),                                    // ldb [54]: ICMPv6 type
+    (0x15, 0, 1, ICMPV6_NEIGHBOUR_ADVERTISEMENT as u32), // jeq NA, else drop
+    (0x06, 0, 0, 128),                                   // ret 128: keep
+    (0x06, 0, 0, 0),                                     // ret 0: drop
+];
+
 /// A gratuitous ARP request announcing that `vip` is at `mac`.
 pub fn arp_announcement(mac: Mac, vip: Ipv4Addr) -> [u8; ARP_FRAME_LEN] {
     let mut f = [0u8; ARP_FRAME_LEN];
@@ -293,6 +367,94 @@ mod tests {
         other[14 + 3] = 0x06; // protocol type 0x0806
         assert_eq!(arp_sender(&other), None);
         assert_eq!(arp_sender(&[]), None);
+    }
+
+    #[test]
+    fn na_senders_are_read_and_other_frames_are_not() {
+        let vip: Ipv6Addr = "2001:db8::100".parse().unwrap();
+        // The kernel's own unsolicited NA: its option names the MAC.
+        assert_eq!(
+            na_sender(&hex(KERNEL_NA)),
+            Some(NaSender { mac: MAC, ip: vip })
+        );
+        let other = [0x02, 0, 0, 0, 0x0b, 1];
+        let na = unsolicited_na(other, vip);
+        assert_eq!(
+            na_sender(&na),
+            Some(NaSender {
+                mac: other,
+                ip: vip
+            })
+        );
+        // A solicited NA without the option: the Ethernet source.
+        let mut bare = na[..14 + 40 + 24].to_vec();
+        bare[14 + 4..14 + 6].copy_from_slice(&24u16.to_be_bytes());
+        assert_eq!(na_sender(&bare).map(|s| s.mac), Some(other));
+        // Padding past the IPv6 payload length is not read as options.
+        let mut padded = bare.clone();
+        padded.extend_from_slice(&[0xee; 8]);
+        assert_eq!(na_sender(&padded).map(|s| s.mac), Some(other));
+        // Forwarded (hop limit 254), a solicitation, a zero-length option,
+        // an option past the end, short, ARP: nothing.
+        let mut forwarded = na;
+        forwarded[14 + 7] = 254;
+        assert_eq!(na_sender(&forwarded), None);
+        let mut solicitation = na;
+        solicitation[54] = 135;
+        assert_eq!(na_sender(&solicitation), None);
+        let mut zero = na;
+        zero[54 + 25] = 0;
+        assert_eq!(na_sender(&zero), None);
+        let mut long = na;
+        long[54 + 25] = 2;
+        assert_eq!(na_sender(&long), None);
+        assert_eq!(na_sender(&na[..60]), None);
+        assert_eq!(
+            na_sender(&arp_announcement(other, Ipv4Addr::new(192, 0, 2, 1))),
+            None
+        );
+        assert_eq!(na_sender(&[]), None);
+    }
+
+    /// Run the classic BPF rows `NA_FILTER` uses (ldh, ldb, jeq, ret) over
+    /// `frame`, as the kernel would: what it keeps of it.
+    fn run_filter(program: &[(u16, u8, u8, u32)], frame: &[u8]) -> u32 {
+        let (mut pc, mut a) = (0usize, 0u32);
+        loop {
+            let (code, jt, jf, k) = program[pc];
+            let at = k as usize;
+            match code {
+                0x28 if at + 2 <= frame.len() => {
+                    a = u32::from(u16::from_be_bytes([frame[at], frame[at + 1]]))
+                }
+                0x30 if at < frame.len() => a = u32::from(frame[at]),
+                // A load past the end ends the program: dropped.
+                0x28 | 0x30 => return 0,
+                0x15 => {
+                    pc += usize::from(if a == k { jt } else { jf });
+                }
+                0x06 => return k,
+                other => panic!("opcode {other:#x} not modelled"),
+            }
+            pc += 1;
+        }
+    }
+
+    #[test]
+    fn the_na_filter_keeps_advertisements_and_nothing_else() {
+        let vip: Ipv6Addr = "2001:db8::100".parse().unwrap();
+        let na = unsolicited_na(MAC, vip);
+        assert_eq!(run_filter(&NA_FILTER, &na), 128);
+        assert_eq!(run_filter(&NA_FILTER, &hex(KERNEL_NA)), 128);
+        let mut solicitation = na;
+        solicitation[54] = 135;
+        assert_eq!(run_filter(&NA_FILTER, &solicitation), 0);
+        let mut udp = na;
+        udp[20] = 17;
+        assert_eq!(run_filter(&NA_FILTER, &udp), 0);
+        let garp = arp_announcement(MAC, Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(run_filter(&NA_FILTER, &garp), 0);
+        assert_eq!(run_filter(&NA_FILTER, &na[..40]), 0);
     }
 
     #[test]

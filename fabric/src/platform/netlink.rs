@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::stream::TryStreamExt;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, CacheInfo};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkLayerType};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -54,6 +54,14 @@ pub const MAX_GARP_COUNT: u32 = 100;
 pub const MAX_GARP_INTERVAL: Duration = Duration::from_secs(60);
 /// Longest wait for room in the interface's transmit queue for one frame.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// The kernel's lifetime of a VIP address, by default (see
+/// [`NetlinkL2Config::address_lifetime`]).
+pub const DEFAULT_ADDRESS_LIFETIME: Duration = Duration::from_secs(6);
+/// Shortest lifetime: the kernel counts in whole seconds, and renewing
+/// a third of it apart must leave it room.
+pub const MIN_ADDRESS_LIFETIME: Duration = Duration::from_secs(3);
+/// Longest lifetime (an hour: past that, say none).
+pub const MAX_ADDRESS_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// Where and how [`NetlinkL2`] claims VIPs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +76,13 @@ pub struct NetlinkL2Config {
     pub garp_count: u32,
     /// Time between two announcements of one train.
     pub garp_interval: Duration,
+    /// The lifetime VIP addresses are added with (`valid_lft`, whole
+    /// seconds), renewed every third of it while this host claims them; the
+    /// kernel deletes an address that is not renewed in time. So a VIP
+    /// outlives a crashed SE process by at most this, where a permanent
+    /// address stayed (answering ARP for a VIP another SE took over) until
+    /// the SE started again. `None`: permanent addresses.
+    pub address_lifetime: Option<Duration>,
 }
 
 impl NetlinkL2Config {
@@ -85,6 +100,7 @@ impl NetlinkL2Config {
             prefix_len_v6: DEFAULT_PREFIX_LEN_V6,
             garp_count: DEFAULT_GARP_COUNT,
             garp_interval: DEFAULT_GARP_INTERVAL,
+            address_lifetime: Some(DEFAULT_ADDRESS_LIFETIME),
         }
     }
 
@@ -120,6 +136,16 @@ impl NetlinkL2Config {
                 "garp_interval {:?} is over {MAX_GARP_INTERVAL:?}",
                 self.garp_interval
             ));
+        }
+        if let Some(l) = self.address_lifetime {
+            if !(MIN_ADDRESS_LIFETIME..=MAX_ADDRESS_LIFETIME).contains(&l) || l.subsec_nanos() != 0
+            {
+                return Err(format!(
+                    "address_lifetime {l:?} is not a whole number of seconds between {} and {} (or none)",
+                    MIN_ADDRESS_LIFETIME.as_secs(),
+                    MAX_ADDRESS_LIFETIME.as_secs()
+                ));
+            }
         }
         Ok(())
     }
@@ -165,15 +191,17 @@ pub fn lan_vip_problem(vip: IpAddr) -> Option<&'static str> {
 /// a release stops the train first, so this host never announces a VIP it
 /// gave up, then deletes the address (absent: fine).
 ///
-/// A watcher reads the interface's ARP traffic: when another MAC sends an
-/// ARP packet from an IPv4 VIP this host claimed more than two trains ago,
-/// the newer claim wins and this host deletes the address (see
-/// [`L2Fabric::lost`]; IPv6 VIPs are not watched yet).
+/// Watchers read the interface's ARP traffic and its IPv6 neighbour
+/// advertisements (only those: a BPF filter drops the rest in the kernel):
+/// when another MAC sends an ARP packet from an IPv4 VIP, or advertises an
+/// IPv6 VIP, that this host claimed more than two trains ago, the newer
+/// claim wins and this host deletes the address (see [`L2Fabric::lost`]).
 #[derive(Debug)]
 pub struct NetlinkL2 {
     config: NetlinkL2Config,
     shared: Arc<Shared>,
-    watcher: Option<rt::JoinHandle<()>>,
+    /// The claim watchers and the address renewer, stopped on drop.
+    tasks: Vec<rt::JoinHandle<()>>,
 }
 
 /// What the claims and the watcher share.
@@ -183,6 +211,10 @@ struct Shared {
     trains: Mutex<BTreeMap<IpAddr, rt::JoinHandle<()>>>,
     /// When each VIP was claimed, and the VIPs lost to a newer claim.
     claims: Mutex<Claims>,
+    /// Held by whatever adds, renews or deletes a VIP's address (claims,
+    /// releases, the watchers' yields, the renewals), so a renewal never
+    /// puts back an address a release or yield just took away.
+    addresses: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -218,23 +250,45 @@ impl NetlinkL2 {
         let netlink = Netlink::connect()?;
         let link = netlink.link(&config.interface).await?;
         let shared = Arc::new(Shared::default());
-        let watcher = match ArpSocket::open(link.index) {
-            Ok(socket) => Some(rt::spawn(watch_claims(
-                socket,
-                link,
-                config.claim_grace(),
-                shared.clone(),
-            ))),
-            Err(e) => {
-                tracing::warn!(interface = %config.interface, error = %e,
-                    "cannot watch ARP: another host's claim of a VIP will not be noticed");
-                None
+        // What each watcher reads from a frame: who claims which address.
+        let arp: Claimant = |f| garp::arp_sender(f).map(|s| (s.mac, IpAddr::V4(s.ip)));
+        let na: Claimant = |f| garp::na_sender(f).map(|s| (s.mac, IpAddr::V6(s.ip)));
+        let mut tasks = Vec::new();
+        for (what, ethertype, filter, read) in [
+            ("ARP", garp::ETHERTYPE_ARP, None, arp),
+            (
+                "IPv6 neighbour advertisements",
+                garp::ETHERTYPE_IPV6,
+                Some(&garp::NA_FILTER[..]),
+                na,
+            ),
+        ] {
+            match WatchSocket::open(link.index, ethertype, filter) {
+                Ok(socket) => tasks.push(rt::spawn(watch_claims(
+                    socket,
+                    read,
+                    link.clone(),
+                    config.claim_grace(),
+                    shared.clone(),
+                ))),
+                Err(e) => {
+                    tracing::warn!(interface = %config.interface, error = %e,
+                        "cannot watch {what}: another host's claim of a VIP will not be noticed");
+                }
             }
-        };
+        }
+        if let Some(lifetime) = config.address_lifetime {
+            tasks.push(rt::spawn(renew_claims(
+                link.clone(),
+                config.clone(),
+                lifetime,
+                shared.clone(),
+            )));
+        }
         Ok(Self {
             config,
             shared,
-            watcher,
+            tasks,
         })
     }
 
@@ -312,7 +366,7 @@ impl Drop for NetlinkL2 {
         for train in self.trains_lock().values() {
             train.abort();
         }
-        if let Some(w) = &self.watcher {
+        for w in &self.tasks {
             w.abort();
         }
     }
@@ -322,19 +376,32 @@ impl Drop for NetlinkL2 {
 impl L2Fabric for NetlinkL2 {
     async fn claim_vip(&self, vip: IpAddr) -> Result<(), L2Error> {
         Self::check(vip)?;
+        let _addresses = self.shared.addresses.lock().await;
         let netlink = self.connect(vip)?;
         let link = self.link(&netlink, vip).await?;
         let prefix_len = self.config.prefix_len(vip);
-        let added = netlink
-            .add_address(link.index, vip, prefix_len)
-            .await
-            .map_err(|e| {
-                io_error(
-                    vip,
-                    e,
-                    format!("adding {vip}/{prefix_len} to {}", link.name),
-                )
-            })?;
+        let lifetime = self.config.address_lifetime;
+        let added = match (
+            netlink
+                .add_address(link.index, vip, prefix_len, lifetime)
+                .await,
+            lifetime,
+        ) {
+            // There already (an earlier run's, or permanent): this host's
+            // from now on, with its lifetime.
+            (Ok(false), Some(lifetime)) => netlink
+                .renew_address(link.index, vip, prefix_len, lifetime)
+                .await
+                .map(|_| false),
+            (other, _) => other,
+        }
+        .map_err(|e| {
+            io_error(
+                vip,
+                e,
+                format!("adding {vip}/{prefix_len} to {}", link.name),
+            )
+        })?;
         if let Err(e) = self.announce_on(&link, vip).await {
             // Unannounced is not claimed: take back what this call added.
             if added {
@@ -357,6 +424,7 @@ impl L2Fabric for NetlinkL2 {
 
     async fn release_vip(&self, vip: IpAddr) -> Result<(), L2Error> {
         Self::check(vip)?;
+        let _addresses = self.shared.addresses.lock().await;
         self.stop_train(vip);
         {
             let mut claims = self.shared.claims();
@@ -412,29 +480,38 @@ impl L2Fabric for NetlinkL2 {
     }
 }
 
-/// Read the interface's ARP traffic; when another MAC speaks from a VIP
-/// this host claimed at least `grace` ago, give the VIP up: stop its train,
-/// delete the address, mark it lost. Within `grace` of a claim, other
-/// hosts' frames for the VIP are the tail of the train of the host this
-/// one took over from, and are ignored.
-async fn watch_claims(socket: ArpSocket, link: Link, grace: Duration, shared: Arc<Shared>) {
+/// Reads who a frame says is at which address (`None`: not a claim).
+type Claimant = fn(&[u8]) -> Option<(Mac, IpAddr)>;
+
+/// Read the interface's ARP traffic (or its neighbour advertisements); when
+/// another MAC speaks for a VIP this host claimed at least `grace` ago,
+/// give the VIP up: stop its train, delete the address, mark it lost.
+/// Within `grace` of a claim, other hosts' frames for the VIP are the tail
+/// of the train of the host this one took over from, and are ignored.
+async fn watch_claims(
+    socket: WatchSocket,
+    read: Claimant,
+    link: Link,
+    grace: Duration,
+    shared: Arc<Shared>,
+) {
     let mut buf = [0u8; 128];
     loop {
         let n = match socket.recv(&mut buf).await {
             Ok(n) => n.min(buf.len()),
             Err(e) => {
-                tracing::warn!(interface = %link.name, error = %e, "reading ARP failed");
+                tracing::warn!(interface = %link.name, error = %e, "reading ARP/ND failed");
                 rt::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        let Some(sender) = garp::arp_sender(&buf[..n]) else {
+        let Some((mac, vip)) = read(&buf[..n]) else {
             continue;
         };
-        if sender.mac == link.mac {
+        if mac == link.mac {
             continue; // Our own frames, as the socket sees them go out.
         }
-        let vip = IpAddr::V4(sender.ip);
+        let _addresses = shared.addresses.lock().await;
         let yields = {
             let mut claims = shared.claims();
             let old = claims
@@ -451,7 +528,7 @@ async fn watch_claims(socket: ArpSocket, link: Link, grace: Duration, shared: Ar
             continue;
         }
         shared.stop_train(vip);
-        tracing::warn!(%vip, interface = %link.name, other = %garp::format_mac(&sender.mac),
+        tracing::warn!(%vip, interface = %link.name, other = %garp::format_mac(&mac),
             "another host announced the VIP: yielding it");
         let deleted = match Netlink::connect() {
             Ok(netlink) => netlink.delete_address(link.index, vip).await,
@@ -460,6 +537,48 @@ async fn watch_claims(socket: ArpSocket, link: Link, grace: Duration, shared: Ar
         if let Err(e) = deleted {
             tracing::warn!(%vip, interface = %link.name, error = %e,
                 "removing a VIP another host took failed");
+        }
+    }
+}
+
+/// Every third of `lifetime`, give each VIP this host claims its address
+/// lifetime again (adding it back should the kernel have let it expire:
+/// this process did not run for that long, yet still claims it).
+async fn renew_claims(
+    link: Link,
+    config: NetlinkL2Config,
+    lifetime: Duration,
+    shared: Arc<Shared>,
+) {
+    loop {
+        rt::sleep(lifetime / 3).await;
+        let vips: Vec<IpAddr> = shared.claims().since.keys().copied().collect();
+        if vips.is_empty() {
+            continue;
+        }
+        let netlink = match Netlink::connect() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(interface = %link.name, error = %e, "renewing VIP addresses: no netlink socket");
+                continue;
+            }
+        };
+        for vip in vips {
+            let _addresses = shared.addresses.lock().await;
+            // Released or yielded since the list was taken: not ours.
+            if !shared.claims().since.contains_key(&vip) {
+                continue;
+            }
+            match netlink
+                .renew_address(link.index, vip, config.prefix_len(vip), lifetime)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(%vip, interface = %link.name,
+                    "the VIP's address had expired (this process did not run for its lifetime): added back"),
+                Err(e) => tracing::warn!(%vip, interface = %link.name, error = %e,
+                    "renewing the VIP's address failed"),
+            }
         }
     }
 }
@@ -571,24 +690,73 @@ impl Netlink {
         }))
     }
 
-    /// Add `vip/prefix_len` to interface `index`; `Ok(false)` when it was
-    /// there already.
-    async fn add_address(&self, index: u32, vip: IpAddr, prefix_len: u8) -> io::Result<bool> {
-        let mut request = self.handle.address().add(index, vip, prefix_len);
-        if vip.is_ipv6() {
-            // No duplicate address detection: a VIP that moves is expected
-            // to have had another owner a moment ago, and a tentative
-            // address cannot be bound for the second DAD takes.
-            request
-                .message_mut()
-                .attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
-        }
+    /// Add `vip/prefix_len` to interface `index`, with `lifetime` (`None`:
+    /// permanent); `Ok(false)` when it was there already (left as it was).
+    async fn add_address(
+        &self,
+        index: u32,
+        vip: IpAddr,
+        prefix_len: u8,
+        lifetime: Option<Duration>,
+    ) -> io::Result<bool> {
+        let request = self.address_request(index, vip, prefix_len, lifetime);
         match request.execute().await.map_err(netlink_io) {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// The request that adds (or, `.replace()`d, updates) `vip/prefix_len`.
+    fn address_request(
+        &self,
+        index: u32,
+        vip: IpAddr,
+        prefix_len: u8,
+        lifetime: Option<Duration>,
+    ) -> rtnetlink::AddressAddRequest {
+        let mut request = self.handle.address().add(index, vip, prefix_len);
+        let attributes = &mut request.message_mut().attributes;
+        if vip.is_ipv6() {
+            // No duplicate address detection: a VIP that moves is expected
+            // to have had another owner a moment ago, and a tentative
+            // address cannot be bound for the second DAD takes.
+            attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        if let Some(lifetime) = lifetime {
+            let seconds = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);
+            let mut info = CacheInfo::default();
+            info.ifa_valid = seconds;
+            info.ifa_preferred = seconds;
+            attributes.push(AddressAttribute::CacheInfo(info));
+        }
+        request
+    }
+
+    /// Give `vip` on interface `index` `lifetime` again, at each prefix
+    /// length it has there; add it (at `prefix_len`) when it is not there.
+    /// `Ok(false)` when it had to be added.
+    async fn renew_address(
+        &self,
+        index: u32,
+        vip: IpAddr,
+        prefix_len: u8,
+        lifetime: Duration,
+    ) -> io::Result<bool> {
+        let found = self.addresses(index, vip).await?;
+        if found.is_empty() {
+            self.add_address(index, vip, prefix_len, Some(lifetime))
+                .await?;
+            return Ok(false);
+        }
+        for message in found {
+            self.address_request(index, vip, message.header.prefix_len, Some(lifetime))
+                .replace()
+                .execute()
+                .await
+                .map_err(netlink_io)?;
+        }
+        Ok(true)
     }
 
     /// The addresses `vip` on interface `index` (any prefix length).
@@ -632,12 +800,13 @@ impl Netlink {
     }
 }
 
-/// An AF_PACKET socket that receives the ARP frames of one interface.
-struct ArpSocket(AsyncFd<OwnedFd>);
+/// An AF_PACKET socket that receives the frames of one EtherType on one
+/// interface, those a classic BPF program keeps if one is given.
+struct WatchSocket(AsyncFd<OwnedFd>);
 
-impl ArpSocket {
-    fn open(index: u32) -> io::Result<Self> {
-        let protocol = (libc::ETH_P_ARP as u16).to_be();
+impl WatchSocket {
+    fn open(index: u32, ethertype: u16, filter: Option<&[(u16, u8, u8, u32)]>) -> io::Result<Self> {
+        let protocol = ethertype.to_be();
         // SAFETY: socket(2) with constant arguments; it touches no memory.
         let fd = unsafe {
             libc::socket(
@@ -651,6 +820,12 @@ impl ArpSocket {
         }
         // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Until the bind the socket receives from every interface: what
+        // came in before the filter is read and dropped by the watcher's
+        // parse, and before any claim nothing counts anyway.
+        if let Some(rows) = filter {
+            attach_filter(&fd, rows)?;
+        }
         // SAFETY: sockaddr_ll is plain data; all zeroes is a valid value.
         let mut at: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         at.sll_family = libc::AF_PACKET as libc::c_ushort;
@@ -700,6 +875,35 @@ impl ArpSocket {
             }
         }
     }
+}
+
+/// Attach the classic BPF program `rows` (`(code, jt, jf, k)`, as
+/// `struct sock_filter`) to `fd` (`SO_ATTACH_FILTER`).
+fn attach_filter(fd: &OwnedFd, rows: &[(u16, u8, u8, u32)]) -> io::Result<()> {
+    let mut program: Vec<libc::sock_filter> = rows
+        .iter()
+        .map(|&(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k })
+        .collect();
+    let prog = libc::sock_fprog {
+        len: u16::try_from(program.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "BPF program too long"))?,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `prog` and the rows it points to outlive the call (the kernel
+    // copies them), and the length passed is `prog`'s own.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A send-only AF_PACKET socket (protocol 0: it receives nothing, so no
@@ -812,6 +1016,17 @@ mod tests {
         assert!(bad(|c| c.garp_count = 0).contains("garp_count"));
         assert!(bad(|c| c.garp_count = MAX_GARP_COUNT + 1).contains("garp_count"));
         assert!(bad(|c| c.garp_interval = Duration::from_secs(61)).contains("garp_interval"));
+        for l in [2_000, 3_500, 3_601_000] {
+            let mut c = NetlinkL2Config::new("eth0");
+            c.address_lifetime = Some(Duration::from_millis(l));
+            assert!(
+                c.validate().unwrap_err().contains("address_lifetime"),
+                "{l} ms"
+            );
+        }
+        let mut c = NetlinkL2Config::new("eth0");
+        c.address_lifetime = None;
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

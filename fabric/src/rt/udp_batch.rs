@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 
 use super::UdpSocket;
 #[cfg(not(madsim))]
-pub(super) use mmsg::{reuse_port_socket, set_int_option};
+pub(super) use mmsg::{set_int_option, udp_socket};
 
 /// A UDP socket with buffers for a batch of datagrams in and their answers
 /// out. Real hosts: `recvmmsg` with `MSG_DONTWAIT` once the socket is
@@ -643,8 +643,12 @@ mod mmsg {
         }
     }
 
-    /// A non-blocking UDP socket with `SO_REUSEPORT`, bound to `addr`.
-    pub(in crate::rt) fn reuse_port_socket(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+    /// A non-blocking UDP socket bound to `addr`, the int socket options
+    /// `(level, name, value)` set before the bind.
+    pub(in crate::rt) fn udp_socket(
+        addr: SocketAddr,
+        options: &[(libc::c_int, libc::c_int, libc::c_int)],
+    ) -> io::Result<tokio::net::UdpSocket> {
         let family = if addr.is_ipv4() {
             libc::AF_INET
         } else {
@@ -659,7 +663,9 @@ mod mmsg {
         // SAFETY: `fd` is a fresh descriptor nothing else owns; it is
         // closed on every early return.
         let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-        set_int_option(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        for &(level, name, value) in options {
+            set_int_option(fd, level, name, value)?;
+        }
         // SAFETY: all-zero is a valid sockaddr_storage.
         let mut raw: libc::sockaddr_storage = unsafe { zeroed() };
         let len = to_raw(addr, &mut raw);

@@ -491,12 +491,13 @@ fn failures_are_errors_and_leave_nothing_behind() {
     assert!(!seg.addresses_a().contains("192.0.2.100"), "rolled back");
 }
 
-/// Send one gratuitous ARP for `vip` from `veth-b` (MAC_B), in `b`.
-fn announce_from_b(seg: &Segment, vip: Ipv4Addr) {
+/// Send one announcement for `vip` from `veth-b` (MAC_B), in `b`: a
+/// gratuitous ARP, or an unsolicited NA.
+fn announce_from_b(seg: &Segment, vip: IpAddr) {
     seg.b.block_on(move || async move {
         let netlink = Netlink::connect().expect("netlink");
         let link = netlink.link(IF_B).await.expect("veth-b");
-        let frame = garp::announcement(MAC_B, IpAddr::V4(vip));
+        let frame = garp::announcement(MAC_B, vip);
         PacketSocket::open()
             .expect("packet socket")
             .send(link.index, &frame)
@@ -507,10 +508,27 @@ fn announce_from_b(seg: &Segment, vip: Ipv4Addr) {
 
 #[test]
 fn a_newer_claim_by_another_host_takes_the_vip() {
-    let Some(seg) = Segment::new("a_newer_claim_by_another_host_takes_the_vip") else {
+    newer_claim_takes(
+        "a_newer_claim_by_another_host_takes_the_vip",
+        IpAddr::V4(VIP4),
+    );
+}
+
+#[test]
+fn a_newer_ipv6_claim_by_another_host_takes_the_vip() {
+    newer_claim_takes(
+        "a_newer_ipv6_claim_by_another_host_takes_the_vip",
+        IpAddr::V6(VIP6),
+    );
+}
+
+/// Host a claims `vip`; b announces it within the grace (a keeps it), then
+/// after (a yields it, deletes the address, and can claim it again).
+fn newer_claim_takes(test: &str, vip: IpAddr) {
+    let Some(seg) = Segment::new(test) else {
         return;
     };
-    let v4 = IpAddr::V4(VIP4);
+    let shown = vip.to_string();
     let interval = Duration::from_millis(50);
     let grace = config(2, interval).claim_grace();
     let (step_tx, step_rx) = mpsc::channel::<&'static str>();
@@ -532,43 +550,122 @@ fn a_newer_claim_by_another_host_takes_the_vip() {
                     }
                 }
             };
-            l2.claim_vip(v4).await.expect("claim");
+            l2.claim_vip(vip).await.expect("claim");
             step_tx.send("claimed").unwrap();
             wait("early frame").await;
             rt::sleep(Duration::from_millis(50)).await;
             // Within the grace: the tail of an old holder's train.
-            assert!(!l2.lost(v4), "yielded to a frame within the grace");
+            assert!(!l2.lost(vip), "yielded to a frame within the grace");
             step_tx.send("kept").unwrap();
             wait("late frame").await;
             let deadline = Instant::now() + Duration::from_secs(2);
-            while !l2.lost(v4) {
+            while !l2.lost(vip) {
                 assert!(Instant::now() < deadline, "did not yield to a newer claim");
                 rt::sleep(Duration::from_millis(5)).await;
             }
             step_tx.send("yielded").unwrap();
             wait("check").await;
             // Claimed again (a config that still puts it here): held again.
-            l2.claim_vip(v4).await.expect("claim again");
-            assert!(!l2.lost(v4));
+            l2.claim_vip(vip).await.expect("claim again");
+            assert!(!l2.lost(vip));
             step_tx.send("reclaimed").unwrap();
             wait("end").await;
-            l2.release_vip(v4).await.expect("release");
+            l2.release_vip(vip).await.expect("release");
         })
     });
     assert_eq!(step_rx.recv().unwrap(), "claimed");
-    announce_from_b(&seg, VIP4);
+    announce_from_b(&seg, vip);
     done_tx.send(()).unwrap();
     assert_eq!(step_rx.recv().unwrap(), "kept");
-    assert!(seg.addresses_a().contains("192.0.2.100"));
+    assert!(seg.addresses_a().contains(&shown));
     thread::sleep(grace);
-    announce_from_b(&seg, VIP4);
+    announce_from_b(&seg, vip);
     done_tx.send(()).unwrap();
     assert_eq!(step_rx.recv().unwrap(), "yielded");
     let addrs = seg.addresses_a();
-    assert!(!addrs.contains("192.0.2.100"), "the address stays: {addrs}");
+    assert!(!addrs.contains(&shown), "the address stays: {addrs}");
     done_tx.send(()).unwrap();
     assert_eq!(step_rx.recv().unwrap(), "reclaimed");
-    assert!(seg.addresses_a().contains("192.0.2.100"));
+    assert!(seg.addresses_a().contains(&shown));
     done_tx.send(()).unwrap();
     a.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+}
+
+/// The `valid_lft` `ip -o addr` shows for `addr` in `listing` (`forever`,
+/// `2sec`), if `addr` is there.
+fn valid_lft(listing: &str, addr: &str) -> Option<String> {
+    let line = listing.lines().find(|l| {
+        l.split_whitespace()
+            .any(|w| w.split('/').next() == Some(addr))
+    })?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "valid_lft")?;
+    words.next().map(str::to_string)
+}
+
+#[test]
+fn addresses_live_while_renewed_and_expire_after_a_crash() {
+    let Some(seg) = Segment::new("addresses_live_while_renewed_and_expire_after_a_crash") else {
+        return;
+    };
+    // A permanent leftover of an earlier run (or of a version without
+    // lifetimes): claimed, it gets the lifetime too.
+    seg.a.ip(&["addr", "add", "192.0.2.100/32", "dev", IF_A]);
+    let lifetime = Duration::from_secs(3);
+    seg.a.block_on(move || async move {
+        let l2 = NetlinkL2::open(NetlinkL2Config {
+            address_lifetime: Some(lifetime),
+            ..config(1, Duration::from_millis(50))
+        })
+        .await
+        .expect("open");
+        l2.claim_vip(IpAddr::V4(VIP4)).await.expect("claim v4");
+        l2.claim_vip(IpAddr::V6(VIP6)).await.expect("claim v6");
+        // Past the lifetime: only the renewals keep the addresses.
+        rt::sleep(lifetime + Duration::from_millis(1500)).await;
+        // The process "crashes": its tasks stop, nothing is released.
+    });
+    let listing = seg.addresses_a();
+    for addr in ["192.0.2.100", "2001:db8::100"] {
+        let lft = valid_lft(&listing, addr).unwrap_or_else(|| panic!("{addr} gone: {listing}"));
+        assert_ne!(lft, "forever", "{addr} is permanent: {listing}");
+    }
+    let deadline = Instant::now() + lifetime + Duration::from_secs(3);
+    loop {
+        let listing = seg.addresses_a();
+        let left: Vec<&str> = ["192.0.2.100", "2001:db8::100"]
+            .into_iter()
+            .filter(|a| valid_lft(&listing, a).is_some())
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left:?} outlived the crash: {listing}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn permanent_addresses_when_asked() {
+    let Some(seg) = Segment::new("permanent_addresses_when_asked") else {
+        return;
+    };
+    seg.a.block_on(move || async move {
+        let l2 = NetlinkL2::open(NetlinkL2Config {
+            address_lifetime: None,
+            ..config(1, Duration::from_millis(50))
+        })
+        .await
+        .expect("open");
+        l2.claim_vip(IpAddr::V4(VIP4)).await.expect("claim");
+    });
+    let listing = seg.addresses_a();
+    assert_eq!(
+        valid_lft(&listing, "192.0.2.100").as_deref(),
+        Some("forever"),
+        "{listing}"
+    );
 }
