@@ -42,17 +42,32 @@ out=$(MADSIM_TEST_SEED=${MADSIM_TEST_SEED:-1} MADSIM_TEST_NUM=$seeds RUSTFLAGS="
   cargo test -q -p chaos --locked $([ "${SIM_PROFILE:-release}" = release ] && echo --release) \
     --target-dir target/sim --test elastic -- --nocapture --test-threads 1 2>&1) || {
   echo "$out" | tail -40; exit 1; }
-for mode in n_plus_m_kill active_active_kill n_plus_m_cut n_plus_m_garp_loss auto_heal auto_heal_buffer; do
-  echo "$out" | grep -o "failover mode=$mode ms=[0-9]*" | sed 's/.*ms=//' | sort -n | awk -v m="$mode" '
+# p50 / p99 / max of the numbers on stdin, named $1 (no line: "no seeds").
+dist() {
+  sort -n | awk -v m="$1" '
     { a[NR] = $1 }
     END {
-      if (NR == 0) { printf "%-20s no seeds\n", m; exit }
+      if (NR == 0) { printf "%-24s no seeds\n", m; exit }
       p50 = a[int((NR - 1) * 0.50) + 1]; p99 = a[int((NR - 1) * 0.99) + 1]
-      printf "%-20s seeds %4d   p50 %5d ms   p99 %5d ms   max %5d ms\n", m, NR, p50, p99, a[NR]
+      printf "%-24s seeds %4d   p50 %5d ms   p99 %5d ms   max %5d ms\n", m, NR, p50, p99, a[NR]
     }'
+}
+for mode in n_plus_m_kill active_active_kill n_plus_m_garp_loss auto_heal auto_heal_buffer; do
+  { echo "$out" | grep -o "failover mode=$mode ms=[0-9]*" || true; } | sed 's/.*ms=//' | dist "$mode"
 done
-echo "$out" | grep -o "dual_samples=[0-9]*" | sed 's/.*=//' | sort -n | awk '
+# Cut from everything but its clients: the SE fences itself, then the VS moves.
+for field in fenced_ms moved_ms; do
+  { echo "$out" | grep -o "failover mode=n_plus_m_isolated fenced_ms=[0-9]* moved_ms=[0-9]*" || true; } |
+    grep -o "$field=[0-9]*" | sed 's/.*=//' | dist "n_plus_m_isolated $field"
+done
+# Cut from the Controller only (partitioned): nothing may move or fail.
+{ echo "$out" | grep -E "failover mode=(n_plus_m_cut|active_active_cut .*isolated=false)" || true; } |
+  grep -o "failed=[0-9]*" | sed 's/.*=//' | awk '
+    { n++; s += $1 }
+    END { printf "%-24s runs %4d   failed requests in all %d\n", "cut from the Controller", n, s }'
+{ echo "$out" | grep -o "dual_samples=[0-9]*" || true; } | sed 's/.*=//' | sort -n | awk '
   { n++; s += $1; if ($1 > m) m = $1 }
-  END { printf "two holders of one VIP (cut, flapping): %d runs, %d samples of 50 ms in all, at most %d in one run\n", n, s, m }'
-echo "(n_plus_m_kill/cut: the buffer SE serves; active_active_kill: the secondary; auto_heal: a new SE;"
-echo " auto_heal_buffer: until the buffer is free again; cut: the SE cut from the Controller yields)"
+  END { printf "two holders of one VIP (cut, isolated, flapping): %d runs, %d samples of 50 ms in all, at most %d in one run\n", n, s, m }'
+echo "(n_plus_m_kill: the buffer SE serves; active_active_kill: the secondary; auto_heal: a new SE;"
+echo " auto_heal_buffer: until the buffer is free again; isolated: the SE cut from the Controller and"
+echo " its peers lets its VIPs go (fenced), then the leader moves them; a partitioned SE keeps them)"
