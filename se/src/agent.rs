@@ -235,11 +235,7 @@ pub async fn run(opts: SeOptions, l2: Arc<dyn L2Fabric>, applied: Option<watch::
         (Some(addr), Some(gate)) => match rt::UdpSocket::bind(addr).await {
             Ok(socket) => {
                 let link = Arc::new(crate::peers::PeerLink::new(&opts.name, &opts.group, gate));
-                rt::spawn(crate::peers::run(
-                    link.clone(),
-                    socket,
-                    Some(plane.relays()),
-                ));
+                rt::spawn(crate::peers::run(link.clone(), socket, plane.relays()));
                 Some(link)
             }
             Err(e) => {

@@ -675,16 +675,10 @@ async fn serve_or_hand_off(
     vip: SocketAddr,
 ) {
     let peers = vs.scaleout();
-    if !peers.is_empty() {
-        let mut members: Vec<&str> = Vec::with_capacity(peers.len() + 1);
-        members.push(vs.se_name());
-        members.extend(peers.iter().map(|p| p.se.as_str()));
-        let i = crate::scaleout::owner(peer, &members);
-        if i > 0 {
-            match crate::scaleout::hand_off(stream, peer, vip, &peers[i - 1]).await {
-                Ok(()) => return,
-                Err(stream) => return proxy::serve_connection(vs, stream, peer).await,
-            }
+    if let Some(secondary) = crate::scaleout::taker(vs.se_name(), &peers, peer) {
+        match crate::scaleout::hand_off(stream, peer, vip, secondary).await {
+            Ok(()) => return,
+            Err(stream) => return proxy::serve_connection(vs, stream, peer).await,
         }
     }
     proxy::serve_connection(vs, stream, peer).await

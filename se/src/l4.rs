@@ -93,6 +93,23 @@ struct Flow {
 }
 
 impl Flow {
+    /// A flow of `vs` toward `server` on a socket of its own.
+    async fn new(
+        vs: &VirtualService,
+        server: SocketAddr,
+        header: Option<Box<[u8]>>,
+        picked: Option<Picked>,
+    ) -> Option<Self> {
+        Some(Self {
+            upstream: crate::upstream::udp_socket_toward(server).await.ok()?,
+            server,
+            header,
+            last: AtomicU64::new(0),
+            _picked: picked,
+            _open: vs.counters().open(),
+        })
+    }
+
     fn touch(&self, epoch: Instant) {
         let ms = rt::now().saturating_duration_since(epoch).as_millis() as u64;
         self.last.store(ms, Ordering::Relaxed);
@@ -195,14 +212,7 @@ fn relayed_to(
     vip: SocketAddr,
 ) -> Option<(SocketAddr, Box<[u8]>)> {
     let peers = vs.scaleout();
-    if peers.is_empty() {
-        return None;
-    }
-    let mut members: Vec<&str> = Vec::with_capacity(peers.len() + 1);
-    members.push(vs.se_name());
-    members.extend(peers.iter().map(|p| p.se.as_str()));
-    let i = crate::scaleout::owner(client, &members);
-    let peer = peers.get(i.checked_sub(1)?)?;
+    let peer = crate::scaleout::taker(vs.se_name(), &peers, client)?;
     let mut header = Vec::with_capacity(crate::scaleout::MAX_PROXY_V2_HEADER);
     crate::scaleout::proxy_v2_dgram(client, vip, &mut header);
     Some((peer.relay, header.into_boxed_slice()))
@@ -227,18 +237,8 @@ async fn open_flow(
         return None;
     }
     let picked = pick(vs, client, &[])?;
-    let server = picked.addr();
-    let upstream = crate::upstream::udp_socket_toward(server).await.ok()?;
-    Some(insert(
-        vs,
-        flows,
-        key,
-        upstream,
-        server,
-        None,
-        Some(picked),
-        epoch,
-    ))
+    let flow = Flow::new(vs, picked.addr(), None, Some(picked)).await?;
+    Some(insert(flows, key, flow, epoch))
 }
 
 /// A new flow from `client` relayed to the secondary at `relay`.
@@ -253,38 +253,13 @@ async fn open_relayed(
     if !room(vs, flows) {
         return None;
     }
-    let upstream = crate::upstream::udp_socket_toward(relay).await.ok()?;
-    Some(insert(
-        vs,
-        flows,
-        client,
-        upstream,
-        relay,
-        Some(header),
-        None,
-        epoch,
-    ))
+    let flow = Flow::new(vs, relay, Some(header), None).await?;
+    Some(insert(flows, client, flow, epoch))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn insert(
-    vs: &VirtualService,
-    flows: &Flows,
-    key: SocketAddr,
-    upstream: rt::UdpSocket,
-    server: SocketAddr,
-    header: Option<Box<[u8]>>,
-    picked: Option<Picked>,
-    epoch: Instant,
-) -> Arc<Flow> {
-    let flow = Arc::new(Flow {
-        upstream,
-        server,
-        header,
-        last: AtomicU64::new(0),
-        _picked: picked,
-        _open: vs.counters().open(),
-    });
+/// `flow` as the flow of `key`, fresh.
+fn insert(flows: &Flows, key: SocketAddr, flow: Flow, epoch: Instant) -> Arc<Flow> {
+    let flow = Arc::new(flow);
     flow.touch(epoch);
     lock(flows).insert(key, flow.clone());
     flow

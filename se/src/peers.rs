@@ -399,13 +399,9 @@ impl PeerLink {
 /// the beats that come on `socket` (its own task, so that no datagram is
 /// lost to a receive dropped half-way), and this loop sends this SE's every
 /// interval and fences the VIPs when the lease runs out.
-pub async fn run(
-    link: Arc<PeerLink>,
-    socket: rt::UdpSocket,
-    relays: Option<crate::scaleout::RelayTable>,
-) {
+pub async fn run(link: Arc<PeerLink>, socket: rt::UdpSocket, relays: crate::scaleout::RelayTable) {
     let socket = Arc::new(socket);
-    let relay = relays.map(|t| crate::l4::UdpRelay::new(t, socket.clone()));
+    let relay = crate::l4::UdpRelay::new(relays, socket.clone());
     let reader = rt::spawn(read_beats(link.clone(), socket.clone(), relay));
     let _reader = crate::ha::AbortOnDrop(reader);
     let mut out = Vec::new();
@@ -437,13 +433,9 @@ pub async fn run(
     }
 }
 
-/// Read the relay port's datagrams: beats, and (with `relay`) UDP flows a
-/// primary relays here (`scaleout::PROXY_V2_SIGNATURE` first).
-async fn read_beats(
-    link: Arc<PeerLink>,
-    socket: Arc<rt::UdpSocket>,
-    relay: Option<crate::l4::UdpRelay>,
-) {
+/// Read the relay port's datagrams: beats, and UDP flows a primary relays
+/// here (`scaleout::PROXY_V2_SIGNATURE` first).
+async fn read_beats(link: Arc<PeerLink>, socket: Arc<rt::UdpSocket>, relay: crate::l4::UdpRelay) {
     let size = crate::l4::MAX_DATAGRAM + crate::scaleout::MAX_PROXY_V2_HEADER + 1;
     let mut buf = vec![0u8; size.max(MAX_BEAT_BYTES + 1)];
     loop {
@@ -451,9 +443,7 @@ async fn read_beats(
             Ok((len, from)) => {
                 let datagram = &buf[..len];
                 if datagram.starts_with(&crate::scaleout::PROXY_V2_SIGNATURE) {
-                    if let Some(relay) = &relay {
-                        relay.on_datagram(datagram, from).await;
-                    }
+                    relay.on_datagram(datagram, from).await;
                     continue;
                 }
                 link.state().on_datagram(rt::now(), datagram, from);

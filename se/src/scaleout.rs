@@ -53,6 +53,23 @@ pub fn owner<S: AsRef<str>>(client: SocketAddr, members: &[S]) -> usize {
     best.0
 }
 
+/// The secondary of `peers` that takes the flow from `client` when this SE
+/// (`me`) is the primary, by [`owner`] over `me` and them; `None` when it
+/// is this SE's own.
+pub fn taker<'a>(
+    me: &str,
+    peers: &'a [ScaleoutPeer],
+    client: SocketAddr,
+) -> Option<&'a ScaleoutPeer> {
+    if peers.is_empty() {
+        return None;
+    }
+    let mut members: Vec<&str> = Vec::with_capacity(peers.len() + 1);
+    members.push(me);
+    members.extend(peers.iter().map(|p| p.se.as_str()));
+    peers.get(owner(client, &members).checked_sub(1)?)
+}
+
 /// A flow's key: the client's address and port.
 fn flow_key(client: SocketAddr) -> u64 {
     let ip = match client.ip() {

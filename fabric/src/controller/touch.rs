@@ -87,7 +87,7 @@ mod tests {
 
     #[test]
     fn an_se_silent_before_an_episode_began_gets_no_patience_from_it() {
-        let t0 = Instant::now();
+        let t0 = crate::rt::now();
         let mut touch = Touch::default();
         // se-1 crashed at 10 s, se-2 is alive; leader since 0.
         let mut heard = BTreeMap::new();
@@ -107,7 +107,7 @@ mod tests {
 
     #[test]
     fn a_long_episode_is_owed_to_every_se_heard_when_it_began() {
-        let t0 = Instant::now();
+        let t0 = crate::rt::now();
         let mut touch = Touch::default();
         let mut heard = BTreeMap::new();
         heard.insert("se-1".to_string(), at(t0, 5_000));
@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn unheard_ses_are_judged_by_when_this_node_became_leader() {
-        let t0 = Instant::now();
+        let t0 = crate::rt::now();
         let leading = at(t0, 1_000);
         let mut touch = Touch::default();
         let heard = BTreeMap::new();

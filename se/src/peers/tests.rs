@@ -68,7 +68,7 @@ fn a_beat_round_trips_and_garbage_is_refused() {
 
 #[test]
 fn peers_hear_each_other_and_echo_tokens() {
-    let t0 = Instant::now();
+    let t0 = fabric::rt::now();
     let mut a = Peers::new("se-1", "g", t0);
     let mut b = Peers::new("se-2", "g", t0);
     a.configure(&[peer("se-1", 1), peer("se-2", 2)]);
@@ -98,7 +98,7 @@ fn peers_hear_each_other_and_echo_tokens() {
 
 #[test]
 fn an_unknown_peer_of_the_group_is_learned_and_forgotten_when_quiet() {
-    let t0 = Instant::now();
+    let t0 = fabric::rt::now();
     let mut a = Peers::new("se-1", "g", t0);
     a.set_timing(HB, 3);
     assert!(a.on_datagram(t0, &beat("g", "se-9", 1, 0), addr(9)));
@@ -118,7 +118,7 @@ fn an_unknown_peer_of_the_group_is_learned_and_forgotten_when_quiet() {
 
 #[test]
 fn the_lease_runs_out_only_when_neither_the_controller_nor_a_peer_heard() {
-    let t0 = Instant::now();
+    let t0 = fabric::rt::now();
     let window = lease_window(HB, 3);
     assert_eq!(window, Duration::from_millis(1125));
     let mut a = Peers::new("se-1", "g", t0);
